@@ -1,0 +1,427 @@
+"""The on-disk parallel corpus layout (fairseq/OPUS style).
+
+A corpus directory holds plain-text files ``{split}.{src}-{tgt}.{lang}``: one
+sentence per line, the two sides of a pair parallel by line, e.g.
+``train.en-fr.en`` and ``train.en-fr.fr``. Language codes use underscores for
+subtags (``pt_BR``, ``zh_Hans``, ``sr_Latn``) so that ``-`` only ever separates
+the two languages of a pair. An optional ``manifest.json`` records the pairs,
+their sizes and the provenance of the data::
+
+    {"format": "massive_mt.corpus/1", "pivot": "en",
+     "pairs": {"en-fr": {"src": "en", "tgt": "fr", "train": 9000, "valid": 200, "test": 300}},
+     "sources": [...]}
+
+Without a manifest the directory is scanned, so any TED/WMT/OPUS-100 files named
+this way can be used directly. A split with no data has no files and size 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from massive_mt.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "massive_mt.corpus/1"
+DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
+
+# --------------------------------------------------------------------------------------
+# Language codes
+# --------------------------------------------------------------------------------------
+
+# A canonical code: language (ISO 639-1/3, lower case), optional script (ISO 15924,
+# title case), optional region (ISO 3166 upper case or UN M.49 digits).
+LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Z][a-z]{3})?(_([A-Z]{2}|[0-9]{3}))?$")
+
+# Deprecated or non-standard language subtags -> current ISO 639 code.
+LANGUAGE_ALIASES = {
+    "iw": "he",  # Hebrew
+    "in": "id",  # Indonesian
+    "ji": "yi",  # Yiddish
+    "jw": "jv",  # Javanese
+    "mo": "ro",  # Moldavian -> Romanian
+    "no": "nb",  # generic Norwegian: gettext catalogues are Bokmål
+}
+
+# Whole locales that denote a script rather than a regional variant.
+LOCALE_ALIASES = {
+    "zh_CN": "zh_Hans",
+    "zh_SG": "zh_Hans",
+    "zh_TW": "zh_Hant",
+    "zh_HK": "zh_Hant",
+    "zh_MO": "zh_Hant",
+}
+
+# glibc/gettext "@modifier" suffixes. A modifier naming a script becomes the script
+# subtag; one that only names a currency is dropped; any other (e.g. "@valencia")
+# has no equivalent in the code syntax above and is rejected.
+MODIFIER_SCRIPTS = {"latin": "Latn", "cyrillic": "Cyrl", "arabic": "Arab", "devanagari": "Deva"}
+IGNORED_MODIFIERS = {"euro"}
+
+
+def canonical_lang(code: str) -> str:
+    """Canonicalise a gettext/locale/BCP-47-like language code.
+
+    ``pt-br`` -> ``pt_BR``, ``zh-hans`` -> ``zh_Hans``, ``sr@latin`` -> ``sr_Latn``,
+    ``zh_CN`` -> ``zh_Hans``, ``de_DE.UTF-8`` -> ``de_DE``, ``iw`` -> ``he``.
+    Raises DataError when the result is not a valid code.
+    """
+    if not isinstance(code, str) or not code.strip():
+        raise DataError(f"invalid language code {code!r}: empty")
+    base, _, modifier = code.strip().partition("@")
+    base = base.split(".", 1)[0]  # drop the encoding: de_DE.UTF-8, zh_TW.Big5
+    lang, *subtags = base.replace("-", "_").split("_")
+    lang = LANGUAGE_ALIASES.get(lang.lower(), lang.lower())
+    script = region = None
+    rest = []
+    for tag in subtags:
+        if len(tag) == 4 and tag.isalpha() and script is None and region is None:
+            script = tag.title()
+        elif (len(tag) == 2 and tag.isalpha() or len(tag) == 3 and tag.isdigit()) and region is None:
+            region = tag.upper()
+        else:
+            rest.append(tag)
+    modifier = modifier.lower()
+    if modifier in MODIFIER_SCRIPTS and script is None:
+        script = MODIFIER_SCRIPTS[modifier]
+    elif modifier and modifier not in IGNORED_MODIFIERS:
+        rest.append("@" + modifier)
+    canonical = "_".join(t for t in (lang, script, region) if t)
+    canonical = LOCALE_ALIASES.get(canonical, canonical)
+    if rest or not LANG_RE.match(canonical):
+        raise DataError(
+            f"invalid language code {code!r}: expected language[_Script][_REGION] "
+            f"such as 'fr', 'pt_BR', 'zh_Hans' or 'sr_Latn'"
+        )
+    return canonical
+
+
+def is_english(code: str) -> bool:
+    """True for English and its regional variants (en, en_GB, en_AU, ...)."""
+    return canonical_lang(code).split("_")[0] == "en"
+
+
+# --------------------------------------------------------------------------------------
+# Parallel text files
+# --------------------------------------------------------------------------------------
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file as lines, stripping only the line terminator."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a text file") from None
+    if not data:
+        raise DataError(f"{path}: file is empty")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 ({err.reason}) at line {line}") from None
+    text = text.removeprefix("\ufeff")
+    # Only '\n' ends a line (with an optional '\r' before it); characters such as
+    # U+2028 that str.splitlines() would also split on are content.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Read two line-parallel files into (source, target) sentence pairs."""
+    src_path, tgt_path = Path(src_path), Path(tgt_path)
+    src_lines, tgt_lines = _read_lines(src_path), _read_lines(tgt_path)
+    if len(src_lines) != len(tgt_lines):
+        raise DataError(
+            f"line-count mismatch: {src_path} has {len(src_lines)} lines "
+            f"but {tgt_path} has {len(tgt_lines)}"
+        )
+    for path, lines in ((src_path, src_lines), (tgt_path, tgt_lines)):
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                raise DataError(f"{path}:{i}: empty line {i} (every line must hold a sentence)")
+    return list(zip(src_lines, tgt_lines))
+
+
+def pair_file_name(split: str, src: str, tgt: str, lang: str) -> str:
+    return f"{split}.{src}-{tgt}.{lang}"
+
+
+def _atomic_write(paths_and_texts: list[tuple[Path, str]]) -> None:
+    """Write each text to a temp file beside its target, then os.replace() them all."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, text in paths_and_texts:
+            # os.open with mode 0o666 (not mkstemp's 0o600) so the umask decides the permissions.
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            temps.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+
+
+def _check_code(code: str, what: str) -> None:
+    """Require a valid, already canonical code; errors are prefixed with ``what``."""
+    try:
+        canonical = canonical_lang(code)
+    except DataError as err:
+        raise DataError(f"{what}: {err}") from None
+    if canonical != code:
+        raise DataError(f"{what}: language code {code!r} is not canonical (use {canonical!r})")
+
+
+def write_parallel(
+    out_dir: str | os.PathLike, split: str, src: str, tgt: str, pairs: Iterable[tuple[str, str]]
+) -> tuple[Path, Path]:
+    """Atomically write ``{split}.{src}-{tgt}.{src}`` and ``.{tgt}``; returns both paths."""
+    out_dir = Path(out_dir)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    for code in (src, tgt):
+        _check_code(code, f"pair {src}-{tgt}")
+    if src == tgt:
+        raise DataError(f"pair {src}-{tgt}: source and target language are the same")
+    src_lines, tgt_lines = [], []
+    for i, (s, t) in enumerate(pairs, 1):
+        for side in (s, t):
+            if not side.strip() or "\n" in side or "\r" in side:
+                raise DataError(
+                    f"{split} {src}-{tgt} pair {i}: sentences must be non-empty and single-line, got {side!r}"
+                )
+        src_lines.append(s)
+        tgt_lines.append(t)
+    if not src_lines:
+        raise DataError(f"{split} {src}-{tgt}: no sentence pairs to write")
+    paths = (out_dir / pair_file_name(split, src, tgt, src), out_dir / pair_file_name(split, src, tgt, tgt))
+    _atomic_write([(paths[0], "\n".join(src_lines) + "\n"), (paths[1], "\n".join(tgt_lines) + "\n")])
+    return paths
+
+
+# --------------------------------------------------------------------------------------
+# Manifest and corpus
+# --------------------------------------------------------------------------------------
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> Path:
+    """Atomically write ``manifest.json`` into ``out_dir``."""
+    path = Path(out_dir) / MANIFEST_NAME
+    _atomic_write([(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")])
+    return path
+
+
+@dataclass
+class PairInfo:
+    """One language pair of a corpus; ``sizes`` has a line count for every split (0 = absent)."""
+
+    src: str
+    tgt: str
+    sizes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+
+    @property
+    def name(self) -> str:
+        return f"{self.src}-{self.tgt}"
+
+
+@dataclass
+class Corpus:
+    root: Path
+    pairs: dict[str, PairInfo]
+    pivot: str = "en"
+    sources: list = field(default_factory=list)
+    manifest: dict | None = None
+
+    def path(self, split: str, pair: str, lang: str) -> Path:
+        """Path of the ``lang`` side of ``pair`` in ``split``; DataError if the corpus lacks it."""
+        info = self.pairs.get(pair)
+        if info is None:
+            raise DataError(f"{self.root}: no pair {pair!r} (have: {', '.join(sorted(self.pairs))})")
+        if lang not in (info.src, info.tgt):
+            raise DataError(f"{self.root}: pair {pair} has no language {lang!r}")
+        if split not in SPLITS or not info.sizes.get(split):
+            raise DataError(f"{self.root}: pair {pair} has no {split!r} split")
+        return self.root / pair_file_name(split, info.src, info.tgt, lang)
+
+    def _pair_for(self, src: str, tgt: str) -> PairInfo:
+        for name in (f"{src}-{tgt}", f"{tgt}-{src}"):
+            if name in self.pairs:
+                return self.pairs[name]
+        raise DataError(f"{self.root}: no pair for task {src}->{tgt}")
+
+    def task_files(self, split: str, src: str, tgt: str) -> tuple[Path, Path]:
+        """(source file, target file) for the task src->tgt; a pair file serves both directions."""
+        info = self._pair_for(src, tgt)
+        return self.path(split, info.name, src), self.path(split, info.name, tgt)
+
+    def read(self, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
+        """Sentence pairs of the task src->tgt in ``split`` (read reversed when needed)."""
+        return read_parallel(*self.task_files(split, src, tgt))
+
+    def pairs_for_direction(self, direction: str, pivot: str = "en") -> list[tuple[str, str]]:
+        """Tasks as (src, tgt) tuples for a translation direction.
+
+        ``one_to_many``: (pivot, xx); ``many_to_one``: (xx, pivot); ``many_to_many``:
+        both, for every pair that includes the pivot. Pairs without it are not tasks here.
+        """
+        if direction not in DIRECTIONS:
+            raise DataError(f"unknown direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
+        others = sorted({info.tgt if info.src == pivot else info.src
+                         for info in self.pairs.values() if pivot in (info.src, info.tgt)})
+        if not others:
+            raise DataError(f"{self.root}: no language pair includes the pivot language {pivot!r}")
+        tasks = []
+        for xx in others:
+            if direction in ("one_to_many", "many_to_many"):
+                tasks.append((pivot, xx))
+            if direction in ("many_to_one", "many_to_many"):
+                tasks.append((xx, pivot))
+        return tasks
+
+
+def _count_lines(path: Path) -> int:
+    data = path.read_bytes()
+    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+
+
+def _scan(root: Path) -> dict[tuple[str, str, str], set[str]]:
+    """Find ``{split}.{src}-{tgt}.{lang}`` files: {(split, src, tgt): {lang, ...}}.
+
+    Files of another shape (binarised data, vocabularies, ...) are ignored; one that
+    has this shape but bad language codes is an error.
+    """
+    found: dict[tuple[str, str, str], set[str]] = {}
+    for path in sorted(root.iterdir()):
+        parts = path.name.split(".")
+        if path.name.startswith(".") or len(parts) != 3 or parts[0] not in SPLITS or "-" not in parts[1]:
+            continue
+        split, middle, lang = parts
+        codes = middle.split("-")
+        if len(codes) != 2:
+            raise DataError(f"{path}: expected a name {{split}}.{{src}}-{{tgt}}.{{lang}} with one '-'")
+        src, tgt = codes
+        for code in (src, tgt, lang):
+            _check_code(code, str(path))
+        if lang not in (src, tgt):
+            raise DataError(f"{path}: language {lang!r} is neither side of the pair {src}-{tgt}")
+        found.setdefault((split, src, tgt), set()).add(lang)
+    return found
+
+
+def _check_sizes(value, where: str) -> dict[str, int]:
+    sizes = {}
+    for split in SPLITS:
+        n = value.get(split, 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise DataError(f"{where}: size of {split!r} must be a non-negative integer, got {n!r}")
+        sizes[split] = n
+    return sizes
+
+
+def _read_manifest(root: Path) -> dict:
+    path = root / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DataError(f"{path}: 'format' must be {MANIFEST_FORMAT!r}, got {got!r}")
+    if not isinstance(manifest.get("pairs"), dict) or not manifest["pairs"]:
+        raise DataError(f"{path}: 'pairs' must be a non-empty object")
+    return manifest
+
+
+def load_corpus(root: str | os.PathLike, verify: bool = True) -> Corpus:
+    """Load a corpus directory, from its manifest.json or by scanning its files.
+
+    Checks that language codes are canonical, both sides of each pair exist for each
+    split, the sides have equal line counts and, with ``verify``, that the manifest
+    sizes match the files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: corpus directory not found")
+    found = _scan(root)
+    manifest_path = root / MANIFEST_NAME
+    manifest = _read_manifest(root) if manifest_path.exists() else None
+    pairs: dict[str, PairInfo] = {}
+
+    if manifest is None:
+        if not found:
+            raise DataError(f"{root}: no {MANIFEST_NAME} and no {{split}}.{{src}}-{{tgt}}.{{lang}} files")
+        for (split, src, tgt), langs in sorted(found.items()):
+            for lang in (src, tgt):
+                if lang not in langs:
+                    raise DataError(f"{root / pair_file_name(split, src, tgt, lang)}: file not found "
+                                    f"(the other side of {split} {src}-{tgt} exists)")
+            info = pairs.setdefault(f"{src}-{tgt}", PairInfo(src, tgt))
+            counts = [_count_lines(root / pair_file_name(split, src, tgt, lang)) for lang in (src, tgt)]
+            if counts[0] != counts[1]:
+                raise DataError(
+                    f"line-count mismatch: {root / pair_file_name(split, src, tgt, src)} has {counts[0]} "
+                    f"lines but {root / pair_file_name(split, src, tgt, tgt)} has {counts[1]}"
+                )
+            info.sizes[split] = counts[0]
+        return Corpus(root, pairs)
+
+    pivot = manifest.get("pivot", "en")
+    _check_code(pivot, f"{manifest_path}: pivot")
+    expected: set[tuple[str, str, str]] = set()
+    for name, entry in manifest["pairs"].items():
+        where = f"{manifest_path}: pair {name!r}"
+        if not isinstance(entry, dict):
+            raise DataError(f"{where}: must be an object")
+        src, tgt = entry.get("src"), entry.get("tgt")
+        if not isinstance(src, str) or not isinstance(tgt, str):
+            raise DataError(f"{where}: 'src' and 'tgt' must be language codes")
+        _check_code(src, where)
+        _check_code(tgt, where)
+        if name != f"{src}-{tgt}":
+            raise DataError(f"{where}: name must be '{src}-{tgt}' for src {src!r} and tgt {tgt!r}")
+        info = pairs[name] = PairInfo(src, tgt, _check_sizes(entry, where))
+        for split, size in info.sizes.items():
+            if not size:
+                continue
+            expected.add((split, src, tgt))
+            for lang in (src, tgt):
+                path = root / pair_file_name(split, src, tgt, lang)
+                if lang not in found.get((split, src, tgt), ()):
+                    raise DataError(f"{path}: file not found (listed in {manifest_path} with {size} lines)")
+                if verify and (n := _count_lines(path)) != size:
+                    raise DataError(f"{path}: has {n} lines but {manifest_path} says {size}")
+    for split, src, tgt in sorted(set(found) - expected):
+        path = root / pair_file_name(split, src, tgt, sorted(found[split, src, tgt])[0])
+        raise DataError(f"{path}: not listed in {manifest_path} (pair {src}-{tgt}, split {split})")
+    sources = manifest.get("sources", [])
+    return Corpus(root, pairs, pivot=pivot, sources=sources if isinstance(sources, list) else [], manifest=manifest)
+
+
+def corpus_summary(corpus: Corpus) -> str:
+    """A small text table: one row per pair with its train/valid/test sizes, and a total."""
+    rows = [(name, *(info.sizes[s] for s in SPLITS)) for name, info in sorted(corpus.pairs.items())]
+    total = ("total", *(sum(r[i] for r in rows) for i in range(1, 4)))
+    width = max(len("pair"), *(len(r[0]) for r in rows), len(total[0]))
+    numw = max(len("train"), *(len(f"{n:,}") for n in total[1:]))
+
+    def line(cells) -> str:
+        nums = (f"{c:>{numw}}" if isinstance(c, str) else f"{c:>{numw},}" for c in cells[1:])
+        return f"{cells[0]:<{width}}  " + "  ".join(nums)
+
+    out = [line(("pair", *SPLITS)), *map(line, rows), line(total)]
+    return "\n".join(out) + f"\n{len(rows)} pairs in {corpus.root}"
