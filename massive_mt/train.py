@@ -1,0 +1,263 @@
+"""The trainer: DeepSpeed engine + task-grouped training step.
+
+Launch (CPU: prefix DS_ACCELERATOR=cpu):
+    deepspeed --num_gpus 2 --module massive_mt.train --config exp.yaml --ds-config ds_configs/zero2.json
+    torchrun --nproc_per_node 2 -m massive_mt.train --config exp.yaml --ds-config ds_configs/zero2.json
+    massive-mt train ...     (the same entry point, one process per rank)
+
+Read `Trainer.train_step` first: one optimizer step = the step's K tasks, each task's
+micro-batches back-propagated in turn, then one `engine.step()`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import ExperimentConfig, load_config, load_ds_config, resolve_ds_config, save_resolved
+from .data.sampler import TaskStepSampler, temperature_probs, token_budget_batches
+from .data.tokenizer import TaskDataset, Tokenizer, load_data_bin
+from .distributed import init_distributed
+from .errors import ConfigError, DataError, MassiveMTError
+from .metrics import MetricsWriter, TaskMeter, flatten_scalars, per_task_table
+from .model import build_model, count_parameters
+from .optim import build_optimizer, label_smoothed_loss
+
+
+def resolve_tasks(cfg: ExperimentConfig, manifest: dict) -> list[tuple[str, str]]:
+    """The (src, tgt) tasks of the run, checked against the data-bin's pairs."""
+    pairs = manifest["pairs"]
+    pivot = manifest.get("pivot", "en")
+    available = set()
+    for name, info in pairs.items():
+        available.add((info["src"], info["tgt"]))
+        available.add((info["tgt"], info["src"]))
+    if cfg.data.tasks is not None:
+        tasks = [tuple(t.split("-")) for t in cfg.data.tasks]
+        for t in tasks:
+            if t not in available:
+                raise ConfigError(f"field 'data.tasks': {'-'.join(t)} is not a pair of the data-bin "
+                                  f"({cfg.data.data_bin}); available: {', '.join(sorted(pairs))}")
+        return tasks
+    others = sorted({info["tgt"] if info["src"] == pivot else info["src"] for info in pairs.values()})
+    if cfg.data.langs is not None:
+        unknown = sorted(set(cfg.data.langs) - set(others))
+        if unknown:
+            raise ConfigError(f"field 'data.langs': {unknown} not in the data-bin ({cfg.data.data_bin})")
+        others = [x for x in others if x in set(cfg.data.langs)]
+    if cfg.data.direction == "one_to_many":
+        return [(pivot, x) for x in others]
+    if cfg.data.direction == "many_to_one":
+        return [(x, pivot) for x in others]
+    return [(pivot, x) for x in others] + [(x, pivot) for x in others]
+
+
+def task_name(t: tuple[str, str]) -> str:
+    return f"{t[0]}-{t[1]}"
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, ds_config: dict, rank: int, world_size: int):
+        import deepspeed
+
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.run_dir = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        data_bin = Path(cfg.data.data_bin)
+        self.manifest = load_data_bin(data_bin)
+        self.tokenizer = Tokenizer(data_bin / "spm.model")
+
+        # ---- data: one dataset and one list of token-budget micro-batches per task
+        tasks = resolve_tasks(cfg, self.manifest)
+        self.tasks = [task_name(t) for t in tasks]
+        self.datasets = {task_name(t): TaskDataset(data_bin, t[0], t[1], split="train", max_len=cfg.data.max_len)
+                         for t in tasks}
+        batches = {name: token_budget_batches(ds.sizes_src, ds.sizes_tgt, cfg.sampling.max_tokens,
+                                              seed=cfg.sampling.seed)
+                   for name, ds in self.datasets.items()}
+        self.train_sizes = {name: len(ds) for name, ds in self.datasets.items()}
+        self.probs = temperature_probs(np.array([self.train_sizes[t] for t in self.tasks]),
+                                       cfg.sampling.temperature)
+        self.sampler = TaskStepSampler(self.tasks, batches, self.probs, cfg.sampling.tasks_per_step,
+                                       cfg.sampling.micro_batches_per_task, world_size, rank, cfg.sampling.seed)
+
+        # ---- model, optimizer, DeepSpeed engine
+        torch.manual_seed(cfg.train.seed)
+        m = cfg.model
+        model = build_model(m.preset, self.tokenizer.vocab_size, cfg.data.max_len, m.from_pretrained,
+                            dropout=m.dropout, attention_dropout=m.attention_dropout,
+                            activation_dropout=m.activation_dropout)
+        self.n_params = count_parameters(model)
+        optimizer, scheduler = build_optimizer(model, cfg.optim)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.device = self.engine.device
+        self.pad_id = self.tokenizer.pad_id
+
+        self.step = 0
+        self.meter = TaskMeter(self.tasks)
+        self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ the training step
+    def forward_backward(self, task: str, indices) -> None:
+        batch = self.datasets[task].collate(indices)
+        out = self.engine(input_ids=batch["input_ids"].to(self.device),
+                          attention_mask=batch["attention_mask"].to(self.device),
+                          decoder_input_ids=batch["decoder_input_ids"].to(self.device))
+        loss, nll_sum, n_tok = label_smoothed_loss(out.logits, batch["labels"].to(self.device), self.pad_id,
+                                                   self.cfg.optim.label_smoothing)
+        self.engine.backward(loss)
+        self.meter.add(task, loss.item(), float(nll_sum), int(n_tok), int(batch["n_sentences"]))
+
+    def train_step(self) -> None:
+        """tasks -> backward per task micro-batch -> one optimizer step (plain gradient accumulation)."""
+        plan = self.sampler.plan(self.step)                 # [(task, [this rank's micro-batches])]
+        n_micro = sum(len(mbs) for _, mbs in plan)
+        done = 0
+        for task, micro_batches in plan:                    # same task on every rank at this micro-step
+            for indices in micro_batches:
+                done += 1
+                self.engine.set_gradient_accumulation_boundary(done == n_micro)
+                self.forward_backward(task, indices)
+        self.engine.step()                                   # overflow check, clipping, AdamW, schedule
+        self.step += 1
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        self.maybe_resume()
+        self.log_start()
+        max_steps = self.cfg.train.max_steps
+        bar = tqdm(total=max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True,
+                   desc="train", file=sys.stderr, mininterval=1.0)
+        last = {}
+        while self.step < max_steps and not self.stop_requested:
+            self.train_step()
+            bar.update(1)
+            if self.step % self.cfg.train.log_interval == 0 or self.step == max_steps:
+                last = self.log()
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+            if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0:
+                self.save()
+        bar.close()
+        if self.stop_requested:
+            self.save()
+            return {"stopped_at": self.step, **last}
+        if not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0:
+            self.save()
+        self.export()
+        self.writer.close()
+        return last
+
+    def log_start(self):
+        if self.rank != 0:
+            return
+        info = {"event": "start", "world_size": self.world, "parameters": self.n_params,
+                "zero_stage": self.engine.zero_optimization_stage(), "bf16": self.engine.bfloat16_enabled(),
+                "optimizer_wrapper": type(self.engine.optimizer).__name__,
+                "tasks": self.tasks, "train_sentences": self.train_sizes,
+                "sampling_probs": {t: round(float(p), 6) for t, p in zip(self.tasks, self.probs)},
+                "truncated": {t: int(getattr(ds, "n_truncated", 0)) for t, ds in self.datasets.items()},
+                "resumed_from_step": self.step}
+        self.writer.write(self.step, info)
+        print(f"[massive_mt] world={self.world} params={self.n_params:,} tasks={len(self.tasks)} "
+              f"zero={info['zero_stage']} bf16={info['bf16']} wrapper={info['optimizer_wrapper']} "
+              f"start_step={self.step}", file=sys.stderr, flush=True)
+
+    def log(self) -> dict:
+        import deepspeed.comm as dist
+
+        def all_reduce(t):
+            t = t.to(self.device)
+            dist.all_reduce(t)
+            return t.cpu()
+
+        summary = self.meter.reduce(all_reduce)
+        self.meter.reset()
+        lr = self.scheduler.get_last_lr()[0]
+        record = {"loss": summary["loss"], "nll": summary["nll"], "ppl": summary["ppl"], "lr": lr,
+                  "tokens_per_s": summary["tokens_per_s"], "target_tokens": summary["target_tokens"],
+                  "loss_per_task": per_task_table(summary["per_task"])}
+        self.writer.write(self.step, record, flatten_scalars(summary, lr))
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+    def client_state(self) -> dict:
+        return {"massive_mt": {"step": self.step, "sampler": self.sampler.state_dict(),
+                               "tasks": self.tasks, "config": self.cfg.to_dict()}}
+
+    def save(self) -> None:
+        checkpoint.save(self.engine, self.ckpt_dir, self.step, self.client_state(), self.cfg.train.keep_last)
+
+    def maybe_resume(self) -> None:
+        r = self.cfg.train.resume
+        if r == "never":
+            return
+        ckpt_dir, tag = (self.ckpt_dir, None) if r == "auto" else (Path(r).parent, Path(r).name)
+        if r != "auto" and not Path(r).is_dir():
+            raise ConfigError(f"field 'train.resume': checkpoint {r!r} not found")
+        state = checkpoint.load(self.engine, ckpt_dir, tag)
+        if state is None:
+            return
+        s = state["massive_mt"]
+        if s["tasks"] != self.tasks:
+            raise ConfigError(f"field 'train.resume': checkpoint in {ckpt_dir} was trained on other tasks "
+                              f"({len(s['tasks'])} tasks) than this config ({len(self.tasks)} tasks)")
+        self.sampler.load_state_dict(s["sampler"])
+        self.step = s["step"]
+
+    def export(self) -> None:
+        data_bin = Path(self.cfg.data.data_bin)
+        meta = {"tasks": self.tasks, "train_sentences": self.train_sizes, "steps": self.step,
+                "pivot": self.manifest.get("pivot", "en"), "config": self.cfg.to_dict(),
+                "max_len": self.cfg.data.max_len}
+        checkpoint.export_hf(self.engine, self.run_dir / "model",
+                             {"spm.model": data_bin / "spm.model"}, meta)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="massive-mt train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", help="experiment YAML (defaults when omitted)")
+    p.add_argument("--ds-config", required=True, help="DeepSpeed JSON config, e.g. ds_configs/zero2.json")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.max_steps=100")
+    return p
+
+
+def run(args) -> dict:
+    cfg = load_config(args.config, args.overrides)
+    ds_raw = load_ds_config(args.ds_config)
+    rank, world = init_distributed()
+    ds = resolve_ds_config(ds_raw, cfg, world, where=args.ds_config)
+    trainer = Trainer(cfg, ds, rank, world)
+    if rank == 0:
+        save_resolved(cfg.train.output_dir, cfg, ds)
+    result = trainer.fit()
+    if rank == 0:
+        print(json.dumps({"final": result}, default=float), flush=True)
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        run(args)
+    except MassiveMTError as e:
+        print(f"massive-mt train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: build the software-localisation corpus, train a small
+# multilingual model with DeepSpeed ZeRO-2 on 2 local ranks (CPU unless a GPU is present),
+# evaluate it and print the per-language table. Extra arguments go to `massive-mt demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PYTHON=${PYTHON:-python3}
+exec "$PYTHON" -m massive_mt.cli demo "$@"

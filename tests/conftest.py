@@ -1,0 +1,84 @@
+"""Shared fixtures: a small REAL corpus (gettext catalogues of one PyPI wheel, built with the
+project's own builder), its data-bin, and a runner for multi-rank DeepSpeed jobs on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# one small permissively licensed wheel (BSD): ~40 languages of real UI strings
+TEST_WHEEL = "django-allauth==65.21.1"
+# languages the training tests use: a few sizes, several scripts
+TEST_LANGS = ["de", "fr", "ru", "ja"]
+
+
+@pytest.fixture(scope="session")
+def real_corpus(tmp_path_factory) -> Path:
+    from massive_mt.data.catalogs import build_catalog_corpus, default_cache_dir
+
+    out = tmp_path_factory.mktemp("corpus") / "allauth"
+    build_catalog_corpus(out, wheels=[TEST_WHEEL], cache_dir=default_cache_dir(), min_pairs=100, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_bin(real_corpus, tmp_path_factory) -> Path:
+    from massive_mt.data.tokenizer import encode_corpus, train_spm
+
+    out = tmp_path_factory.mktemp("data-bin")
+    model = train_spm(real_corpus, str(out / "spm"), vocab_size=4000, temperature=5.0, seed=1)
+    encode_corpus(real_corpus, model, out, workers=2)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_env() -> dict:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def run_ranks(nproc: int, target: list[str], timeout: int = 600, launcher: str = "torchrun",
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Start `nproc` local ranks of `target` (["-m", "module", args...] or ["script.py", args...])."""
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port())] + target
+    elif launcher == "deepspeed":
+        if target[0] == "-m":
+            target = ["--module"] + target[1:]
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+               "--master_port", str(free_port())] + target
+    else:
+        raise ValueError(launcher)
+    p = subprocess.run(cmd, env=dist_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-6000:]}"
+                             f"\n--- stderr\n{p.stderr[-8000:]}")
+    return p
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_args(data_bin: Path, out: Path, ds_config: str = "zero2.json", *overrides: str) -> list[str]:
+    """Arguments of massive_mt.train for the tests: tiny model, a handful of steps."""
+    return ["-m", "massive_mt.train", "--ds-config", str(REPO / "ds_configs" / ds_config),
+            f"data.data_bin={data_bin}", f"data.langs={json.dumps(TEST_LANGS)}", "data.max_len=48",
+            "model.preset=test", "model.dropout=0.0", "sampling.tasks_per_step=2", "sampling.max_tokens=256",
+            "optim.lr=3e-3", "optim.warmup_steps=5", "train.log_interval=2", "train.tensorboard=true",
+            f"train.output_dir={out}", *overrides]

@@ -1,0 +1,63 @@
+"""Run by tests with N ranks: the task-grouped training step vs plain DeepSpeed gradient accumulation.
+
+Two engines from the same initialisation see the same micro-batches in the same order:
+A through `Trainer.train_step` (one accumulation boundary set by the trainer), B through the
+textbook DeepSpeed loop (`engine.backward(loss); engine.step()` per micro-batch, DeepSpeed's
+own micro-step counter deciding the boundary). Prints one JSON line with the comparison.
+"""
+import json
+import sys
+
+import torch
+
+import deepspeed.comm as dist
+from deepspeed.utils import safe_get_full_fp32_param
+
+from massive_mt.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.distributed import init_distributed
+from massive_mt.optim import label_smoothed_loss
+from massive_mt.train import Trainer
+
+
+def full_params(trainer):
+    out = []
+    for p in trainer.engine.module.parameters():
+        if trainer.engine.zero_optimization_stage() == 0:
+            out.append(p.detach().double().reshape(-1).clone())
+        else:
+            out.append(safe_get_full_fp32_param(p).detach().double().reshape(-1).clone())
+    return torch.cat(out)
+
+
+def main():
+    ds_path, steps, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    cfg = load_config(None, overrides)
+    rank, world = init_distributed()
+    ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
+    a = Trainer(cfg, ds, rank, world)
+    b = Trainer(cfg, ds, rank, world)
+    assert torch.equal(full_params(a), full_params(b))
+    start = full_params(a)
+    for step in range(steps):
+        a.train_step()
+        for task, micro_batches in b.sampler.plan(step):
+            for indices in micro_batches:
+                batch = b.datasets[task].collate(indices)
+                out = b.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               decoder_input_ids=batch["decoder_input_ids"])
+                loss, _, _ = label_smoothed_loss(out.logits, batch["labels"], b.pad_id, cfg.optim.label_smoothing)
+                b.engine.backward(loss)
+                b.engine.step()
+    pa, pb = full_params(a), full_params(b)
+    rel = float((pa - pb).abs().max() / pb.abs().max())
+    moved = float((pa - start).abs().max())
+    if rank == 0:
+        print("RESULT " + json.dumps({"world_size": dist.get_world_size(), "rel_diff": rel, "moved": moved,
+                                      "steps_a": a.engine.global_steps, "steps_b": b.engine.global_steps,
+                                      "stage": a.engine.zero_optimization_stage(),
+                                      "wrapper": type(a.engine.optimizer).__name__}), flush=True)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main()

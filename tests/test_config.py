@@ -1,0 +1,101 @@
+import json
+import math
+
+import pytest
+
+from massive_mt.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.errors import ConfigError
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = write(tmp_path, "exp.yaml", "name: x\nsampling:\n  temperature: 1\n  tasks_per_step: 3\n")
+    cfg = load_config(str(p), ["train.max_steps=7", "sampling.temperature=inf", "data.langs=[fr, de]"])
+    assert cfg.name == "x" and cfg.train.max_steps == 7 and cfg.sampling.tasks_per_step == 3
+    assert math.isinf(cfg.sampling.temperature)
+    assert cfg.data.langs == ["fr", "de"]
+    assert isinstance(cfg.sampling.temperature, float)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("sampling.temperature=abc", "sampling.temperature"),
+    ("sampling.temperature=0", "sampling.temperature"),
+    ("train.max_steps=1.5", "train.max_steps"),
+    ("train.max_steps=0", "train.max_steps"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("optim.label_smoothing=1.0", "optim.label_smoothing"),
+    ("model.preset=huge", "model.preset"),
+    ("data.direction=sideways", "data.direction"),
+    ("train.tensorboard=maybe", "train.tensorboard"),
+    ("model.from_pretrained=/nonexistent", "model.from_pretrained"),
+    ("sampling.nonsense=1", "nonsense"),
+])
+def test_bad_values_name_the_field(tmp_path, override, field):
+    p = write(tmp_path, "exp.yaml", "name: x\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p), [override])
+    assert field in str(e.value) and str(p) in str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    p = write(tmp_path, "bad.yaml", "name: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(str(p))
+    p = write(tmp_path, "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(p))
+
+
+def test_ds_config_derived_fields(tmp_path):
+    cfg = load_config(None, ["sampling.tasks_per_step=3", "sampling.micro_batches_per_task=2", "optim.clip_norm=0.5"])
+    ds = resolve_ds_config({"zero_optimization": {"stage": 2}}, cfg, world_size=2)
+    assert ds["gradient_accumulation_steps"] == 6
+    assert ds["train_batch_size"] == 12
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["train_micro_batch_size_per_gpu"] == 1
+
+
+@pytest.mark.parametrize("ds, field", [
+    ({"gradient_accumulation_steps": 5}, "gradient_accumulation_steps"),
+    ({"gradient_clipping": 2.0}, "gradient_clipping"),
+    ({"train_batch_size": 3}, "train_batch_size"),
+    ({"optimizer": {"type": "Adam"}}, "optimizer"),
+    ({"scheduler": {"type": "WarmupLR"}}, "scheduler"),
+    ({"fp16": {"enabled": True}}, "fp16.enabled"),
+    ({"zero_optimization": {"stage": 4}}, "zero_optimization.stage"),
+    ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
+    ({"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "bf16"}}, "grad_accum_dtype"),
+])
+def test_ds_config_contradictions(ds, field):
+    cfg = load_config(None, [])
+    with pytest.raises(ConfigError) as e:
+        resolve_ds_config(ds, cfg, world_size=2, where="my_ds.json")
+    assert field in str(e.value) and "my_ds.json" in str(e.value)
+
+
+def test_ds_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_ds_config(str(tmp_path / "x.json"))
+    p = write(tmp_path, "x.json", "{not json")
+    with pytest.raises(ConfigError, match="x.json: not valid JSON"):
+        load_ds_config(str(p))
+
+
+def test_shipped_ds_configs_resolve():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / "ds_configs"
+    files = sorted(root.glob("*.json"))
+    assert len(files) == 8
+    cfg = load_config(None, [])
+    for f in files:
+        ds = resolve_ds_config(load_ds_config(str(f)), cfg, world_size=2, where=str(f))
+        assert ds["zero_optimization"]["stage"] in (0, 1, 2, 3)
+        if "bf16" in f.name:
+            assert ds["bf16"]["enabled"] and ds["data_types"]["grad_accum_dtype"] == "fp32"
