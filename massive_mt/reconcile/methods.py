@@ -1,0 +1,311 @@
+"""Multi-task gradient reconcilers computed from per-group Gram matrices (docs/algorithms.md §2-4).
+
+Notation. A step has K tasks with step-local indices 0..K-1; `task_ids[i]` is the global
+index (0..T-1) of local task i. For parameter group k, `grams[k, i, j] = g_ik . g_jk`.
+A corrected task gradient is kept in coefficient form `g'_i = sum_j C[i, j] g_j` (C = I at
+the start), so that
+
+    ||g'_i||^2 = C[i] G C[i]^T,    g'_i . g_j = (C G)[i, j],
+
+and the update of group k is `sum_j w[k, j] g_jk` with `w = 1^T C` (the column sums of C).
+
+Random visiting order. For each group k = 0..n_groups-1 (group-major), then for each
+corrected task i in ascending step-local order (PCGrad: every task; GradVac: the vaccinated
+tasks only), one `torch.randperm(K - 1, generator=generator)` is drawn and task i visits
+`others[perm]`, where `others = [j for j in range(K) if j != i]`. The draws never depend
+on the gradient values (a skipped task or group still draws); nothing is drawn when K < 2
+or for `sum`.
+
+Zero and non-finite values. In group k a task whose squared norm G[t, t] is not finite takes
+no part: it is not corrected (weight 1) and never serves as j. If entries among the
+remaining tasks are still not finite, the whole group gets the plain update (all-ones
+weights). A visit (i, j) is skipped (no correction, no EMA update) when either task takes no
+part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats, so the
+caller can decide (DeepSpeed's overflow check skips the step anyway).
+
+Everything is float64 on the CPU; the scalar recurrences run on Python floats (IEEE double).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+METHODS = ("sum", "pcgrad", "gradvac")
+F64 = torch.float64
+
+
+@dataclass
+class ReconcileConfig:
+    beta: float = 0.01                      # GradVac EMA rate of the targets phi_hat
+    vaccinated: Optional[frozenset] = None  # global task ids GradVac corrects; None: all tasks
+
+
+@dataclass
+class NoState:
+    """State of the stateless methods (`sum`, `pcgrad`)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd:
+            raise ValueError(f"stateless reconciler got state {sorted(sd)}")
+
+
+@dataclass
+class GradVacState:
+    """phi_hat[k, a, b]: EMA target of cos(g'_a, g_b) in group k, by GLOBAL task ids a, b."""
+
+    phi_hat: Tensor  # [n_groups, n_tasks, n_tasks] float64, starts at 0
+
+    @classmethod
+    def zeros(cls, n_groups: int, n_tasks: int) -> "GradVacState":
+        return cls(torch.zeros(n_groups, n_tasks, n_tasks, dtype=F64))
+
+    def state_dict(self) -> dict:
+        return {"phi_hat": self.phi_hat.clone()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        phi_hat = torch.as_tensor(sd["phi_hat"]).detach().to("cpu", F64).clone()
+        if phi_hat.shape != self.phi_hat.shape:
+            raise ValueError(f"GradVac phi_hat has shape {tuple(phi_hat.shape)}, expected "
+                             f"{tuple(self.phi_hat.shape)} (n_groups, n_tasks, n_tasks)")
+        if not (torch.isfinite(phi_hat).all() and phi_hat.abs().le(1).all()):
+            raise ValueError("GradVac phi_hat must be finite and within [-1, 1]")
+        self.phi_hat = phi_hat
+
+
+def make_state(method: str, n_groups: int, n_tasks: int):
+    """Fresh state of `method` for `n_groups` parameter groups and `n_tasks` tasks in the run."""
+    _check_method(method)
+    return GradVacState.zeros(n_groups, n_tasks) if method == "gradvac" else NoState()
+
+
+class Corrections(NamedTuple):
+    coef: Tensor       # [n_groups, K, K] C: g'_i = sum_j C[i, j] g_j
+    fired: Tensor      # [n_groups, K, K] bool: g'_i was corrected against g_j
+    skipped: Tensor    # [n_groups, K, K] bool: visit (i, j) skipped (zero or non-finite norm)
+    nonfinite: Tensor  # [n_groups] bool: a non-finite value was met in the group
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers on one group (nested Python lists of floats)
+
+def _visit_orders(generator: torch.Generator, K: int, rows) -> dict[int, list[int]]:
+    """The tasks j != i that row i visits, in the order of one randperm(K - 1) per row."""
+    if K < 2:
+        return {}
+    orders = {}
+    for i in rows:
+        others = [j for j in range(K) if j != i]
+        orders[i] = [others[p] for p in torch.randperm(K - 1, generator=generator).tolist()]
+    return orders
+
+
+def _prepare(G: Tensor) -> tuple[list, list, bool]:
+    """(G with non-finite tasks zeroed, usable[t] = finite and non-zero norm, nonfinite)."""
+    d = G.diagonal()
+    part = torch.isfinite(d)
+    nonfinite = not bool(torch.isfinite(G).all())
+    if not torch.isfinite(G[part][:, part]).all():
+        part = torch.zeros_like(part)  # no consistent sub-Gram: the plain update
+    Gz = torch.where(part[:, None] & part[None, :], G, torch.zeros((), dtype=F64))
+    return Gz.tolist(), (part & (d > 0)).tolist(), nonfinite
+
+
+def _dot(x: list, y: list) -> float:
+    return sum(a * b for a, b in zip(x, y))
+
+
+def _run(grams: Tensor, generator: torch.Generator, rows, solve: Callable) -> Corrections:
+    """Per group: draw the visiting orders, then `solve(k, G, usable, orders, C, fired, skipped)`
+    fills the identity-initialised C and the flags."""
+    n_groups, K, _ = grams.shape
+    coef, fired, skipped, nonfinite = [], [], [], []
+    for k in range(n_groups):
+        orders = _visit_orders(generator, K, rows)
+        G, usable, bad = _prepare(grams[k])
+        C = [[float(i == j) for j in range(K)] for i in range(K)]
+        f = [[False] * K for _ in range(K)]
+        s = [[False] * K for _ in range(K)]
+        solve(k, G, usable, orders, C, f, s)
+        coef.append(C)
+        fired.append(f)
+        skipped.append(s)
+        nonfinite.append(bad)
+    shape = (n_groups, K, K)
+    return Corrections(torch.tensor(coef, dtype=F64).reshape(shape),
+                       torch.tensor(fired, dtype=torch.bool).reshape(shape),
+                       torch.tensor(skipped, dtype=torch.bool).reshape(shape),
+                       torch.tensor(nonfinite, dtype=torch.bool).reshape(n_groups))
+
+
+def _visit(usable, i, j, c, r) -> Optional[float]:
+    """||g'_i|| when visit (i, j) can be made (both usable, 0 < ||g'_i|| < inf), else None."""
+    nsq = _dot(c, r)
+    return math.sqrt(nsq) if usable[i] and usable[j] and 0.0 < nsq < math.inf else None
+
+
+def _add(G, c, r, a, j) -> None:
+    """g'_i += a g_j: C[i, j] += a and (C G)[i] += a G[j]."""
+    c[j] += a
+    r[:] = [x + a * y for x, y in zip(r, G[j])]
+
+
+# ---------------------------------------------------------------------------------------------
+# methods
+
+def sum_method(grams: Tensor) -> Corrections:
+    """Plain training: update = sum_i g_i (C = I, w = 1)."""
+    n_groups, K, _ = grams.shape
+    z = torch.zeros(n_groups, K, K, dtype=torch.bool)
+    return Corrections(torch.eye(K, dtype=F64).expand(n_groups, K, K).clone(), z, z.clone(),
+                       ~torch.isfinite(grams).flatten(1).all(1))
+
+
+def pcgrad(grams: Tensor, generator: torch.Generator) -> Corrections:
+    """PCGrad (algorithms.md §4), every task i, j in random order:
+    if g'_i . g_j < 0:  g'_i <- g'_i - (g'_i . g_j / ||g_j||^2) g_j   (g_j ORIGINAL),
+    i.e. C[i, j] -= (C G)[i, j] / G[j, j]."""
+    K = grams.shape[1]
+
+    def solve(k, G, usable, orders, C, fired, skipped):
+        for i, order in orders.items():
+            c, r = C[i], list(G[i])
+            for j in order:
+                if _visit(usable, i, j, c, r) is None:
+                    skipped[i][j] = True
+                elif r[j] < 0:
+                    a = -r[j] / G[j][j]
+                    if math.isfinite(a):
+                        _add(G, c, r, a, j)
+                        fired[i][j] = True
+
+    return _run(grams, generator, range(K), solve)
+
+
+def gradvac(grams: Tensor, task_ids: list[int], phi_hat: Tensor, generator: torch.Generator,
+            beta: float = 0.01, vaccinated=None) -> tuple[Corrections, Tensor]:
+    """GradVac, Algorithm 1 of Wang et al. 2021 (algorithms.md §3). Per group k, for each
+    vaccinated task i, for j != i in random order, with T = phi_hat[k, task_ids[i], task_ids[j]]:
+        phi = cos(g'_i, g_j)                          (g'_i corrected so far, g_j ORIGINAL)
+        if phi < T:  g'_i += ||g'_i|| (T sqrt(1-phi^2) - phi sqrt(1-T^2)) / (||g_j|| sqrt(1-T^2)) g_j
+        T <- (1 - beta) T + beta phi                  (every visit, after the test)
+    After a correction cos(g'_i, g_j) = T. A correction is left out when sqrt(1-T^2) = 0.
+    Returns the corrections and the new phi_hat (the input is not modified)."""
+    K = grams.shape[1]
+    ids = torch.tensor(task_ids, dtype=torch.long)
+    rows = [i for i, t in enumerate(task_ids) if vaccinated is None or t in vaccinated]
+    phi_hat = phi_hat.clone()
+
+    def solve(k, G, usable, orders, C, fired, skipped):
+        target = phi_hat[k][ids][:, ids].tolist()
+        for i, order in orders.items():
+            c, r = C[i], list(G[i])
+            for j in order:
+                ni = _visit(usable, i, j, c, r)
+                if ni is None:
+                    skipped[i][j] = True
+                    continue
+                nj = math.sqrt(G[j][j])
+                phi = min(1.0, max(-1.0, r[j] / ni / nj))
+                t = target[i][j]
+                if phi < t:
+                    den = math.sqrt(max(0.0, 1.0 - t * t))
+                    a = ni / nj * (t * math.sqrt(1.0 - phi * phi) - phi * den) / den if den > 0 else math.nan
+                    if math.isfinite(a):
+                        _add(G, c, r, a, j)
+                        fired[i][j] = True
+                target[i][j] = (1.0 - beta) * t + beta * phi
+        phi_hat[k, ids[:, None], ids[None, :]] = torch.tensor(target, dtype=F64)
+
+    return _run(grams, generator, rows, solve), phi_hat
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown reconcile method {method!r}; one of {METHODS}")
+
+
+def _option(config, name: str, default):
+    if config is None:
+        return default
+    if isinstance(config, Mapping):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def cosines(grams: Tensor) -> Tensor:
+    """[n_groups, K, K] cos(g_i, g_j) from the Gram; 0 where a norm is zero or not finite."""
+    d = grams.diagonal(dim1=-2, dim2=-1)
+    ok = torch.isfinite(d) & (d > 0)
+    n = torch.where(ok, d, torch.ones((), dtype=F64)).sqrt()
+    cos = (grams / n[..., :, None] / n[..., None, :]).clamp(-1.0, 1.0)
+    keep = ok[..., :, None] & ok[..., None, :] & torch.isfinite(cos)
+    return torch.where(keep, cos, torch.zeros((), dtype=F64))
+
+
+def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator: torch.Generator,
+              config=None) -> tuple[Tensor, dict]:
+    """Weights w [n_groups, K] of the update `update_k = sum_j w[k, j] g_jk`, and stats.
+
+    grams: [n_groups, K, K] Gram matrices of the step's task gradients (any float dtype/device;
+    computed in float64 on the CPU). task_ids: global task index of each step-local task.
+    state: from `make_state(method, n_groups, n_tasks)`; GradVac's state object is updated.
+    generator: seeded identically on every rank; see the module docstring for the draw order.
+    config: ReconcileConfig, a mapping or any object with `beta` / `vaccinated` (defaults apply).
+
+    stats (all on the CPU): cos [n_groups, K, K] cosines of the original gradients; coef
+    [n_groups, K, K] the matrix C (w = coef.sum(1)); fired / skipped [n_groups, K, K] bool per
+    visit (i, j); n_fired / n_skipped [n_groups] int64; nonfinite [n_groups] bool.
+    """
+    _check_method(method)
+    grams = grams.detach().to("cpu", F64)
+    if grams.dim() != 3 or grams.shape[1] != grams.shape[2]:
+        raise ValueError(f"grams must be [n_groups, K, K], got {tuple(grams.shape)}")
+    task_ids = [int(t) for t in task_ids]
+    if len(task_ids) != grams.shape[1] or len(set(task_ids)) != len(task_ids):
+        raise ValueError(f"task_ids {task_ids} must be {grams.shape[1]} distinct task indices")
+
+    if method == "sum":
+        out = sum_method(grams)
+    elif method == "pcgrad":
+        out = pcgrad(grams, generator)
+    else:
+        beta = float(_option(config, "beta", 0.01))
+        vaccinated = _option(config, "vaccinated", None)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"GradVac beta must be in [0, 1], got {beta}")
+        n_groups, n_tasks = state.phi_hat.shape[:2]
+        if n_groups != grams.shape[0] or not all(0 <= t < n_tasks for t in task_ids):
+            raise ValueError(f"GradVac state is for {n_groups} groups and {n_tasks} tasks; got grams "
+                             f"{tuple(grams.shape)} and task_ids {task_ids}")
+        out, state.phi_hat = gradvac(grams, task_ids, state.phi_hat, generator, beta,
+                                     None if vaccinated is None else {int(t) for t in vaccinated})
+
+    coef, nonfinite = out.coef, out.nonfinite.clone()
+    weights = coef.sum(1)
+    overflow = ~torch.isfinite(weights).all(1)
+    if overflow.any():  # corrections overflowed: the plain update for those groups
+        weights[overflow] = 1.0
+        coef[overflow] = torch.eye(coef.shape[1], dtype=F64)
+        nonfinite |= overflow
+    stats = {"cos": cosines(grams), "coef": coef, "fired": out.fired, "skipped": out.skipped,
+             "n_fired": out.fired.flatten(1).sum(1), "n_skipped": out.skipped.flatten(1).sum(1),
+             "nonfinite": nonfinite}
+    return weights, stats
+
+
+def update_norm_sq(grams: Tensor, weights: Tensor) -> Tensor:
+    """[n_groups] squared norm of each group's update, w^T G w (for clipping from the Gram)."""
+    grams = grams.to(F64)
+    weights = weights.to(grams.device, F64)
+    return torch.einsum("gi,gij,gj->g", weights, grams, weights)
