@@ -1,0 +1,411 @@
+"""Per-task gradient shards under DeepSpeed: snapshot, reset and write back a rank's gradient.
+
+This is the only module of massive_mt that reads or writes DeepSpeed's semi-private gradient
+buffers. It is written against deepspeed==0.19.8 (pinned in pyproject.toml); `GradShards`
+warns when another version is installed, and tests/test_zero_adapter.py checks every supported
+layout against a single-process PyTorch reference. Re-run it whenever the pin moves.
+
+Usage, per optimizer step (every rank runs the same task at the same micro-step)::
+
+    shards = GradShards(engine)                     # once, after deepspeed.initialize
+    shards.begin_step()
+    snaps = []
+    for k, micro_batches in enumerate(tasks):
+        for m, batch in enumerate(micro_batches):
+            engine.set_gradient_accumulation_boundary(m == len(micro_batches) - 1)
+            engine.backward(loss(engine, batch))
+        snaps.append(shards.snapshot())             # this rank's reduced, dp-averaged gradient
+        if k < len(tasks) - 1:
+            shards.reset()
+    S = torch.stack(snaps)                          # [K, shards.numel]
+    # Gram over shards.gram_segments(), ONE all_reduce over shards.dp_group, weights from it
+    shards.write_back(combined)                     # [shards.numel], same layout as S's rows
+    engine.set_gradient_accumulation_boundary(True)
+    engine.step()
+
+Where the rank's gradient lives (``kind``):
+
+- ``"z0"``: ZeRO stage 0, fp32, plain torch optimizer. After a boundary backward DeepSpeed has
+  all-reduced and averaged every ``p.grad``; each rank holds the full gradient.
+- ``"z12"``: ``DeepSpeedZeroOptimizer`` (ZeRO-1/2). ``optimizer.averaged_gradients[i]`` holds
+  param group i's partition, either as a list of pieces plus zero pads (``_zero_padding``)
+  exactly ``partition_size[i]`` long, or (bf16 with fp32 accumulation) as a buffer object whose
+  ``.flat_partition`` is the whole partition. Parameter offsets come from ``p._hp_mapping``.
+- ``"z3"``: ``DeepSpeedZeroOptimizer_Stage3``. One contiguous ``grad_partitions_flat_buffer`` in
+  the order of ``fp16_groups``, ``p.partition_numel()`` values per parameter (the last ranks'
+  share of a parameter may be padding).
+- ``"bf16"``: ``BF16_Optimizer`` (ZeRO-1 + bf16 + fp32 accumulation). Every rank holds the full
+  averaged fp32 gradient; its partition is ``fp32_groups_gradient_flat_partition[i]``.
+
+Not supported (``ConfigError``): fp16 / loss scaling, optimizer or parameter offload,
+``managed_gradient_accumulation: false`` (step() rebuilds the gradient and would overwrite a
+write-back), DeepSpeed clipping with ``BF16_Optimizer`` (its norm covers the full local buffer,
+which is wrong after a partition-only write-back: clip from the Gram instead, see
+``clip_from_gram``), expert-parallel parameter groups and any other optimizer wrapper.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+import deepspeed
+import deepspeed.comm as dist
+from deepspeed.accelerator import get_accelerator
+from deepspeed.runtime.base_optimizer import DeepSpeedOptimizer
+from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+from massive_mt.errors import ConfigError
+
+SUPPORTED_DEEPSPEED = "0.19.8"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous run of ONE parameter's values inside this rank's flat snapshot.
+
+    For any parameter, its ``gram_segments()`` of all data-parallel ranks, taken in rank order
+    (and in list order within a rank), tile the flattened parameter from first to last value.
+    """
+    name: str       # parameter name from engine.module.named_parameters() (tied params appear once)
+    start: int      # offset in the snapshot vector
+    numel: int
+
+
+def _fp32_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).to(torch.float32, copy=True)
+
+
+def _offloaded(offload_cfg) -> bool:
+    device = getattr(offload_cfg, "device", None)
+    return device is not None and str(getattr(device, "value", device)) != "none"
+
+
+def _check_engine_config(engine) -> None:
+    if engine.fp16_enabled():
+        raise ConfigError("ds_config field 'fp16.enabled': fp16 with loss scaling is not supported by the "
+                          "per-task gradient adapter; use bf16 with data_types.grad_accum_dtype = \"fp32\"")
+    if getattr(engine, "torch_autocast_z0_gradscaler", None) is not None:
+        raise ConfigError("ds_config field 'torch_autocast': fp16 autocast with a gradient scaler is not "
+                          "supported by the per-task gradient adapter")
+    if _offloaded(engine.zero_offload_optimizer()):
+        raise ConfigError("ds_config field 'zero_optimization.offload_optimizer': optimizer offload (CPU/NVMe) "
+                          "is not supported by the per-task gradient adapter; remove it or set device to \"none\"")
+    if _offloaded(engine.zero_offload_param()):
+        raise ConfigError("ds_config field 'zero_optimization.offload_param': parameter offload (CPU/NVMe) "
+                          "is not supported by the per-task gradient adapter; remove it or set device to \"none\"")
+    if not engine.managed_gradient_accumulation():
+        raise ConfigError("ds_config field 'managed_gradient_accumulation' = false: step() rebuilds the "
+                          "gradient and would overwrite the reconciled one; keep it true (the default)")
+
+
+class _ZeRO0:
+    """Stage 0: after a boundary backward every p.grad is all-reduced and averaged."""
+
+    kind = "z0"
+
+    def __init__(self, engine):
+        named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.numel = sum(p.numel() for p in self.params)
+        self.dp_group = engine.seq_data_parallel_group      # the group DeepSpeed all-reduces over
+
+    def snapshot(self):
+        return torch.cat([torch.zeros(p.numel(), device=p.device) if p.grad is None else _fp32_copy(p.grad)
+                          for p in self.params])
+
+    def reset(self):
+        for p in self.params:
+            p.grad = None
+
+    def write_back(self, flat):
+        off = 0
+        for p in self.params:
+            n = p.numel()
+            src = flat[off:off + n].view_as(p)
+            if p.grad is None:
+                p.grad = src.to(p.dtype, copy=True)
+            else:
+                p.grad.copy_(src)
+            off += n
+
+    def segments(self):
+        out, off = [], 0
+        for n, p in zip(self.names, self.params):
+            out.append(Segment(n, off, p.numel()))
+            off += p.numel()
+        return out
+
+    def gram_segments(self):
+        """Rank r of N takes values [r*P//N, (r+1)*P//N) of the full vector, cut by parameter."""
+        rank, world = dist.get_rank(group=self.dp_group), dist.get_world_size(group=self.dp_group)
+        lo, hi = rank * self.numel // world, (rank + 1) * self.numel // world
+        out = []
+        for s in self.segments():
+            a, b = max(lo, s.start), min(hi, s.start + s.numel)
+            if a < b:
+                out.append(Segment(s.name, a, b - a))
+        return out
+
+
+class _ZeRO12:
+    """DeepSpeedZeroOptimizer: partitions in averaged_gradients[i] (pieces + pads, or .flat_partition)."""
+
+    kind = "z12"
+
+    def __init__(self, opt, names):
+        if opt.cpu_offload:
+            raise ConfigError("ds_config field 'zero_optimization.offload_optimizer': optimizer offload is not "
+                              "supported by the per-task gradient adapter")
+        self.opt = opt
+        self.names = names
+        self.sizes = [int(s) for s in opt.partition_size]
+        self.numel = sum(self.sizes)
+        self.dp_group = opt.dp_process_group
+
+    def _partition(self, i):
+        ag = self.opt.averaged_gradients.get(i)
+        if ag is None:
+            return None
+        flat = getattr(ag, "flat_partition", None)
+        return flat.view(-1) if flat is not None else torch.cat([t.reshape(-1) for t in ag])
+
+    def snapshot(self):
+        parts = []
+        for i, size in enumerate(self.sizes):
+            part = self._partition(i)
+            if part is None:
+                parts.append(torch.zeros(size, device=self.opt.device))
+            else:
+                assert part.numel() == size, (i, part.numel(), size)
+                parts.append(_fp32_copy(part))
+        return torch.cat(parts)
+
+    def reset(self):
+        # What DeepSpeedZeroOptimizer.step() does on overflow. The dicts stay the same objects:
+        # _hp_mapping and the norm code hold references to them.
+        opt = self.opt
+        opt.zero_grad(set_to_none=True)             # p.grad = p.grad_accum = None
+        opt._release_preflattened_grad_buffers()
+        for k in list(opt.averaged_gradients.keys()):
+            opt.averaged_gradients[k] = None
+        for k in list(opt.all_grad_tensors.keys()):
+            opt.all_grad_tensors[k] = None
+
+    def write_back(self, flat):
+        # In place, keeping the pieces: step(), the norm and the overflow check read them.
+        off = 0
+        for i, size in enumerate(self.sizes):
+            src = flat[off:off + size]
+            off += size
+            ag = self.opt.averaged_gradients.get(i)
+            if ag is None:
+                raise RuntimeError("GradShards.write_back: no gradient partition for param group "
+                                   f"{i}; call it after the last task's boundary backward, without reset()")
+            dst = getattr(ag, "flat_partition", None)
+            if dst is not None:
+                dst.view(-1).copy_(src)
+                continue
+            o = 0
+            for t in ag:
+                t.copy_(src[o:o + t.numel()].view_as(t))
+                o += t.numel()
+            assert o == size, (i, o, size)
+
+    def _groups(self):
+        return self.opt.bit16_groups
+
+    def segments(self):
+        out, base = [], 0
+        for group, size in zip(self._groups(), self.sizes):
+            for p in group:
+                mapping = getattr(p, "_hp_mapping", None)       # None: no values on this rank
+                if mapping is not None:
+                    addr = mapping.get_hp_fragment_address()   # relative to this rank's partition
+                    if addr.numel > 0:
+                        out.append(Segment(self.names[id(p)], base + int(addr.start), int(addr.numel)))
+            base += size
+        return sorted(out, key=lambda s: s.start)
+
+    gram_segments = segments
+
+
+class _BF16(_ZeRO12):
+    """BF16_Optimizer: full averaged fp32 buffer per rank; the partition is a view into it."""
+
+    kind = "bf16"
+
+    def __init__(self, opt, names):
+        if opt.clip_grad > 0:
+            raise ConfigError(f"ds_config field 'gradient_clipping' = {opt.clip_grad}: with BF16_Optimizer "
+                              "(ZeRO stage 1 + bf16) DeepSpeed's clipping norm is wrong after a partition "
+                              "write-back; set it to 0 and clip from the Gram (GradShards.clip_from_gram)")
+        self.opt = opt
+        self.names = names
+        self.sizes = [t.numel() for t in opt.fp32_groups_gradient_flat_partition]
+        self.numel = sum(self.sizes)
+        self.dp_group = opt.dp_process_group
+
+    def snapshot(self):
+        return torch.cat([_fp32_copy(t) for t in self.opt.fp32_groups_gradient_flat_partition])
+
+    def reset(self):
+        self.opt.clear_hp_grads()
+        self.opt.clear_lp_grads(set_to_none=True)
+
+    def write_back(self, flat):
+        # Values outside this rank's partition are zeroed and every parameter is flagged as
+        # having a gradient, so step()'s (per-rank) overflow check reads exactly what was written.
+        opt, off = self.opt, 0
+        for i, (full, part) in enumerate(zip(opt.fp32_groups_gradients_flat, opt.fp32_groups_gradient_flat_partition)):
+            n = part.numel()
+            full.zero_()
+            part.view(-1).copy_(flat[off:off + n])
+            opt.fp32_groups_has_gradients[i] = [True] * len(opt.fp32_groups_has_gradients[i])
+            off += n
+
+    def _groups(self):
+        return self.opt.bf16_groups
+
+
+class _ZeRO3:
+    """DeepSpeedZeroOptimizer_Stage3: partitions of all params in grad_partitions_flat_buffer."""
+
+    kind = "z3"
+
+    def __init__(self, opt, names):
+        if opt.offload_optimizer or opt.offload_param:
+            raise ConfigError("ds_config field 'zero_optimization.offload_optimizer' / 'offload_param': "
+                              "offload is not supported by the per-task gradient adapter")
+        self.opt = opt
+        self.names = names
+        self.numel = opt.grad_partitions_flat_buffer.numel()
+        self.dp_group = opt.dp_process_group
+
+    def _buffer(self):
+        # Reductions may still be running on the reduce stream (GPU, overlap_comm).
+        stream = self.opt.reduce_and_partition_stream
+        if stream is not None and not get_accelerator().resolves_data_dependency():
+            stream.synchronize()
+        return self.opt.grad_partitions_flat_buffer.view(-1)
+
+    def begin_step(self):
+        # deepspeed 0.19.8 never zeroes this buffer: a parameter unused in a step's first
+        # micro-batch would otherwise add its later gradients onto the previous step's.
+        self._buffer().zero_()
+
+    def snapshot(self):
+        return _fp32_copy(self._buffer())
+
+    def reset(self):
+        # The next micro-batch copies (micro_step_id == 0) or adds (> 0) into zeros: both exact.
+        self._buffer().zero_()
+
+    def write_back(self, flat):
+        self._buffer().copy_(flat)
+
+    def segments(self):
+        rank = dist.get_rank(group=self.dp_group)
+        out, off = [], 0
+        for group in self.opt.fp16_groups:
+            for p in group:
+                n = p.partition_numel()
+                valid = min(n, max(0, p.ds_numel - rank * n))   # the rest is padding
+                if valid > 0:
+                    out.append(Segment(self.names[id(p)], off, valid))
+                off += n
+        return out
+
+    gram_segments = segments
+
+
+class GradShards:
+    """This rank's share of the data-parallel-averaged gradient of one task, as a flat fp32 vector.
+
+    Attributes: ``kind`` ("z0", "z12", "z3", "bf16"), ``numel`` (length of ``snapshot()``),
+    ``dp_group`` (group for the Gram all_reduce; None means the world), ``clip_from_gram``
+    (True where DeepSpeed's clipping must stay off and the caller scales the update by
+    ``min(1, clip / ||u||)`` with ``||u||^2 = w^T G w``).
+
+    A non-finite Gram must make every rank skip the step (BF16_Optimizer decides overflow from
+    its own rank's values only).
+    """
+
+    def __init__(self, engine):
+        if deepspeed.__version__ != SUPPORTED_DEEPSPEED:
+            warnings.warn(f"massive_mt.zero_adapter was verified with deepspeed=={SUPPORTED_DEEPSPEED}, found "
+                          f"{deepspeed.__version__}: run tests/test_zero_adapter.py before trusting it",
+                          RuntimeWarning, stacklevel=2)
+        _check_engine_config(engine)
+        opt = engine.optimizer
+        names = {id(p): n for n, p in engine.module.named_parameters()}
+        if type(opt) is DeepSpeedZeroOptimizer:
+            impl = _ZeRO12(opt, names)
+        elif type(opt) is DeepSpeedZeroOptimizer_Stage3:
+            impl = _ZeRO3(opt, names)
+        elif type(opt) is BF16_Optimizer:
+            impl = _BF16(opt, names)
+        elif (engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled()
+              and isinstance(opt, torch.optim.Optimizer) and not isinstance(opt, DeepSpeedOptimizer)):
+            impl = _ZeRO0(engine)
+        else:
+            raise ConfigError(f"optimizer wrapper {type(opt).__name__} (ds_config 'zero_optimization.stage' = "
+                              f"{engine.zero_optimization_stage()}, bf16 = {engine.bfloat16_enabled()}) is not "
+                              "supported by the per-task gradient adapter: use stage 0 with fp32 parameters, or "
+                              "stages 1-3 (with bf16: data_types.grad_accum_dtype = \"fp32\")")
+        real_groups = getattr(opt, "real_dp_process_group", None)
+        if real_groups is not None and any(g is not impl.dp_group for g in real_groups):
+            raise ConfigError("expert-parallel (MoE) parameter groups are not supported by the per-task "
+                              "gradient adapter: the Gram needs one data-parallel group")
+        self._impl = impl
+        self.kind: str = impl.kind
+        self.dp_group = impl.dp_group
+        self.clip_from_gram: bool = impl.kind == "bf16"
+        segments = impl.segments()
+        self._segments = segments
+        self._gram_segments = impl.gram_segments()
+        self.numel: int = impl.numel
+        covered = torch.zeros(self.numel, dtype=torch.bool)
+        for s in segments:
+            covered[s.start:s.start + s.numel] = True
+        self._padding = torch.nonzero(~covered).flatten()
+
+    def begin_step(self) -> None:
+        """Call before the first backward of every optimizer step."""
+        if self.kind == "z3":
+            self._impl.begin_step()
+
+    def snapshot(self) -> torch.Tensor:
+        """fp32 copy of this rank's reduced, dp-averaged gradient; call right after a boundary backward."""
+        return self._impl.snapshot()
+
+    def reset(self) -> None:
+        """Clear the gradient buffers so the next task starts from zero (not after the last task)."""
+        self._impl.reset()
+
+    @torch.no_grad()
+    def write_back(self, flat: torch.Tensor) -> None:
+        """Write ``flat`` (snapshot layout) in place into the live buffers that engine.step() reads.
+
+        Padding positions (values not in ``segments()``) are written as zeros.
+        """
+        if flat.shape != (self.numel,):
+            raise ValueError(f"write_back expects a flat vector of {self.numel} values, got {tuple(flat.shape)}")
+        flat = flat.detach().to(torch.float32)
+        if self._padding.numel():
+            flat = flat.clone()
+            flat[self._padding.to(flat.device)] = 0.0
+        self._impl.write_back(flat)
+
+    def segments(self) -> list[Segment]:
+        """Layout of ``snapshot()`` by parameter, padding excluded, in increasing ``start`` order."""
+        return list(self._segments)
+
+    def gram_segments(self) -> list[Segment]:
+        """The part of ``snapshot()`` this rank adds to Gram matrices: disjoint across ranks, and
+        together every parameter value exactly once. Equal to ``segments()`` except for z0."""
+        return list(self._gram_segments)

@@ -1,0 +1,70 @@
+"""massive_mt.zero_adapter.GradShards on real DeepSpeed engines (CPU, gloo), every supported layout.
+
+Each case starts tests/dist/adapter_check.py on N local ranks; the script compares per-task
+gradient snapshots, Grams and the written-back update with an unsharded float64 reference.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, dist_env, run_ranks
+
+SCRIPT = "tests/dist/adapter_check.py"
+CLIP = "2.0"        # below the norm of the test's reconciled update: clipping is active
+
+CASES = [
+    # (world size, stage, dtype, clip)
+    *[(1, stage, "fp32", None) for stage in (0, 1, 2, 3)],
+    *[(2, stage, "fp32", CLIP) for stage in (0, 1, 2, 3)],
+    (4, 2, "fp32", None),
+    (4, 3, "fp32", CLIP),
+    (2, 1, "bf16", CLIP),           # BF16_Optimizer: clipping from the Gram
+    (2, 2, "bf16", CLIP),           # DeepSpeedZeroOptimizer with an fp32 flat_partition: DeepSpeed's clipping
+]
+EXPECTED_KIND = {(0, "fp32"): "z0", (1, "fp32"): "z12", (2, "fp32"): "z12", (3, "fp32"): "z3",
+                 (1, "bf16"): "bf16", (2, "bf16"): "z12"}
+
+
+def result_line(stdout: str) -> dict:
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, f"no RESULT line in output:\n{stdout[-3000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("world,stage,dtype,clip", CASES,
+                         ids=[f"ws{w}-zero{s}-{d}" + ("-clip" if c else "") for w, s, d, c in CASES])
+def test_grad_shards_match_reference(world, stage, dtype, clip):
+    args = [SCRIPT, "--stage", str(stage), "--dtype", dtype] + (["--clip", clip] if clip else [])
+    r = result_line(run_ranks(world, args, timeout=300).stdout)
+    assert r["world_size"] == world
+    assert r["kind"] == EXPECTED_KIND[stage, dtype]
+    assert r["ok"] is True, r
+    assert r["clipped"] == bool(clip), r
+
+
+@pytest.mark.distributed
+def test_check_detects_stale_zero3_partitions_without_begin_step():
+    p = run_ranks(1, [SCRIPT, "--stage", "3", "--skip-begin-step"], timeout=300, check=False)
+    r = result_line(p.stdout)
+    assert p.returncode != 0 and r["kind"] == "z3" and r["ok"] is False
+    assert r["errors"]["grad"] > 1e-2, r
+
+
+def test_unsupported_configs_raise_config_error():
+    p = subprocess.run([sys.executable, SCRIPT, "--refusals"], env=dist_env(), cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    refusals = result_line(p.stdout)["refusals"]
+    expected_field = {"offload_optimizer": "zero_optimization.offload_optimizer",
+                      "offload_param": "zero_optimization.offload_param",
+                      "fp16": "fp16.enabled",
+                      "managed_gradient_accumulation": "managed_gradient_accumulation",
+                      "gradient_clipping": "gradient_clipping",
+                      "wrapper": "zero_optimization.stage"}
+    assert set(refusals) == set(expected_field)
+    for case, field in expected_field.items():
+        assert refusals[case]["outcome"] == "ConfigError", (case, refusals[case])
+        assert field in refusals[case]["message"], (case, refusals[case])
