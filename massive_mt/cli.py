@@ -28,13 +28,32 @@ def cmd_build_corpus(a) -> int:
 
 
 def cmd_prepare(a) -> int:
+    """Validate the corpus, train SentencePiece, binarise; built in a temporary directory
+    next to the output and renamed into place, so a failure leaves nothing behind."""
+    from .data.corpus import load_corpus
     from .data.tokenizer import encode_corpus, train_spm
 
+    corpus = load_corpus(a.corpus, verify=True)
+    for name, info in corpus.pairs.items():           # strict read of every file: UTF-8, empty lines
+        for split, n in info.sizes.items():
+            if n:
+                corpus.read(split, info.src, info.tgt)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = train_spm(a.corpus, str(out / "spm"), vocab_size=a.vocab_size, temperature=a.temperature,
-                      seed=a.seed)
-    encode_corpus(a.corpus, model, out, workers=a.workers)
+    if out.exists() and any(out.iterdir()):
+        raise MassiveMTError(f"{out}: exists and is not empty; choose a new data-bin directory")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model = train_spm(a.corpus, str(tmp / "spm"), vocab_size=a.vocab_size, temperature=a.temperature,
+                          seed=a.seed)
+        encode_corpus(a.corpus, model, tmp, workers=a.workers)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
     print(f"{out}: SentencePiece model and token arrays written")
     return 0
 
@@ -46,6 +65,15 @@ def cmd_evaluate(a) -> int:
                       max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens, device=a.device,
                       out_dir=a.out or Path(a.model).parent / "eval")
     print(markdown_table(report))
+    return 0
+
+
+def cmd_similarity(a) -> int:
+    from .plots import plot_similarity
+
+    out = plot_similarity(Path(a.run), Path(a.out or Path(a.run) / f"similarity_{a.group}.png"), group=a.group,
+                          windows=a.windows, tasks=a.tasks)
+    print(out)
     return 0
 
 
@@ -82,6 +110,8 @@ def cmd_demo(a) -> int:
             env.setdefault("DS_ACCELERATOR", "cpu")
     except ImportError:
         pass
+    # one process per rank: split the cores between them instead of oversubscribing
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.nproc)))
     timings = {}
     t0 = time.time()
     if not (corpus / "manifest.json").is_file():
@@ -157,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.add_argument("--out", help="where results.json/results.md go (default: next to the model)")
     e.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("similarity", help="language-by-language gradient-similarity heatmaps over training")
+    s.add_argument("--run", required=True, help="training output_dir (holds reconcile.jsonl)")
+    s.add_argument("--group", default="model", help="'model' or a parameter group name (e.g. decoder.layers.0)")
+    s.add_argument("--windows", type=int, default=3, help="heatmaps for this many consecutive spans of training")
+    s.add_argument("--tasks", nargs="*", help="subset of tasks to show")
+    s.add_argument("--out", help="image path (default RUN/similarity_GROUP.png)")
+    s.set_defaults(fn=cmd_similarity)
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded corpus, on local CPU/GPU ranks")
     d.add_argument("--workdir", default="demo_run")

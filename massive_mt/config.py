@@ -24,7 +24,8 @@ from .errors import ConfigError
 
 DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
 PRESETS = ("test", "tiny", "base", "big")
-RECONCILE_METHODS = ("none",)  # extended by the reconciliation module
+RECONCILE_METHODS = ("plain", "sum", "pcgrad", "gradvac")
+GRANULARITIES = ("whole_model", "enc_dec", "all_layer", "all_matrix")
 
 
 @dataclass
@@ -89,6 +90,16 @@ class EvalConfig:
 
 
 @dataclass
+class ReconcileSection:
+    method: str = "plain"               # plain (no per-task capture) | sum | pcgrad | gradvac
+    granularity: str = "whole_model"    # whole_model | enc_dec | all_layer | all_matrix
+    beta: float = 0.01                  # GradVac EMA rate of the cosine targets
+    vaccinate: Optional[list] = None    # GradVac: tasks to correct (None = all), or ["low_resource"]
+    low_resource_quantile: float = 0.5  # with vaccinate: [low_resource], tasks below this training-size quantile
+    log_interval: int = 0               # cosine/correction telemetry every N steps (0 = train.log_interval)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
@@ -97,6 +108,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reconcile: ReconcileSection = field(default_factory=ReconcileSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -252,6 +264,18 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(e.beam >= 1, "eval.beam", f"must be >= 1, got {e.beam}")
     _require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
     _require(e.max_sentences >= 0, "eval.max_sentences", f"must be >= 0, got {e.max_sentences}")
+    r = cfg.reconcile
+    _require(r.method in RECONCILE_METHODS, "reconcile.method", f"must be one of {RECONCILE_METHODS}, got {r.method!r}")
+    _require(r.granularity in GRANULARITIES, "reconcile.granularity",
+             f"must be one of {GRANULARITIES}, got {r.granularity!r}")
+    _require(0.0 <= r.beta <= 1.0, "reconcile.beta", f"must be in [0, 1], got {r.beta}")
+    _require(0.0 < r.low_resource_quantile <= 1.0, "reconcile.low_resource_quantile",
+             f"must be in (0, 1], got {r.low_resource_quantile}")
+    _require(r.log_interval >= 0, "reconcile.log_interval", f"must be >= 0, got {r.log_interval}")
+    if r.vaccinate is not None:
+        _require(r.method == "gradvac", "reconcile.vaccinate", "only applies to method gradvac")
+        _require(len(r.vaccinate) > 0 and all(isinstance(v, str) for v in r.vaccinate), "reconcile.vaccinate",
+                 f"must be a list of tasks such as [en-fr] or [low_resource], got {r.vaccinate!r}")
     _require(e.split in ("train", "valid", "test"), "eval.split", f"must be train|valid|test, got {e.split!r}")
 
 
@@ -309,11 +333,19 @@ def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: s
             raise ConfigError(f"{where}: field 'zero_optimization.{off}.device' = {dev!r}: CPU/NVMe offload "
                               f"is not supported by massive_mt's training step")
     if ds.get("bf16", {}).get("enabled"):
+        if stage == 0:
+            raise ConfigError(f"{where}: field 'bf16.enabled' with 'zero_optimization.stage' 0: DeepSpeed "
+                              f"0.19.8 has no bf16 path with fp32 gradient accumulation at stage 0; "
+                              f"use stage 1 (ds_configs/zero1_bf16.json) or higher")
         acc = ds.get("data_types", {}).get("grad_accum_dtype", "fp32")
         if acc != "fp32":
             raise ConfigError(f"{where}: field 'data_types.grad_accum_dtype' = {acc!r}: bf16 training "
                               f"accumulates gradients in fp32; set it to \"fp32\"")
         ds.setdefault("data_types", {})["grad_accum_dtype"] = "fp32"
+    if ds.get("bf16", {}).get("enabled") and stage in (0, 1) and cfg.reconcile.method != "plain":
+        # DeepSpeed's BF16_Optimizer clips by a norm over its full local buffer, which is wrong after a
+        # partition-only write-back: the reconciler clips from the Gram matrix instead
+        ds["gradient_clipping"] = 0.0
     ds.setdefault("steps_per_print", 10**9)   # massive_mt does its own logging
     ds.setdefault("wall_clock_breakdown", False)
     return ds

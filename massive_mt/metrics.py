@@ -96,3 +96,83 @@ def flatten_scalars(summary: dict, lr: float) -> dict:
 def per_task_table(per_task: dict) -> dict:
     return {t: round(m["loss"], 4) for t, m in sorted(per_task.items())}
 
+
+
+class ReconcileTelemetry:
+    """Pairwise gradient cosines and how often corrections fired, averaged over each interval and
+    appended by rank 0 to `reconcile.jsonl` (the input of `massive-mt similarity`).
+
+    Each record: `cos_model` (T x T cosines of the whole-model task gradients, from the summed
+    per-group Grams; null where a pair did not meet in the interval), `cos_groups` (the same per
+    parameter group, when n_groups * T * T is small enough to log), `fired_fraction` per group
+    (corrections fired / pairs visited) and the step range.
+    """
+
+    MAX_GROUP_VALUES = 250_000
+
+    def __init__(self, run_dir: Path, enabled: bool, tasks: list[str], interval: int):
+        self.enabled, self.tasks, self.interval = enabled, list(tasks), max(1, interval)
+        self.index = {t: i for i, t in enumerate(self.tasks)}
+        self.path = Path(run_dir) / "reconcile.jsonl"
+        self.file = None
+        self.groups: list[str] = []
+        self._reset()
+
+    def _reset(self):
+        T = len(self.tasks)
+        self.sum_model = torch.zeros(T, T, dtype=torch.float64)
+        self.count = torch.zeros(T, T, dtype=torch.float64)
+        self.sum_groups = None
+        self.fired = None
+        self.visits = None
+        self.first_step = None
+
+    def add(self, step: int, step_tasks: list[str], groups: list[str], stats: dict) -> None:
+        if not self.enabled:
+            return
+        self.groups = groups
+        ids = torch.tensor([self.index[t] for t in step_tasks])
+        grams = stats["grams"]
+        total = grams.sum(0)
+        norms = total.diagonal().clamp_min(0).sqrt()
+        denom = torch.outer(norms, norms)
+        cos = torch.where(denom > 0, total / denom.clamp_min(1e-300), torch.zeros_like(total))
+        idx = torch.meshgrid(ids, ids, indexing="ij")
+        self.sum_model[idx] += cos
+        self.count[idx] += 1
+        G, K = grams.shape[0], grams.shape[1]
+        if self.sum_groups is None:
+            T = len(self.tasks)
+            self.fired = torch.zeros(G, dtype=torch.float64)
+            self.visits = torch.zeros(G, dtype=torch.float64)
+            if G * T * T <= self.MAX_GROUP_VALUES:
+                self.sum_groups = torch.zeros(G, T, T, dtype=torch.float64)
+        if self.sum_groups is not None:
+            self.sum_groups[(slice(None),) + idx] += stats["cos"]
+        self.fired += stats.get("n_fired", torch.zeros(G)).double()
+        self.visits += K * (K - 1)
+        self.first_step = step if self.first_step is None else self.first_step
+        if (step + 1) % self.interval == 0:
+            self.flush(step + 1)
+
+    def flush(self, step: int) -> None:
+        if not self.enabled or self.first_step is None:
+            return
+        mean = lambda s: [[round(float(v), 5) if c > 0 else None for v, c in zip(rs, rc)]
+                          for rs, rc in zip((s / self.count.clamp_min(1)).tolist(), self.count.tolist())]
+        rec = {"step": step, "from_step": self.first_step + 1, "tasks": self.tasks, "groups": self.groups,
+               "cos_model": mean(self.sum_model),
+               "fired_fraction": [round(float(f / v), 5) if v > 0 else None
+                                  for f, v in zip(self.fired.tolist(), self.visits.tolist())]}
+        if self.sum_groups is not None:
+            rec["cos_groups"] = [mean(g) for g in self.sum_groups]
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a", encoding="utf-8")
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+        self._reset()
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()

@@ -28,7 +28,7 @@ from .data.sampler import TaskStepSampler, temperature_probs, token_budget_batch
 from .data.tokenizer import TaskDataset, Tokenizer, load_data_bin
 from .distributed import init_distributed
 from .errors import ConfigError, DataError, MassiveMTError
-from .metrics import MetricsWriter, TaskMeter, flatten_scalars, per_task_table
+from .metrics import MetricsWriter, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from .model import build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss
 
@@ -79,6 +79,9 @@ class Trainer:
         # ---- data: one dataset and one list of token-budget micro-batches per task
         tasks = resolve_tasks(cfg, self.manifest)
         self.tasks = [task_name(t) for t in tasks]
+        if cfg.sampling.tasks_per_step > len(self.tasks):
+            raise ConfigError(f"field 'sampling.tasks_per_step' = {cfg.sampling.tasks_per_step} exceeds the "
+                              f"number of tasks of this run ({len(self.tasks)})")
         self.datasets = {task_name(t): TaskDataset(data_bin, t[0], t[1], split="train", max_len=cfg.data.max_len)
                          for t in tasks}
         batches = {name: token_budget_batches(ds.sizes_src, ds.sizes_tgt, cfg.sampling.max_tokens,
@@ -100,8 +103,21 @@ class Trainer:
         optimizer, scheduler = build_optimizer(model, cfg.optim)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        if self.engine.bfloat16_enabled():
+            # DeepSpeed casts the parameters; floating-point buffers (the sinusoidal position
+            # table) must follow, or fp32 positions promote the bf16 activations
+            for buf in self.engine.module.buffers():
+                if buf.is_floating_point():
+                    buf.data = buf.data.to(torch.bfloat16)
         self.device = self.engine.device
         self.pad_id = self.tokenizer.pad_id
+        self.reconciler = None
+        if cfg.reconcile.method != "plain":
+            from .reconcile.sharded import ShardedReconciler
+            self.reconciler = ShardedReconciler(self.engine, cfg.reconcile, self.tasks, self.train_sizes,
+                                                cfg.sampling.seed, cfg.optim.clip_norm)
+        self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
+                                            cfg.reconcile.log_interval or cfg.train.log_interval)
 
         self.step = 0
         self.meter = TaskMeter(self.tasks)
@@ -120,15 +136,30 @@ class Trainer:
         self.meter.add(task, loss.item(), float(nll_sum), int(n_tok), int(batch["n_sentences"]))
 
     def train_step(self) -> None:
-        """tasks -> backward per task micro-batch -> one optimizer step (plain gradient accumulation)."""
+        """tasks -> backward per task -> shard snapshot -> reconcile -> one optimizer step.
+
+        Without a reconciler (method `plain`) the step is plain gradient accumulation: one
+        accumulation boundary, at the step's last micro-batch. With one, every task's last
+        micro-batch is a boundary, after which this rank's partition of that task's gradient
+        is captured; the reconciled partition is written back before `engine.step()`.
+        """
         plan = self.sampler.plan(self.step)                 # [(task, [this rank's micro-batches])]
-        n_micro = sum(len(mbs) for _, mbs in plan)
-        done = 0
-        for task, micro_batches in plan:                    # same task on every rank at this micro-step
-            for indices in micro_batches:
+        per_task = self.reconciler is not None
+        if per_task:
+            self.reconciler.begin_step()
+        n_micro, done = sum(len(mbs) for _, mbs in plan), 0
+        for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
+            for j, indices in enumerate(micro_batches):
                 done += 1
-                self.engine.set_gradient_accumulation_boundary(done == n_micro)
+                boundary = j == len(micro_batches) - 1 if per_task else done == n_micro
+                self.engine.set_gradient_accumulation_boundary(boundary)
                 self.forward_backward(task, indices)
+            if per_task:
+                self.reconciler.capture(last=k == len(plan) - 1)
+        if per_task:
+            stats = self.reconciler.reconcile([task for task, _ in plan], self.step)   # one all-reduce
+            self.telemetry.add(self.step, [task for task, _ in plan], self.reconciler.groups.names, stats)
+            self.engine.set_gradient_accumulation_boundary(True)
         self.engine.step()                                   # overflow check, clipping, AdamW, schedule
         self.step += 1
 
@@ -158,6 +189,7 @@ class Trainer:
             self.save()
         self.export()
         self.writer.close()
+        self.telemetry.close()
         return last
 
     def log_start(self):
@@ -194,8 +226,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def client_state(self) -> dict:
-        return {"massive_mt": {"step": self.step, "sampler": self.sampler.state_dict(),
-                               "tasks": self.tasks, "config": self.cfg.to_dict()}}
+        state = {"step": self.step, "sampler": self.sampler.state_dict(), "tasks": self.tasks,
+                 "config": self.cfg.to_dict()}
+        if self.reconciler is not None:
+            state["reconciler"] = self.reconciler.state_dict()
+        return {"massive_mt": state}
 
     def save(self) -> None:
         checkpoint.save(self.engine, self.ckpt_dir, self.step, self.client_state(), self.cfg.train.keep_last)
@@ -215,6 +250,11 @@ class Trainer:
             raise ConfigError(f"field 'train.resume': checkpoint in {ckpt_dir} was trained on other tasks "
                               f"({len(s['tasks'])} tasks) than this config ({len(self.tasks)} tasks)")
         self.sampler.load_state_dict(s["sampler"])
+        if self.reconciler is not None:
+            if "reconciler" not in s:
+                raise ConfigError(f"field 'reconcile.method': checkpoint in {ckpt_dir} has no reconciler state "
+                                  f"(trained with method 'plain'); start a new output_dir")
+            self.reconciler.load_state_dict(s["reconciler"])
         self.step = s["step"]
 
     def export(self) -> None:

@@ -1,0 +1,114 @@
+"""Figures from a run's telemetry: the language-by-language gradient-similarity heatmap
+(the GradVac paper's central analysis) and its change over training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import DataError
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: not found (train with reconcile.method other than 'plain' to log similarities)")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def similarity_windows(records: list[dict], group: str, windows: int):
+    """Average T x T cosine matrices over `windows` consecutive spans of the records.
+
+    Returns (tasks, [(first_step, last_step, matrix with NaN where a pair never met)]).
+    """
+    tasks = records[0]["tasks"]
+    if group == "model":
+        mats = [r["cos_model"] for r in records]
+    else:
+        groups = records[0]["groups"]
+        if group not in groups:
+            raise DataError(f"group {group!r} not logged; groups: model, {', '.join(groups)}")
+        if "cos_groups" not in records[0]:
+            raise DataError(f"per-group cosines were not logged (too many groups x tasks); use group 'model'")
+        g = groups.index(group)
+        mats = [r["cos_groups"][g] for r in records]
+    arr = np.array([[[np.nan if v is None else v for v in row] for row in m] for m in mats], dtype=float)
+    spans = np.array_split(np.arange(len(records)), max(1, min(windows, len(records))))
+    out = []
+    for span in spans:
+        with np.errstate(invalid="ignore"):
+            m = np.nanmean(arr[span], axis=0) if np.isfinite(arr[span]).any() else arr[span][0]
+        out.append((records[span[0]]["from_step"], records[span[-1]]["step"], m))
+    return tasks, out
+
+
+def cluster_order(m: np.ndarray) -> np.ndarray:
+    """Leaf order of average-linkage clustering on 1 - cosine (pairs never seen count as 0)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(m) < 3:
+        return np.arange(len(m))
+    sim = np.nan_to_num((m + m.T) / 2, nan=0.0)
+    dist = np.clip(1.0 - sim, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    return leaves_list(linkage(squareform(dist, checks=False), method="average"))
+
+
+def plot_similarity(run_dir: Path, out: Path, group: str = "model", windows: int = 3,
+                    tasks: Optional[list[str]] = None) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_jsonl(Path(run_dir) / "reconcile.jsonl")
+    names, spans = similarity_windows(records, group, windows)
+    keep = np.arange(len(names)) if tasks is None else np.array([names.index(t) for t in tasks])
+    order = keep[cluster_order(spans[-1][2][np.ix_(keep, keep)])]
+    labels = [names[i].split("-", 1)[1] if names[i].startswith("en-") else names[i] for i in order]
+    vmax = max(0.05, float(np.nanmax(np.abs([np.where(np.eye(len(names), dtype=bool), np.nan, m)
+                                               for _, _, m in spans]))))
+    n = len(spans)
+    fig = plt.figure(figsize=(4.2 * n + 1, 4.2 + 2.6))
+    grid = fig.add_gridspec(2, n, height_ratios=[4.2, 2.0])
+    for k, (a, b, m) in enumerate(spans):
+        ax = fig.add_subplot(grid[0, k])
+        sub = m[np.ix_(order, order)].copy()
+        np.fill_diagonal(sub, np.nan)
+        im = ax.imshow(sub, cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"steps {a}-{b}", fontsize=9)
+        size = 6 if len(labels) <= 40 else 4
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=size)
+        ax.set_yticks(range(len(labels)), labels if k == 0 else [], fontsize=size)
+    fig.colorbar(im, ax=fig.axes, shrink=0.6, label="cosine similarity of task gradients")
+    ax = fig.add_subplot(grid[1, :])
+    steps = [r["step"] for r in records]
+    allm = np.array([[[np.nan if v is None else v for v in row] for row in
+                      (r["cos_model"] if group == "model" else r["cos_groups"][records[0]["groups"].index(group)])]
+                     for r in records], dtype=float)
+    off = ~np.eye(len(names), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        ax.plot(steps, [np.nanmean(m[off]) for m in allm], label="mean over language pairs")
+        ax.fill_between(steps, [np.nanpercentile(m[off], 10) for m in allm],
+                        [np.nanpercentile(m[off], 90) for m in allm], alpha=0.25, label="10-90th percentile")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cosine")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"gradient similarity between languages ({group}), ordered by clustering", fontsize=11)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".tmp-" + out.name)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,107 @@
+"""Parameter groups for gradient similarity, mapped onto a rank's flat gradient shard.
+
+A granularity assigns every parameter (by name) to a group:
+- `whole_model`: one group;
+- `enc_dec`: `encoder`, `decoder`, and `embeddings` (M2M100 shares one embedding matrix
+  between encoder, decoder and output layer, so it belongs to neither side);
+- `all_layer`: one group per Transformer layer (`encoder.layers.3`, `decoder.layers.0`, ...),
+  plus `embeddings`; each stack's final layer norm joins that stack's last layer;
+- `all_matrix`: one group per parameter tensor.
+
+`ShardGroups` turns the adapter's segments (runs of one parameter inside this rank's
+shard) into contiguous runs per group, computes this rank's partial Gram matrices
+`[n_groups, K, K]` (fp64) and combines the per-group task weights into the update slice.
+Partitions are disjoint across ranks, so the all-reduced partial Grams are the exact
+global ones.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+import torch
+
+GRANULARITIES = ("whole_model", "enc_dec", "all_layer", "all_matrix")
+_LAYER = re.compile(r"(encoder|decoder)\.layers\.(\d+)\.")
+_STACK = re.compile(r"(?:^|\.)(encoder|decoder)\.")
+
+
+def group_of(name: str, granularity: str, n_layers: dict[str, int]) -> str:
+    """The group of parameter `name` (a `named_parameters()` name) under `granularity`."""
+    if granularity == "whole_model":
+        return "model"
+    if granularity == "all_matrix":
+        return name
+    stack = _STACK.search(name)
+    if stack is None or "embed_tokens" in name:
+        return "embeddings"
+    side = stack.group(1)
+    if granularity == "enc_dec":
+        return side
+    if granularity == "all_layer":
+        layer = _LAYER.search(name)
+        if layer is not None:
+            return f"{side}.layers.{int(layer.group(2))}"
+        return f"{side}.layers.{n_layers[side] - 1}"      # final layer norm of the stack
+    raise ValueError(f"unknown granularity {granularity!r}; known: {GRANULARITIES}")
+
+
+def assign_groups(names: Sequence[str], granularity: str) -> OrderedDict:
+    """name -> group for every parameter; groups ordered by first appearance."""
+    n_layers = {"encoder": 0, "decoder": 0}
+    for n in names:
+        m = _LAYER.search(n)
+        if m:
+            n_layers[m.group(1)] = max(n_layers[m.group(1)], int(m.group(2)) + 1)
+    return OrderedDict((n, group_of(n, granularity, n_layers)) for n in names)
+
+
+def _runs(segments: Iterable, group_index: dict[str, int]) -> list[list[tuple[int, int]]]:
+    """Per group, the (start, end) runs of the shard it owns, adjacent runs merged."""
+    per_group: list[list[tuple[int, int]]] = [[] for _ in range(len(set(group_index.values())))]
+    for seg in sorted(segments, key=lambda s: s.start):
+        runs = per_group[group_index[seg.name]]
+        if runs and runs[-1][1] == seg.start:
+            runs[-1] = (runs[-1][0], seg.start + seg.numel)
+        else:
+            runs.append((seg.start, seg.start + seg.numel))
+    return per_group
+
+
+class ShardGroups:
+    """Groups of one granularity, laid over this rank's shard layout.
+
+    `segments`: the layout of the snapshot (used to combine the update);
+    `gram_segments`: the part this rank contributes to the Gram (disjoint across ranks).
+    """
+
+    def __init__(self, param_names: Sequence[str], granularity: str, segments, gram_segments):
+        assignment = assign_groups(param_names, granularity)
+        self.names = list(OrderedDict.fromkeys(assignment.values()))
+        index = {g: i for i, g in enumerate(self.names)}
+        self.group_index = {p: index[g] for p, g in assignment.items()}
+        self.update_runs = _runs(segments, self.group_index)
+        self.gram_runs = _runs(gram_segments, self.group_index)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def local_grams(self, S: torch.Tensor) -> torch.Tensor:
+        """S: [K, n] this rank's task-gradient slices -> partial Grams [n_groups, K, K] (fp64)."""
+        K = S.shape[0]
+        out = torch.zeros(len(self.names), K, K, dtype=torch.float64)
+        for g, runs in enumerate(self.gram_runs):
+            for a, b in runs:
+                blk = S[:, a:b].double()
+                out[g] += (blk @ blk.T).cpu()
+        return out
+
+    def combine(self, S: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """update[run of group g] = weights[g] @ S[:, run]; positions outside every segment stay 0."""
+        out = torch.zeros(S.shape[1], dtype=S.dtype, device=S.device)
+        w = weights.to(device=S.device, dtype=torch.float64)
+        for g, runs in enumerate(self.update_runs):
+            for a, b in runs:
+                out[a:b] = (w[g] @ S[:, a:b].double()).to(S.dtype)
+        return out
