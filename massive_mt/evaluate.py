@@ -81,7 +81,8 @@ class Translator:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = M2M100ForConditionalGeneration.from_pretrained(str(model_dir), local_files_only=True)
         self.model.to(self.device).eval()
-        self.max_len = max_len or self.meta.get("max_len", 256)
+        self.max_positions = self.model.config.max_position_embeddings
+        self.max_len = min(max_len or self.meta.get("max_len", 256), self.max_positions - 2)
 
     @torch.no_grad()
     def translate(self, sentences: list[str], src: str, tgt: str, beam: int = 4, batch_size: int = 64,
@@ -98,8 +99,10 @@ class Translator:
             for row, i in enumerate(idx):
                 ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
             mask = ids.ne(tok.pad_id).long()
+            # fairseq-style length limit a*src+b, within the model's position table
+            limit = min(max_new_tokens, int(1.5 * width) + 10, self.max_positions - 2)
             gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      num_beams=beam, max_new_tokens=max_new_tokens,
+                                      num_beams=beam, max_new_tokens=limit,
                                       length_penalty=length_penalty, forced_bos_token_id=tgt_tag,
                                       decoder_start_token_id=tok.eos_id, early_stopping=True)
             for row, i in enumerate(idx):

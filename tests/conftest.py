@@ -82,3 +82,12 @@ def train_args(data_bin: Path, out: Path, ds_config: str = "zero2.json", *overri
             "model.preset=test", "model.dropout=0.0", "sampling.tasks_per_step=2", "sampling.max_tokens=256",
             "optim.lr=3e-3", "optim.warmup_steps=5", "train.log_interval=2", "train.tensorboard=true",
             f"train.output_dir={out}", *overrides]
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_bin, tmp_path_factory) -> Path:
+    """40 steps of 2-rank ZeRO-2 training on the real corpus (shared by the training and evaluation tests)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_ranks(2, train_args(data_bin, out, "zero2.json", "train.max_steps=40", "train.save_interval=20",
+                            "optim.lr=5e-3"))
+    return out

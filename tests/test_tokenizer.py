@@ -190,7 +190,7 @@ def test_line_count_mismatch_is_reported(corpus, spm_model, tmp_path):
     shutil.copytree(corpus, bad)
     with open(bad / "valid.en-fr.fr", "a", encoding="utf-8") as f:
         f.write("une phrase de trop\n")
-    with pytest.raises(DataError, match=r"valid\.en-fr\.en has 20 lines.*valid\.en-fr\.fr has 21"):
+    with pytest.raises(DataError, match=r"valid\.en-fr\.fr: has 21 lines but .*manifest\.json says 20"):
         encode_corpus(bad, spm_model, tmp_path / "out", splits=("valid",), workers=1)
 
 

@@ -9,15 +9,19 @@ from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
 pytestmark = pytest.mark.distributed
 
 
+def _data_bin(run_dir):
+    import yaml
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["data_bin"]
+
+
 def result_line(stdout: str) -> dict:
     lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
     assert lines, f"no RESULT line in output:\n{stdout[-3000:]}"
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def test_zero2_two_ranks_trains_and_loss_falls(data_bin, tmp_path):
-    out = tmp_path / "run"
-    run_ranks(2, train_args(data_bin, out, "zero2.json", "train.max_steps=40", "train.save_interval=20", "optim.lr=5e-3"))
+def test_zero2_two_ranks_trains_and_loss_falls(trained_run):
+    out = trained_run
     metrics = read_metrics(out)
     start = metrics[0]
     assert start["event"] == "start" and start["world_size"] == 2
@@ -70,8 +74,25 @@ def test_resume_continues_where_it_stopped(data_bin, tmp_path):
         assert (wf[k] - wp[k]).abs().max() <= 1e-5 * max(float(wf[k].abs().max()), 1e-3), k
 
 
-def test_deepspeed_launcher(data_bin, tmp_path):
+def test_deepspeed_launcher_from_local_hf_checkpoint(trained_run, tmp_path):
+    """`deepspeed --num_gpus 2 --module massive_mt.train`, starting from a save_pretrained directory."""
     out = tmp_path / "run"
-    run_ranks(2, train_args(data_bin, out, "zero1.json", "train.max_steps=2"), launcher="deepspeed")
+    run_ranks(2, train_args(_data_bin(trained_run), out,
+                            "zero1.json", "train.max_steps=2", f"model.from_pretrained={trained_run / 'model'}",
+                            "optim.lr=1e-9", "optim.warmup_steps=0"), launcher="deepspeed")
     start = read_metrics(out)[0]
     assert start["world_size"] == 2 and start["zero_stage"] == 1
+    # an lr of ~0 keeps the weights: the run really started from the given checkpoint
+    w0 = load_file(str(trained_run / "model" / "model.safetensors"))
+    w1 = load_file(str(out / "model" / "model.safetensors"))
+    for k in w0:
+        assert (w0[k] - w1[k]).abs().max() < 1e-6, k
+
+
+def test_bf16_zero2_trains(data_bin, tmp_path):
+    out = tmp_path / "run"
+    run_ranks(2, train_args(data_bin, out, "zero2_bf16.json", "train.max_steps=4"))
+    start = read_metrics(out)[0]
+    assert start["world_size"] == 2 and start["bf16"] is True
+    losses = [m["loss"] for m in read_metrics(out) if "loss" in m]
+    assert all(l == l and l < 10 for l in losses)      # finite

@@ -52,20 +52,15 @@ def lang_tag(lang: str) -> str:
 
 
 def _read_corpus_manifest(corpus_dir: Path) -> dict:
-    path = corpus_dir / "manifest.json"
-    manifest = _read_json(path)
-    if manifest.get("format") != CORPUS_FORMAT:
-        raise DataError(f"{path}: 'format' must be {CORPUS_FORMAT!r}, got {manifest.get('format')!r}")
-    pairs = manifest.get("pairs")
-    if not isinstance(pairs, dict) or not pairs:
-        raise DataError(f"{path}: 'pairs' must be a non-empty object")
-    for name, pair in pairs.items():
-        if not isinstance(pair, dict) or f"{pair.get('src')}-{pair.get('tgt')}" != name:
-            raise DataError(f"{path}: pairs.{name} must have 'src' and 'tgt' matching its name")
-        for lang in (pair["src"], pair["tgt"]):
-            if not isinstance(lang, str) or not _LANG_RE.match(lang):
-                raise DataError(f"{path}: pairs.{name}: invalid language code {lang!r}")
-    return manifest
+    """The corpus's pairs and sizes as a manifest dict (scanned from the file names when the
+    corpus has no manifest.json, e.g. a user's own TED/WMT/OPUS files)."""
+    from .corpus import load_corpus
+
+    corpus = load_corpus(corpus_dir, verify=True)
+    pairs = {name: {"src": info.src, "tgt": info.tgt, **info.sizes} for name, info in corpus.pairs.items()}
+    if not pairs:
+        raise DataError(f"{corpus_dir}: no parallel files found")
+    return {"format": CORPUS_FORMAT, "pivot": corpus.pivot, "pairs": pairs}
 
 
 def _read_json(path: Path) -> dict:
