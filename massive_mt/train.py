@@ -286,6 +286,9 @@ def run(args) -> dict:
     result = trainer.fit()
     if rank == 0:
         print(json.dumps({"final": result}, default=float), flush=True)
+    import deepspeed.comm as dist
+    dist.barrier()
+    dist.destroy_process_group()
     return result
 
 

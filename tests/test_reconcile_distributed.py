@@ -4,7 +4,10 @@ World sizes 1, 2, 4 x ZeRO stages 0-3, fp32: after several optimizer steps the p
 real trainer equal those of a one-process replay with full per-task gradients and the reference
 (full-vector) reconcilers, within 1e-6 relative. The runs use AdamW with eps=1e-3: with Adam's
 default 1e-8, a gradient element that is zero up to rounding gets a full-size, sign-dependent
-update, which would turn last-bit summation-order differences into visible ones.
+update, which would turn last-bit summation-order differences into visible ones. GradVac runs
+with beta=1 here (the target is the pair's previous cosine), so that corrections fire whenever a
+pair's similarity drops between visits, on any data; the EMA with beta < 1 over several steps is
+checked against the reference in test_reconcile.py and through the resume test below.
 """
 import json
 
@@ -21,7 +24,7 @@ METHODS = ["plain", "sum", "pcgrad:all_layer", "gradvac:whole_model", "gradvac:a
 def overrides(data_bin, out, *extra):
     return [f"data.data_bin={data_bin}", f"data.langs={json.dumps(TEST_LANGS)}", "data.max_len=48",
             "model.preset=test", "model.dropout=0.0", "sampling.tasks_per_step=4", "sampling.max_tokens=256",
-            "optim.lr=1e-2", "optim.warmup_steps=1", "optim.eps=1e-3", "reconcile.beta=0.5",
+            "optim.lr=1e-2", "optim.warmup_steps=1", "optim.eps=1e-3", "reconcile.beta=1.0",
             "train.tensorboard=false", f"train.output_dir={out}", *extra]
 
 

@@ -57,6 +57,7 @@ def main():
                                       "stage": a.engine.zero_optimization_stage(),
                                       "wrapper": type(a.engine.optimizer).__name__}), flush=True)
     dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ def main():
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
     dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
