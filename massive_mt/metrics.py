@@ -110,8 +110,8 @@ class ReconcileTelemetry:
 
     MAX_GROUP_VALUES = 250_000
 
-    def __init__(self, run_dir: Path, enabled: bool, tasks: list[str], interval: int):
-        self.enabled, self.tasks, self.interval = enabled, list(tasks), max(1, interval)
+    def __init__(self, run_dir: Path, enabled: bool, tasks: list[str], interval: int, tb=None):
+        self.enabled, self.tasks, self.interval, self.tb = enabled, list(tasks), max(1, interval), tb
         self.index = {t: i for i, t in enumerate(self.tasks)}
         self.path = Path(run_dir) / "reconcile.jsonl"
         self.file = None
@@ -171,6 +171,14 @@ class ReconcileTelemetry:
             self.file = open(self.path, "a", encoding="utf-8")
         self.file.write(json.dumps(rec) + "\n")
         self.file.flush()
+        if self.tb is not None:          # mean similarity over the pairs that met, firing rate per group
+            off = (self.count > 0) & ~torch.eye(len(self.tasks), dtype=torch.bool)
+            if off.any():
+                self.tb.add_scalar("reconcile/mean_cos_model", float((self.sum_model[off] / self.count[off]).mean()), step)
+            for name, f, v in zip(self.groups, self.fired.tolist(), self.visits.tolist()):
+                if v > 0 and len(self.groups) <= 64:
+                    self.tb.add_scalar(f"reconcile_fired_fraction/{name}", f / v, step)
+            self.tb.flush()
         self._reset()
 
     def close(self):

@@ -116,13 +116,11 @@ class Trainer:
             from .reconcile.sharded import ShardedReconciler
             self.reconciler = ShardedReconciler(self.engine, cfg.reconcile, self.tasks, self.train_sizes,
                                                 cfg.sampling.seed, cfg.optim.clip_norm)
-        self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
-                                            cfg.reconcile.log_interval or cfg.train.log_interval)
-
         self.step = 0
         self.meter = TaskMeter(self.tasks)
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
-        self.stop_requested = False
+        self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
+                                            cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
 
     # ------------------------------------------------------------------ the training step
     def forward_backward(self, task: str, indices) -> None:
@@ -173,7 +171,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True,
                    desc="train", file=sys.stderr, mininterval=1.0)
         last = {}
-        while self.step < max_steps and not self.stop_requested:
+        while self.step < max_steps:
             self.train_step()
             bar.update(1)
             if self.step % self.cfg.train.log_interval == 0 or self.step == max_steps:
@@ -182,9 +180,6 @@ class Trainer:
             if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0:
                 self.save()
         bar.close()
-        if self.stop_requested:
-            self.save()
-            return {"stopped_at": self.step, **last}
         if not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0:
             self.save()
         self.export()

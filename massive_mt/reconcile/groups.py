@@ -87,21 +87,25 @@ class ShardGroups:
     def __len__(self) -> int:
         return len(self.names)
 
+    CHUNK = 1 << 18     # columns converted to fp64 at a time: cache-sized, no full-shard fp64 copy
+
     def local_grams(self, S: torch.Tensor) -> torch.Tensor:
-        """S: [K, n] this rank's task-gradient slices -> partial Grams [n_groups, K, K] (fp64)."""
+        """S: [K, n] this rank's task-gradient slices -> partial Grams [n_groups, K, K], accumulated in fp64."""
         K = S.shape[0]
-        out = torch.zeros(len(self.names), K, K, dtype=torch.float64)
+        out = torch.zeros(len(self.names), K, K, dtype=torch.float64, device=S.device)
         for g, runs in enumerate(self.gram_runs):
             for a, b in runs:
-                blk = S[:, a:b].double()
-                out[g] += (blk @ blk.T).cpu()
-        return out
+                for c in range(a, b, self.CHUNK):
+                    blk = S[:, c:min(b, c + self.CHUNK)].double()
+                    out[g] += blk @ blk.T
+        return out.cpu()
 
     def combine(self, S: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """update[run of group g] = weights[g] @ S[:, run]; positions outside every segment stay 0."""
+        """update[run of group g] = weights[g] @ S[:, run] (in S's dtype, fp32: K terms per value);
+        positions outside every segment stay 0."""
         out = torch.zeros(S.shape[1], dtype=S.dtype, device=S.device)
-        w = weights.to(device=S.device, dtype=torch.float64)
+        w = weights.to(device=S.device, dtype=S.dtype)
         for g, runs in enumerate(self.update_runs):
             for a, b in runs:
-                out[a:b] = (w[g] @ S[:, a:b].double()).to(S.dtype)
+                out[a:b] = w[g] @ S[:, a:b]
         return out
