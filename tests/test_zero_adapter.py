@@ -22,9 +22,10 @@ CASES = [
     (4, 3, "fp32", CLIP),
     (2, 1, "bf16", CLIP),           # BF16_Optimizer: clipping from the Gram
     (2, 2, "bf16", CLIP),           # DeepSpeedZeroOptimizer with an fp32 flat_partition: DeepSpeed's clipping
+    (2, 3, "bf16", None),           # ZeRO-3 with bf16 parameters, fp32 gradient partitions
 ]
 EXPECTED_KIND = {(0, "fp32"): "z0", (1, "fp32"): "z12", (2, "fp32"): "z12", (3, "fp32"): "z3",
-                 (1, "bf16"): "bf16", (2, "bf16"): "z12"}
+                 (1, "bf16"): "bf16", (2, "bf16"): "z12", (3, "bf16"): "z3"}
 
 
 def result_line(stdout: str) -> dict:

@@ -9,6 +9,7 @@ the inverse-sqrt schedule. Prints `RESULT {json}` with the relative parameter di
 usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY] [...] -- OVERRIDES...
 """
 import json
+import os
 import sys
 
 import torch
@@ -122,7 +123,10 @@ def main():
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
     dist.barrier()
-    dist.destroy_process_group()
+    # skip interpreter teardown (see tests/dist/adapter_check.py: exit_now)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
