@@ -117,7 +117,7 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     """Translate and score every task; returns the report dict (and writes JSON/markdown to out_dir)."""
     from tqdm import tqdm
 
-    from .data.corpus import load_corpus, read_parallel
+    from .data.corpus import load_corpus
 
     tr = Translator(model_dir, device=device)
     corpus = load_corpus(corpus_dir)
@@ -131,10 +131,7 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     hyps_all = {}
     for task in tqdm(tasks, desc=f"evaluate {split}", disable=not progress, dynamic_ncols=True):
         src, tgt = task.split("-")
-        pair = corpus.find_pair(src, tgt) if hasattr(corpus, "find_pair") else _find_pair(corpus, src, tgt)
-        if pair is None:
-            raise DataError(f"{corpus_dir}: no parallel files for {task} ({split}.{src}-{tgt}.* or {split}.{tgt}-{src}.*)")
-        rows = read_parallel(corpus.path(split, pair, src), corpus.path(split, pair, tgt))
+        rows = corpus.read(split, src, tgt)       # DataError naming the files when the task has none
         if max_sentences:
             rows = rows[:max_sentences]
         srcs, refs = [r[0] for r in rows], [r[1] for r in rows]
@@ -150,13 +147,6 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     if out_dir is not None:
         write_report(report, hyps_all, Path(out_dir))
     return report
-
-
-def _find_pair(corpus, src: str, tgt: str) -> Optional[str]:
-    for name in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        if name in corpus.pairs:
-            return name
-    return None
 
 
 def bucket_averages(results: list[TaskResult]) -> dict:

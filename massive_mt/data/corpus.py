@@ -262,7 +262,7 @@ class Corpus:
         for name in (f"{src}-{tgt}", f"{tgt}-{src}"):
             if name in self.pairs:
                 return self.pairs[name]
-        raise DataError(f"{self.root}: no pair for task {src}->{tgt}")
+        raise DataError(f"{self.root}: no parallel files for task {src}-{tgt} (looked for pairs {src}-{tgt} and {tgt}-{src})")
 
     def task_files(self, split: str, src: str, tgt: str) -> tuple[Path, Path]:
         """(source file, target file) for the task src->tgt; a pair file serves both directions."""
