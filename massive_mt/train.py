@@ -144,7 +144,7 @@ class Trainer:
         plan = self.sampler.plan(self.step)                 # [(task, [this rank's micro-batches])]
         per_task = self.reconciler is not None
         if per_task:
-            self.reconciler.begin_step()
+            self.reconciler.begin_step(len(plan))
         n_micro, done = sum(len(mbs) for _, mbs in plan), 0
         for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
             for j, indices in enumerate(micro_batches):

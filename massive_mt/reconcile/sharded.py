@@ -51,22 +51,26 @@ class ShardedReconciler:
             cfg.vaccinate, self.tasks, train_sizes, cfg.low_resource_quantile))
         self.state = make_state(self.method, len(self.groups), len(self.tasks))
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
-        self.snapshots: list[torch.Tensor] = []
+        self.buffer: Optional[torch.Tensor] = None   # [K, local numel] fp32: the K task snapshots
+        self.k = 0
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
         self.timings = {"capture_s": 0.0, "gram_s": 0.0, "allreduce_s": 0.0, "reconcile_s": 0.0, "write_back_s": 0.0}
 
     @property
     def snapshot_bytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self.snapshots)
+        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
 
-    def begin_step(self) -> None:
-        self.snapshots = []
+    def begin_step(self, n_tasks: int) -> None:
+        if self.buffer is None or self.buffer.shape[0] != n_tasks:
+            self.buffer = torch.empty(n_tasks, self.shards.numel, dtype=torch.float32, device=self.engine.device)
+        self.k = 0
         self.shards.begin_step()
 
     def capture(self, last: bool) -> None:
         """This rank's partition of the task just finished; clear the buffers unless it is the last task."""
         t0 = time.perf_counter()
-        self.snapshots.append(self.shards.snapshot())
+        self.buffer[self.k].copy_(self.shards.snapshot())
+        self.k += 1
         if not last:
             self.shards.reset()
         self.timings["capture_s"] += time.perf_counter() - t0
@@ -74,7 +78,7 @@ class ShardedReconciler:
     def reconcile(self, step_tasks: list[str], step: int) -> dict:
         t = time.perf_counter
         t0 = t()
-        S = torch.stack(self.snapshots)                                   # [K, local numel]
+        S = self.buffer[:self.k]                                          # [K, local numel]
         grams = self.groups.local_grams(S)                                # [n_groups, K, K] partial
         t1 = t()
         grams = self._all_reduce(grams, S.device)                         # the ONE collective

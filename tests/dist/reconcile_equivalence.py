@@ -111,7 +111,7 @@ def main():
                "wrapper": type(trainer.engine.optimizer).__name__}
         if trainer.reconciler is not None:
             res["groups"] = len(trainer.reconciler.groups)
-            res["snapshot_numel"] = trainer.reconciler.snapshots[0].numel()
+            res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
             res["fired"] = trainer.reconciler.fired_total
         if rank == 0:
             ref = reference_run(cfg, trainer, world, steps)
