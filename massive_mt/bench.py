@@ -25,9 +25,7 @@ from pathlib import Path
 
 
 def run_config(cfg, ds, rank, world, steps, warmup) -> dict:
-    import deepspeed
     import deepspeed.comm as dist
-    import torch
 
     from .train import Trainer
 

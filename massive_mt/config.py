@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path

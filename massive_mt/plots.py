@@ -38,7 +38,7 @@ def similarity_windows(records: list[dict], group: str, windows: int):
         if group not in groups:
             raise DataError(f"group {group!r} not logged; groups: model, {', '.join(groups)}")
         if "cos_groups" not in records[0]:
-            raise DataError(f"per-group cosines were not logged (too many groups x tasks); use group 'model'")
+            raise DataError("per-group cosines were not logged (too many groups x tasks); use group 'model'")
         g = groups.index(group)
         mats = [r["cos_groups"][g] for r in records]
     arr = np.array([[[np.nan if v is None else v for v in row] for row in m] for m in mats], dtype=float)

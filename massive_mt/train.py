@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +24,7 @@ from .config import ExperimentConfig, load_config, load_ds_config, resolve_ds_co
 from .data.sampler import TaskStepSampler, temperature_probs, token_budget_batches
 from .data.tokenizer import TaskDataset, Tokenizer, load_data_bin
 from .distributed import init_distributed
-from .errors import ConfigError, DataError, MassiveMTError
+from .errors import ConfigError, MassiveMTError
 from .metrics import MetricsWriter, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from .model import build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss

@@ -29,7 +29,6 @@ def test_assignment_of_m2m100_parameters():
 def test_partial_grams_and_combine_match_dense():
     torch.manual_seed(0)
     ns = ["a", "b", "c"]
-    sizes = {"a": 5, "b": 3, "c": 4}
     # a shard holding the tail of a, all of b, the head of c, with 2 padding values at the end
     segs = [Segment("a", 0, 2), Segment("b", 2, 3), Segment("c", 5, 2)]
     S = torch.randn(3, 9)

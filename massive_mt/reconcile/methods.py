@@ -198,7 +198,6 @@ def gradvac(grams: Tensor, task_ids: list[int], phi_hat: Tensor, generator: torc
         T <- (1 - beta) T + beta phi                  (every visit, after the test)
     After a correction cos(g'_i, g_j) = T. A correction is left out when sqrt(1-T^2) = 0.
     Returns the corrections and the new phi_hat (the input is not modified)."""
-    K = grams.shape[1]
     ids = torch.tensor(task_ids, dtype=torch.long)
     rows = [i for i, t in enumerate(task_ids) if vaccinated is None or t in vaccinated]
     phi_hat = phi_hat.clone()
