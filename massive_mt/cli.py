@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .distributed import free_port
 from .errors import MassiveMTError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,18 +84,11 @@ def launch_command(launcher: str, nproc: int, args: list[str]) -> list[str]:
         exe = shutil.which("deepspeed")
         if exe is None:
             raise MassiveMTError("the 'deepspeed' launcher is not on PATH; use --launcher torchrun")
-        return [exe, "--num_gpus", str(nproc), "--master_port", str(_free_port()), "--module", "massive_mt.train"] + args
+        return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "massive_mt.train"] + args
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(_free_port()), "-m", "massive_mt.train"] + args
+                "--master_port", str(free_port()), "-m", "massive_mt.train"] + args
     raise MassiveMTError(f"--launcher must be deepspeed or torchrun, got {launcher!r}")
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cmd_demo(a) -> int:

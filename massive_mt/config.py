@@ -20,11 +20,13 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .model import PRESETS as MODEL_PRESETS
+from .reconcile.groups import GRANULARITIES
+from .reconcile.methods import METHODS
 
 DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
-PRESETS = ("test", "tiny", "base", "big")
-RECONCILE_METHODS = ("plain", "sum", "pcgrad", "gradvac")
-GRANULARITIES = ("whole_model", "enc_dec", "all_layer", "all_matrix")
+PRESETS = tuple(MODEL_PRESETS)
+RECONCILE_METHODS = ("plain",) + METHODS    # plain: no per-task capture
 
 
 @dataclass

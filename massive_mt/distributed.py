@@ -23,7 +23,7 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
         # a single process started by hand: a world of one on a free local port
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     expected = os.environ.get("WORLD_SIZE")
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -32,7 +32,7 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
     return rank, world
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

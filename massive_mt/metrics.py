@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from .reconcile.methods import cosines
+
 
 class TaskMeter:
     """Per-task running sums on this rank, all-reduced once per log interval."""
@@ -133,10 +135,7 @@ class ReconcileTelemetry:
         self.groups = groups
         ids = torch.tensor([self.index[t] for t in step_tasks])
         grams = stats["grams"]
-        total = grams.sum(0)
-        norms = total.diagonal().clamp_min(0).sqrt()
-        denom = torch.outer(norms, norms)
-        cos = torch.where(denom > 0, total / denom.clamp_min(1e-300), torch.zeros_like(total))
+        cos = cosines(grams.sum(0, keepdim=True))[0]                       # whole model: summed Grams
         idx = torch.meshgrid(ids, ids, indexing="ij")
         self.sum_model[idx] += cos
         self.count[idx] += 1

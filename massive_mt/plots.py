@@ -25,12 +25,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def similarity_windows(records: list[dict], group: str, windows: int):
-    """Average T x T cosine matrices over `windows` consecutive spans of the records.
-
-    Returns (tasks, [(first_step, last_step, matrix with NaN where a pair never met)]).
-    """
-    tasks = records[0]["tasks"]
+def cosine_matrices(records: list[dict], group: str) -> np.ndarray:
+    """[n_records, T, T] cosines of `group` ('model' or a logged group name), NaN where a pair never met."""
     if group == "model":
         mats = [r["cos_model"] for r in records]
     else:
@@ -41,7 +37,16 @@ def similarity_windows(records: list[dict], group: str, windows: int):
             raise DataError("per-group cosines were not logged (too many groups x tasks); use group 'model'")
         g = groups.index(group)
         mats = [r["cos_groups"][g] for r in records]
-    arr = np.array([[[np.nan if v is None else v for v in row] for row in m] for m in mats], dtype=float)
+    return np.array([[[np.nan if v is None else v for v in row] for row in m] for m in mats], dtype=float)
+
+
+def similarity_windows(records: list[dict], group: str, windows: int):
+    """Average T x T cosine matrices over `windows` consecutive spans of the records.
+
+    Returns (tasks, [(first_step, last_step, matrix with NaN where a pair never met)]).
+    """
+    tasks = records[0]["tasks"]
+    arr = cosine_matrices(records, group)
     spans = np.array_split(np.arange(len(records)), max(1, min(windows, len(records))))
     out = []
     for span in spans:
@@ -92,9 +97,7 @@ def plot_similarity(run_dir: Path, out: Path, group: str = "model", windows: int
     fig.colorbar(im, ax=fig.axes, shrink=0.6, label="cosine similarity of task gradients")
     ax = fig.add_subplot(grid[1, :])
     steps = [r["step"] for r in records]
-    allm = np.array([[[np.nan if v is None else v for v in row] for row in
-                      (r["cos_model"] if group == "model" else r["cos_groups"][records[0]["groups"].index(group)])]
-                     for r in records], dtype=float)
+    allm = cosine_matrices(records, group)
     off = ~np.eye(len(names), dtype=bool)
     with np.errstate(invalid="ignore"):
         ax.plot(steps, [np.nanmean(m[off]) for m in allm], label="mean over language pairs")

@@ -152,8 +152,9 @@ class Trainer:
             if per_task:
                 self.reconciler.capture(last=k == len(plan) - 1)
         if per_task:
-            stats = self.reconciler.reconcile([task for task, _ in plan], self.step)   # one all-reduce
-            self.telemetry.add(self.step, [task for task, _ in plan], self.reconciler.groups.names, stats)
+            tasks = [task for task, _ in plan]
+            stats = self.reconciler.reconcile(tasks, self.step)                   # one all-reduce
+            self.telemetry.add(self.step, tasks, self.reconciler.groups.names, stats)
             self.engine.set_gradient_accumulation_boundary(True)
         self.engine.step()                                   # overflow check, clipping, AdamW, schedule
         self.step += 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from massive_mt.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # one small permissively licensed wheel (BSD): ~40 languages of real UI strings
@@ -35,12 +36,6 @@ def data_bin(real_corpus, tmp_path_factory) -> Path:
     model = train_spm(real_corpus, str(out / "spm"), vocab_size=4000, temperature=5.0, seed=1)
     encode_corpus(real_corpus, model, out, workers=2)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dist_env() -> dict:

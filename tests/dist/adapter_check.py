@@ -30,7 +30,6 @@ import argparse
 import copy
 import json
 import os
-import sys
 
 import torch
 import torch.distributed as tdist
@@ -39,10 +38,11 @@ import torch.nn.functional as F
 
 import deepspeed
 import deepspeed.comm as dist
-from deepspeed.utils import safe_get_full_fp32_param
 
 from massive_mt.errors import ConfigError
 from massive_mt.zero_adapter import GradShards
+
+from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
 
 K, M, B, L, V, D, H = 3, 2, 4, 3, 11, 8, 13
 LR = {"trunk": 0.1, "heads": 0.05}
@@ -97,13 +97,6 @@ def make_engine(model, cfg):
     opt = torch.optim.SGD([{"params": [p for n, p in named if group_of(n) == g], "lr": LR[g]} for g in GROUPS])
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
     return engine
-
-
-def full_params(engine):
-    """Full fp32 (master) parameters in named_parameters order, float64."""
-    if engine.zero_optimization_stage() == 0:
-        return torch.cat([p.detach().reshape(-1).double() for _, p in engine.module.named_parameters()])
-    return torch.cat([safe_get_full_fp32_param(p).reshape(-1).double() for _, p in engine.module.named_parameters()])
 
 
 def model_params(engine):
@@ -312,15 +305,6 @@ def main():
     args = ap.parse_args()
     ok = refusals() if args.refusals else run(args)
     exit_now(0 if ok else 1)
-
-
-def exit_now(code: int) -> None:
-    """Leave without running C++ static destructors: the result is printed and every rank has passed
-    the final barrier, and gloo/shm threads torn down at interpreter exit occasionally abort a rank
-    ("terminate called without an active exception") after a successful check."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -6,28 +6,18 @@ textbook DeepSpeed loop (`engine.backward(loss); engine.step()` per micro-batch,
 own micro-step counter deciding the boundary). Prints one JSON line with the comparison.
 """
 import json
-import os
 import sys
 
 import torch
 
 import deepspeed.comm as dist
-from deepspeed.utils import safe_get_full_fp32_param
 
 from massive_mt.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.distributed import init_distributed
 from massive_mt.optim import label_smoothed_loss
 from massive_mt.train import Trainer
 
-
-def full_params(trainer):
-    out = []
-    for p in trainer.engine.module.parameters():
-        if trainer.engine.zero_optimization_stage() == 0:
-            out.append(p.detach().double().reshape(-1).clone())
-        else:
-            out.append(safe_get_full_fp32_param(p).detach().double().reshape(-1).clone())
-    return torch.cat(out)
+from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
 
 
 def main():
@@ -37,8 +27,8 @@ def main():
     ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
     a = Trainer(cfg, ds, rank, world)
     b = Trainer(cfg, ds, rank, world)
-    assert torch.equal(full_params(a), full_params(b))
-    start = full_params(a)
+    assert torch.equal(full_params(a.engine), full_params(b.engine))
+    start = full_params(a.engine)
     for step in range(steps):
         a.train_step()
         for task, micro_batches in b.sampler.plan(step):
@@ -49,7 +39,7 @@ def main():
                 loss, _, _ = label_smoothed_loss(out.logits, batch["labels"], b.pad_id, cfg.optim.label_smoothing)
                 b.engine.backward(loss)
                 b.engine.step()
-    pa, pb = full_params(a), full_params(b)
+    pa, pb = full_params(a.engine), full_params(b.engine)
     rel = float((pa - pb).abs().max() / pb.abs().max())
     moved = float((pa - start).abs().max())
     if rank == 0:
@@ -58,10 +48,7 @@ def main():
                                       "stage": a.engine.zero_optimization_stage(),
                                       "wrapper": type(a.engine.optimizer).__name__}), flush=True)
     dist.barrier()
-    # skip interpreter teardown (see tests/dist/adapter_check.py: exit_now)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now(0)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,11 @@ the inverse-sqrt schedule. Prints `RESULT {json}` with the relative parameter di
 usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY] [...] -- OVERRIDES...
 """
 import json
-import os
 import sys
 
 import torch
 
 import deepspeed.comm as dist
-from deepspeed.utils import safe_get_full_fp32_param
 
 from massive_mt.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.data.sampler import TaskStepSampler
@@ -27,11 +25,7 @@ from massive_mt.reconcile.groups import assign_groups
 from massive_mt.reconcile.methods import ReconcileConfig
 from massive_mt.train import Trainer
 
-
-def full_params(engine) -> torch.Tensor:
-    if engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled():
-        return torch.cat([p.detach().double().reshape(-1) for p in engine.module.parameters()])
-    return torch.cat([safe_get_full_fp32_param(p).detach().double().reshape(-1) for p in engine.module.parameters()])
+from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
 
 
 def reference_run(cfg, trainer: Trainer, world: int, steps: int) -> torch.Tensor:
@@ -123,10 +117,7 @@ def main():
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
     dist.barrier()
-    # skip interpreter teardown (see tests/dist/adapter_check.py: exit_now)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now(0)
 
 
 if __name__ == "__main__":
