@@ -1,5 +1,8 @@
 """Textbook reconcilers on explicit full gradient vectors, one process (the tests' reference).
 
+CATS here works on the vectors themselves (autograd through ||sum_i beta_i v_i||^2, a
+bisection projection), independently of the Gram-form code in `cats.py`.
+
 Written the obvious way: the corrected vectors g'_i are updated in place and every cosine is
 a dot product of actual vectors. Random visiting order and state layout are those of
 `methods`: per group, per corrected task i (ascending), one randperm(K - 1) over the other
@@ -18,15 +21,22 @@ def reconcile(method: str, grads: list[Tensor], task_ids: list[int], state, gene
               config=None) -> tuple[list[Tensor], object]:
     """grads: per group a [K, n_k] tensor of the task gradients. Returns the per-group updates
     [n_k] and the new state (the given state is not modified)."""
+    corrected, state = correct(method, grads, task_ids, state, generator, config)
+    return [g.sum(0) for g in corrected], state
+
+
+def correct(method: str, grads: list[Tensor], task_ids: list[int], state, generator: torch.Generator,
+            config=None) -> tuple[list[Tensor], object]:
+    """Per group the [K, n_k] corrected task gradients g'_i, and the new state."""
     beta = getattr(config, "beta", 0.01) if config is not None else 0.01
     vaccinated = getattr(config, "vaccinated", None) if config is not None else None
     state = copy.deepcopy(state)
     K = len(task_ids)
-    updates = []
+    corrected = []
     for k, g in enumerate(grads):
         g = g.to(torch.float64)
         if method == "sum":
-            updates.append(g.sum(0))
+            corrected.append(g)
             continue
         rows = [i for i in range(K)
                 if method == "pcgrad" or vaccinated is None or task_ids[i] in vaccinated]
@@ -56,5 +66,55 @@ def reconcile(method: str, grads: list[Tensor], task_ids: list[int], state, gene
                             / (nj * math.sqrt(1 - target ** 2)))
                     new[i] = gi + coef * gj
                 state.phi_hat[k, a_, b_] = (1 - beta) * target + beta * phi
-        updates.append(torch.stack(new).sum(0))
-    return updates, state
+        corrected.append(torch.stack(new))
+    return corrected, state
+
+
+def _project(v: Tensor, lower: float, total: float = 1.0) -> Tensor:
+    """Projection onto {x >= lower, sum x = total}: bisection on the shift tau."""
+    lo, hi = float(v.min()) - total - 1.0, float(v.max())
+    for _ in range(200):
+        tau = (lo + hi) / 2
+        if float((v - tau).clamp_min(lower).sum()) > total:
+            lo = tau
+        else:
+            hi = tau
+    return (v - (lo + hi) / 2).clamp_min(lower)
+
+
+def cats_step(state, cfg, task_ids: list[int], losses: Tensor, vectors: Tensor):
+    """One CATS step. vectors: [K, P] the (corrected) gradients of the step tasks' mean losses, the
+    whole model as one vector; losses [K]. Returns this step's beta [K] and the new state."""
+    state = copy.deepcopy(state)
+    T = state.values.numel()
+
+    def alpha_of(values):
+        if cfg.param == "simplex":
+            return values
+        return cfg.floor / T + (1 - cfg.floor) * torch.softmax(values, 0)
+
+    def proxy(b):
+        if cfg.proxy == "combined":
+            u = b @ vectors
+            return u @ u
+        return (b * b * (vectors * vectors).sum(1)).sum()
+
+    a = alpha_of(state.values)
+    beta = a[task_ids] / a[task_ids].sum()
+    if state.steps >= cfg.warmup and (state.steps - cfg.warmup) % cfg.interval == 0:
+        x = (beta if cfg.param == "simplex" else state.values).clone().requires_grad_(True)
+        with torch.enable_grad():
+            b = x if cfg.param == "simplex" else alpha_of(x)[task_ids] / alpha_of(x)[task_ids].sum()
+            J = b @ losses + state.lam * proxy(b)
+            (grad,) = torch.autograd.grad(J, x)
+        if cfg.param == "simplex":
+            mass = a[task_ids].sum()
+            new = _project(beta - cfg.lr_alpha * grad, cfg.floor / (T * float(mass)))
+            state.values[task_ids] = mass * new
+        else:
+            state.values = state.values - cfg.lr_alpha * grad
+            new = alpha_of(state.values)[task_ids] / alpha_of(state.values)[task_ids].sum()
+        state.lam = max(0.0, state.lam + cfg.lr_lambda * (float(proxy(new)) - cfg.eps))
+        state.meta_steps += 1
+    state.steps += 1
+    return beta, state

@@ -1,0 +1,190 @@
+"""CATS, Curvature Aware Task Scaling (algorithms.md §5), from the step's losses and Gram matrix.
+
+Task weights alpha live on the simplex over the run's T tasks with a floor,
+alpha_n >= floor / T. A step that draws K of them (step-local i, global id task_ids[i]) uses
+the renormalised weights beta = alpha[task_ids] / sum(alpha[task_ids]) and the update
+
+    update = K * sum_i beta_i g'_i,    g'_i = sum_j C[i, j] g_j,
+
+where C comes from the base method (identity for `sum`: plain CATS; GradVac's or PCGrad's
+corrections otherwise), so the weights of the Gram form are w[k, j] = K * (beta^T C_k)[j].
+Uniform alpha gives beta = 1/K: the plain update. When K = T, beta = alpha.
+
+Meta step (every `interval` steps once `warmup` steps are done), on the step tasks:
+    L_i   = task i's mean loss;  G = the K x K Gram of the gradients of L_i
+    c     = beta^T G beta  (combined: ||update||^2)  or  sum_i beta_i^2 G_ii  (diagonal)
+    J     = sum_i beta_i L_i + lam * (c - eps)
+    simplex: beta <- projection onto {beta_i >= floor / (T m), sum beta = 1} of
+             beta - lr_alpha * dJ/dbeta, with m = sum(alpha[task_ids]); alpha[task_ids] = m * beta
+             (the step tasks keep their total mass; the other tasks' weights do not move)
+    softmax: alpha = floor / T + (1 - floor) * softmax(theta); theta <- theta - lr_alpha * dJ/dtheta
+    lam   <- max(0, lam + lr_lambda * (c(new beta) - eps))          (ascent on the multiplier)
+
+The meta step runs after the step's weights are taken: it shapes the next steps. Everything
+is float64 on the CPU and identical on every rank (same all-reduced inputs, same state).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+F64 = torch.float64
+PROXIES = ("combined", "diagonal")
+PARAMS = ("simplex", "softmax")
+
+
+@dataclass
+class CATSConfig:
+    lr_alpha: float = 0.01      # meta learning rate of the task weights
+    lr_lambda: float = 0.01     # ascent rate of the multiplier
+    eps: float = 1.0            # curvature budget, in units of the squared update norm
+    interval: int = 1           # steps between meta steps
+    warmup: int = 0             # steps before the first meta step
+    floor: float = 0.1          # alpha_n >= floor / T (1: alpha fixed at uniform; 0 only with softmax)
+    proxy: str = "combined"     # combined (beta^T G beta) | diagonal (sum beta_i^2 ||g_i||^2)
+    param: str = "simplex"      # simplex (projected descent on alpha) | softmax (descent on logits)
+
+    def __post_init__(self):
+        if self.proxy not in PROXIES:
+            raise ValueError(f"CATS proxy must be one of {PROXIES}, got {self.proxy!r}")
+        if self.param not in PARAMS:
+            raise ValueError(f"CATS param must be one of {PARAMS}, got {self.param!r}")
+        if not 0.0 <= self.floor <= 1.0 or (self.param == "simplex" and self.floor == 0.0):
+            raise ValueError(f"CATS floor must be in (0, 1] (or [0, 1] with param softmax), got {self.floor}: "
+                             f"a task at weight 0 in the simplex could never come back")
+        if self.interval < 1 or self.warmup < 0:
+            raise ValueError(f"CATS interval must be >= 1 and warmup >= 0, got {self.interval}, {self.warmup}")
+        if self.lr_alpha < 0 or self.lr_lambda < 0 or self.eps < 0:
+            raise ValueError("CATS lr_alpha, lr_lambda and eps must be >= 0")
+
+
+@dataclass
+class CATSState:
+    """`values`: alpha itself (simplex) or the logits theta (softmax), [T] float64."""
+
+    values: Tensor
+    lam: float = 0.0
+    steps: int = 0          # steps reconciled so far
+    meta_steps: int = 0     # meta steps taken
+    skipped: int = 0        # meta steps left out (non-finite losses or Gram)
+
+    @classmethod
+    def uniform(cls, n_tasks: int, param: str) -> "CATSState":
+        if param == "simplex":
+            return cls(torch.full((n_tasks,), 1.0 / n_tasks, dtype=F64))
+        return cls(torch.zeros(n_tasks, dtype=F64))
+
+    def state_dict(self) -> dict:
+        return {"values": self.values.clone(), "lam": self.lam, "steps": self.steps,
+                "meta_steps": self.meta_steps, "skipped": self.skipped}
+
+    def load_state_dict(self, sd: dict) -> None:
+        values = torch.as_tensor(sd["values"]).detach().to("cpu", F64).clone()
+        if values.shape != self.values.shape or not torch.isfinite(values).all():
+            raise ValueError(f"CATS state has {tuple(values.shape)} finite weights, expected {tuple(self.values.shape)}")
+        if not (math.isfinite(sd["lam"]) and sd["lam"] >= 0):
+            raise ValueError(f"CATS multiplier must be finite and >= 0, got {sd['lam']}")
+        self.values, self.lam = values, float(sd["lam"])
+        self.steps, self.meta_steps, self.skipped = int(sd["steps"]), int(sd["meta_steps"]), int(sd["skipped"])
+
+
+def task_weights(state: CATSState, cfg: CATSConfig) -> Tensor:
+    """alpha [T] on the simplex, every entry >= floor / T."""
+    if cfg.param == "simplex":
+        return state.values.clone()
+    T = state.values.numel()
+    return cfg.floor / T + (1.0 - cfg.floor) * torch.softmax(state.values, 0)
+
+
+def step_weights(alpha: Tensor, task_ids: list[int]) -> Tensor:
+    """beta [K]: the step tasks' weights renormalised to sum to 1."""
+    a = alpha[task_ids]
+    return a / a.sum()
+
+
+def is_meta_step(state: CATSState, cfg: CATSConfig) -> bool:
+    return state.steps >= cfg.warmup and (state.steps - cfg.warmup) % cfg.interval == 0
+
+
+def project_simplex(v: Tensor, lower: float, total: float = 1.0) -> Tensor:
+    """Euclidean projection of v onto {x : x_i >= lower, sum x = total} (sort-based, exact)."""
+    n = v.numel()
+    radius = total - n * lower
+    if radius < -1e-12:
+        raise ValueError(f"no point with {n} entries >= {lower} sums to {total}")
+    if radius <= 0:
+        return torch.full_like(v, lower)
+    u, _ = torch.sort(v - lower, descending=True)
+    css = torch.cumsum(u, 0) - radius
+    j = torch.arange(1, n + 1, dtype=v.dtype)
+    active = torch.nonzero(u - css / j > 0)
+    if active.numel() == 0:          # radius below rounding
+        return torch.full_like(v, lower)
+    rho = int(active.max())
+    x = (v - lower - css[rho] / (rho + 1)).clamp_min(0.0) + lower
+    free = x > lower                 # far from the simplex, v - tau cancels digits: restore the sum exactly
+    x[free] += (total - x.sum()) / free.sum()
+    return x
+
+
+def corrected_gram(grams: Tensor, coef: Tensor) -> Tensor:
+    """[K, K] Gram of the whole-model corrected gradients g'_i: sum_k C_k G_k C_k^T."""
+    return torch.einsum("kia,kab,kjb->ij", coef.to(F64), grams.to(F64), coef.to(F64))
+
+
+def curvature(beta: Tensor, G: Tensor, proxy: str) -> Tensor:
+    if proxy == "combined":
+        return beta @ G @ beta
+    return (beta * beta * G.diagonal()).sum()
+
+
+def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Tensor, G: Tensor) -> dict:
+    """One descent step on alpha and one ascent step on lam (in place). losses [K], G [K, K]: the
+    step tasks' mean losses and the Gram of their gradients (all-reduced, identical on every rank)."""
+    losses, G = losses.to(F64), G.to(F64)
+    if not (torch.isfinite(losses).all() and torch.isfinite(G).all()):
+        state.skipped += 1
+        return {"meta": False}
+    T = state.values.numel()
+    alpha = task_weights(state, cfg)
+    if cfg.param == "simplex":
+        mass = float(alpha[task_ids].sum())
+        beta = alpha[task_ids] / mass
+        grad = losses + 2.0 * state.lam * (G @ beta if cfg.proxy == "combined" else G.diagonal() * beta)
+        beta = project_simplex(beta - cfg.lr_alpha * grad, cfg.floor / (T * mass))
+        state.values[task_ids] = mass * beta
+    else:
+        theta = state.values.clone().requires_grad_(True)
+        with torch.enable_grad():
+            a = cfg.floor / T + (1.0 - cfg.floor) * torch.softmax(theta, 0)
+            b = a[task_ids] / a[task_ids].sum()
+            J = b @ losses + state.lam * curvature(b, G, cfg.proxy)
+            (grad_theta,) = torch.autograd.grad(J, theta)
+        state.values = state.values - cfg.lr_alpha * grad_theta
+        beta = step_weights(task_weights(state, cfg), task_ids)
+    c = float(curvature(beta, G, cfg.proxy))
+    state.lam = max(0.0, state.lam + cfg.lr_lambda * (c - cfg.eps))
+    state.meta_steps += 1
+    return {"meta": True, "proxy": c}
+
+
+def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
+         meta_losses: Tensor, meta_gram: Tensor) -> tuple[Tensor, dict]:
+    """Weights w [n_groups, K] of the update sum_j w[k, j] g_jk, then (on a meta step) the meta step.
+
+    coef: [n_groups, K, K] the base method's C. meta_losses [K] and meta_gram [K, K] (in units of
+    the gradients of the mean losses) come from this step's micro-batches or from dev batches.
+    stats: beta (this step's weights), alpha and lam after the step, meta (whether one was taken),
+    proxy (its value after the alpha step, on a meta step)."""
+    K = coef.shape[1]
+    beta = step_weights(task_weights(state, cfg), task_ids)
+    weights = K * torch.einsum("i,kij->kj", beta, coef.to(F64))
+    stats = {"meta": False}
+    if is_meta_step(state, cfg):
+        stats = meta_step(state, cfg, task_ids, meta_losses, meta_gram)
+    state.steps += 1
+    stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam)
+    return weights, stats
