@@ -78,6 +78,13 @@ def cmd_similarity(a) -> int:
     return 0
 
 
+def cmd_task_weights(a) -> int:
+    from .plots import plot_task_weights
+
+    print(plot_task_weights(Path(a.run), Path(a.out or Path(a.run) / "task_weights.png")))
+    return 0
+
+
 def launch_command(launcher: str, nproc: int, args: list[str]) -> list[str]:
     """The command that starts `nproc` local ranks of massive_mt.train."""
     if launcher == "deepspeed":
@@ -189,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", nargs="*", help="subset of tasks to show")
     s.add_argument("--out", help="image path (default RUN/similarity_GROUP.png)")
     s.set_defaults(fn=cmd_similarity)
+
+    w = sub.add_parser("task-weights", help="CATS task weights and lambda over training, and against data size")
+    w.add_argument("--run", required=True, help="training output_dir of a reconcile.method: cats run")
+    w.add_argument("--out", help="image path (default RUN/task_weights.png)")
+    w.set_defaults(fn=cmd_task_weights)
 
     d = sub.add_parser("demo", help="the whole pipeline on the embedded corpus, on local CPU/GPU ranks")
     d.add_argument("--workdir", default="demo_run")

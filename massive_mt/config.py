@@ -21,12 +21,14 @@ import yaml
 
 from .errors import ConfigError
 from .model import PRESETS as MODEL_PRESETS
+from .reconcile.cats import PARAMS as CATS_PARAMS
+from .reconcile.cats import PROXIES as CATS_PROXIES
 from .reconcile.groups import GRANULARITIES
 from .reconcile.methods import METHODS
 
 DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
 PRESETS = tuple(MODEL_PRESETS)
-RECONCILE_METHODS = ("plain",) + METHODS    # plain: no per-task capture
+RECONCILE_METHODS = ("plain",) + METHODS + ("cats",)   # plain: no per-task capture
 
 
 @dataclass
@@ -91,13 +93,30 @@ class EvalConfig:
 
 
 @dataclass
+class CatsSection:
+    """CATS options (reconcile.method: cats); see massive_mt/reconcile/cats.py and the README."""
+    base: str = "sum"                   # gradients CATS scales: sum (plain CATS) | pcgrad | gradvac (corrected)
+    meta_data: str = "train"            # meta losses + Gram from: train (this step, free) | dev (valid split)
+    proxy: str = "combined"             # curvature proxy: combined (alpha^T G alpha) | diagonal
+    param: str = "simplex"              # alpha: simplex (projected descent) | softmax (descent on logits)
+    lr_alpha: float = 0.01              # meta learning rate of the task weights
+    lr_lambda: float = 0.01             # ascent rate of the multiplier lambda
+    eps: float = 1.0                    # curvature budget (squared norm of the update)
+    interval: int = 1                   # steps between meta steps
+    warmup: int = 0                     # steps before the first meta step
+    floor: float = 0.1                  # alpha_n >= floor / n_tasks
+    dev_max_tokens: int = 0             # token budget of a dev micro-batch (0 = sampling.max_tokens)
+
+
+@dataclass
 class ReconcileSection:
-    method: str = "plain"               # plain (no per-task capture) | sum | pcgrad | gradvac
+    method: str = "plain"               # plain (no per-task capture) | sum | pcgrad | gradvac | cats
     granularity: str = "whole_model"    # whole_model | enc_dec | all_layer | all_matrix
     beta: float = 0.01                  # GradVac EMA rate of the cosine targets
     vaccinate: Optional[list] = None    # GradVac: tasks to correct (None = all), or ["low_resource"]
     low_resource_quantile: float = 0.5  # with vaccinate: [low_resource], tasks below this training-size quantile
     log_interval: int = 0               # cosine/correction telemetry every N steps (0 = train.log_interval)
+    cats: CatsSection = field(default_factory=CatsSection)
 
 
 @dataclass
@@ -273,11 +292,31 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(0.0 < r.low_resource_quantile <= 1.0, "reconcile.low_resource_quantile",
              f"must be in (0, 1], got {r.low_resource_quantile}")
     _require(r.log_interval >= 0, "reconcile.log_interval", f"must be >= 0, got {r.log_interval}")
+    gradvac = r.method == "gradvac" or (r.method == "cats" and r.cats.base == "gradvac")
     if r.vaccinate is not None:
-        _require(r.method == "gradvac", "reconcile.vaccinate", "only applies to method gradvac")
+        _require(gradvac, "reconcile.vaccinate", "only applies to method gradvac (or cats with base gradvac)")
         _require(len(r.vaccinate) > 0 and all(isinstance(v, str) for v in r.vaccinate), "reconcile.vaccinate",
                  f"must be a list of tasks such as [en-fr] or [low_resource], got {r.vaccinate!r}")
+    validate_cats(r)
     _require(e.split in ("train", "valid", "test"), "eval.split", f"must be train|valid|test, got {e.split!r}")
+
+
+def validate_cats(r: ReconcileSection) -> None:
+    c = r.cats
+    if r.method != "cats":
+        changed = [f.name for f in fields(c) if getattr(c, f.name) != f.default]
+        _require(not changed, f"reconcile.cats.{changed[0] if changed else ''}",
+                 f"only applies to reconcile.method cats (method is {r.method!r})")
+        return
+    _require(c.base in METHODS, "reconcile.cats.base", f"must be one of {METHODS}, got {c.base!r}")
+    _require(c.meta_data in ("train", "dev"), "reconcile.cats.meta_data", f"must be train or dev, got {c.meta_data!r}")
+    _require(c.proxy in CATS_PROXIES, "reconcile.cats.proxy", f"must be one of {CATS_PROXIES}, got {c.proxy!r}")
+    _require(c.param in CATS_PARAMS, "reconcile.cats.param", f"must be one of {CATS_PARAMS}, got {c.param!r}")
+    for name in ("lr_alpha", "lr_lambda", "eps", "warmup", "dev_max_tokens"):
+        _require(getattr(c, name) >= 0, f"reconcile.cats.{name}", f"must be >= 0, got {getattr(c, name)}")
+    _require(c.interval >= 1, "reconcile.cats.interval", f"must be >= 1, got {c.interval}")
+    _require(0.0 < c.floor <= 1.0 or (c.param == "softmax" and c.floor == 0.0), "reconcile.cats.floor",
+             f"must be in (0, 1] (0 only with param softmax: a task at weight 0 could not come back), got {c.floor}")
 
 
 # ----------------------------------------------------------------------------- ds_config

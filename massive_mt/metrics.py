@@ -128,6 +128,8 @@ class ReconcileTelemetry:
         self.fired = None
         self.visits = None
         self.first_step = None
+        self.cats = None
+        self.proxy_sum, self.meta_steps = 0.0, 0
 
     def add(self, step: int, step_tasks: list[str], groups: list[str], stats: dict) -> None:
         if not self.enabled:
@@ -150,6 +152,12 @@ class ReconcileTelemetry:
             self.sum_groups[(slice(None),) + idx] += stats["cos"]
         self.fired += stats.get("n_fired", torch.zeros(G)).double()
         self.visits += K * (K - 1)
+        if "cats" in stats:
+            c = stats["cats"]
+            self.cats = c
+            if c["meta"]:
+                self.proxy_sum += c["proxy"]
+                self.meta_steps += 1
         self.first_step = step if self.first_step is None else self.first_step
         if (step + 1) % self.interval == 0:
             self.flush(step + 1)
@@ -165,6 +173,10 @@ class ReconcileTelemetry:
                                   for f, v in zip(self.fired.tolist(), self.visits.tolist())]}
         if self.sum_groups is not None:
             rec["cos_groups"] = [mean(g) for g in self.sum_groups]
+        if self.cats is not None:
+            rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats["alpha"]], "lambda": self.cats["lam"],
+                           "proxy": self.proxy_sum / self.meta_steps if self.meta_steps else None,
+                           "meta_steps": self.meta_steps}
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")
@@ -177,6 +189,12 @@ class ReconcileTelemetry:
             for name, f, v in zip(self.groups, self.fired.tolist(), self.visits.tolist()):
                 if v > 0 and len(self.groups) <= 64:
                     self.tb.add_scalar(f"reconcile_fired_fraction/{name}", f / v, step)
+            if self.cats is not None:
+                self.tb.add_scalar("cats/lambda", self.cats["lam"], step)
+                if self.meta_steps:
+                    self.tb.add_scalar("cats/proxy", self.proxy_sum / self.meta_steps, step)
+                for task, a in zip(self.tasks, self.cats["alpha"].tolist()):
+                    self.tb.add_scalar(f"cats_alpha/{task}", a, step)
             self.tb.flush()
         self._reset()
 

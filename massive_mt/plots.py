@@ -1,5 +1,6 @@
 """Figures from a run's telemetry: the language-by-language gradient-similarity heatmap
-(the GradVac paper's central analysis) and its change over training."""
+(the GradVac paper's central analysis) and its change over training; CATS task weights
+against training-data size."""
 from __future__ import annotations
 
 import json
@@ -108,10 +109,62 @@ def plot_similarity(run_dir: Path, out: Path, group: str = "model", windows: int
     ax.set_ylabel("cosine")
     ax.legend(fontsize=8)
     fig.suptitle(f"gradient similarity between languages ({group}), ordered by clustering", fontsize=11)
-    out = Path(out)
+    return _save(fig, Path(out))
+
+
+def _save(fig, out: Path) -> Path:
+    """Write the figure to a temporary name, then rename it into place."""
+    import matplotlib.pyplot as plt
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(".tmp-" + out.name)
     fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     tmp.replace(out)
     return out
+
+
+def task_weight_history(run_dir: Path):
+    """(tasks, steps, alpha [n_records, T], lambda [n_records], train sentences per task) of a CATS run."""
+    run_dir = Path(run_dir)
+    records = [r for r in read_jsonl(run_dir / "reconcile.jsonl") if "cats" in r]
+    if not records:
+        raise DataError(f"{run_dir / 'reconcile.jsonl'}: no CATS records (train with reconcile.method: cats)")
+    start = next((r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "start"), None)
+    if start is None:
+        raise DataError(f"{run_dir / 'metrics.jsonl'}: no start record with the training-set sizes")
+    tasks = records[0]["tasks"]
+    sizes = np.array([start["train_sentences"][t] for t in tasks], dtype=float)
+    alpha = np.array([r["cats"]["alpha"] for r in records], dtype=float)
+    lam = np.array([r["cats"]["lambda"] for r in records], dtype=float)
+    return tasks, np.array([r["step"] for r in records]), alpha, lam, sizes
+
+
+def plot_task_weights(run_dir: Path, out: Path) -> Path:
+    """CATS at a glance: each language's weight over training (coloured by its training-set size),
+    the multiplier lambda, and the final weights against training-set size (T * alpha: 1 = uniform)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, steps, alpha, lam, sizes = task_weight_history(run_dir)
+    T = len(tasks)
+    colours = plt.cm.viridis(np.interp(np.log10(sizes), (np.log10(sizes).min(), np.log10(sizes).max() + 1e-9), (0, 1)))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
+    for t in range(T):
+        a1.plot(steps, T * alpha[:, t], color=colours[t], lw=1)
+    a1.axhline(1.0, color="k", lw=0.5, ls="--")
+    a1.set(xlabel="step", ylabel="T x alpha (1 = uniform)", title="task weights over training")
+    sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(sizes.min(), max(sizes.max(), sizes.min() + 1)))
+    fig.colorbar(sm, ax=a1, label="training sentences")
+    a2.plot(steps, lam, color="tab:red")
+    a2.set(xlabel="step", ylabel="lambda", title="curvature multiplier")
+    a3.scatter(sizes, T * alpha[-1], c=colours, s=18)
+    for t in range(T):
+        a3.annotate(tasks[t].replace("en-", "").replace("-en", ""), (sizes[t], T * alpha[-1, t]), fontsize=6,
+                    xytext=(2, 2), textcoords="offset points")
+    a3.axhline(1.0, color="k", lw=0.5, ls="--")
+    a3.set_xscale("log")
+    a3.set(xlabel="training sentences", ylabel="T x alpha", title=f"weights at step {steps[-1]} vs data size")
+    fig.suptitle("CATS task weights", fontsize=11)
+    return _save(fig, Path(out))

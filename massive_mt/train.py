@@ -113,22 +113,45 @@ class Trainer:
             from .reconcile.sharded import ShardedReconciler
             self.reconciler = ShardedReconciler(self.engine, cfg.reconcile, self.tasks, self.train_sizes,
                                                 cfg.sampling.seed, cfg.optim.clip_norm)
+            if self.reconciler.meta_data == "dev":
+                self.dev_sets, self.dev_batches = self.dev_data(data_bin, tasks)
         self.step = 0
         self.meter = TaskMeter(self.tasks)
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
 
+    def dev_data(self, data_bin: Path, tasks: list[tuple[str, str]]):
+        """The valid split of every task, in token-budget micro-batches (CATS `meta_data: dev`)."""
+        c = self.cfg
+        max_tokens = c.reconcile.cats.dev_max_tokens or c.sampling.max_tokens
+        sets, batches = {}, {}
+        for t in tasks:
+            ds = TaskDataset(data_bin, t[0], t[1], split="valid", max_len=c.data.max_len)
+            if len(ds) == 0:
+                raise ConfigError(f"field 'reconcile.cats.meta_data': task {task_name(t)} has no valid "
+                                  f"sentences in {data_bin}; use meta_data: train")
+            sets[task_name(t)] = ds
+            b = token_budget_batches(ds.sizes_src, ds.sizes_tgt, max_tokens, seed=c.sampling.seed)
+            order = np.random.default_rng(c.sampling.seed).permutation(len(b))    # mixed lengths over meta steps
+            batches[task_name(t)] = [b[i] for i in order]
+        return sets, batches
+
     # ------------------------------------------------------------------ the training step
-    def forward_backward(self, task: str, indices) -> None:
-        batch = self.datasets[task].collate(indices)
+    def loss(self, batch: dict):
         out = self.engine(input_ids=batch["input_ids"].to(self.device),
                           attention_mask=batch["attention_mask"].to(self.device),
                           decoder_input_ids=batch["decoder_input_ids"].to(self.device))
-        loss, nll_sum, n_tok = label_smoothed_loss(out.logits, batch["labels"].to(self.device), self.pad_id,
-                                                   self.cfg.optim.label_smoothing)
+        return label_smoothed_loss(out.logits, batch["labels"].to(self.device), self.pad_id,
+                                   self.cfg.optim.label_smoothing)
+
+    def forward_backward(self, task: str, indices) -> float:
+        batch = self.datasets[task].collate(indices)
+        loss, nll_sum, n_tok = self.loss(batch)
         self.engine.backward(loss)
-        self.meter.add(task, loss.item(), float(nll_sum), int(n_tok), int(batch["n_sentences"]))
+        value = loss.item()
+        self.meter.add(task, value, float(nll_sum), int(n_tok), int(batch["n_sentences"]))
+        return value
 
     def train_step(self) -> None:
         """tasks -> backward per task -> shard snapshot -> reconcile -> one optimizer step.
@@ -142,15 +165,18 @@ class Trainer:
         per_task = self.reconciler is not None
         if per_task:
             self.reconciler.begin_step(len(plan))
+            if self.reconciler.needs_dev_statistics():      # CATS meta step on dev batches
+                self.dev_statistics([task for task, _ in plan])
         n_micro, done = sum(len(mbs) for _, mbs in plan), 0
         for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
+            loss_sum = 0.0
             for j, indices in enumerate(micro_batches):
                 done += 1
                 boundary = j == len(micro_batches) - 1 if per_task else done == n_micro
                 self.engine.set_gradient_accumulation_boundary(boundary)
-                self.forward_backward(task, indices)
+                loss_sum += self.forward_backward(task, indices)
             if per_task:
-                self.reconciler.capture(last=k == len(plan) - 1)
+                self.reconciler.capture(last=k == len(plan) - 1, loss_sum=loss_sum, n_micro=len(micro_batches))
         if per_task:
             tasks = [task for task, _ in plan]
             stats = self.reconciler.reconcile(tasks, self.step)                   # one all-reduce
@@ -158,6 +184,22 @@ class Trainer:
             self.engine.set_gradient_accumulation_boundary(True)
         self.engine.step()                                   # overflow check, clipping, AdamW, schedule
         self.step += 1
+
+    def dev_statistics(self, tasks: list[str]) -> None:
+        """CATS with `meta_data: dev`: one dev micro-batch per step task on each rank (rank r takes
+        batch (meta_step * N + r) mod n of the task's n dev batches), forward/backward in eval mode
+        (no dropout, no random numbers drawn), its gradient partition captured apart. The buffers
+        are cleared after each, so the training gradient of the step starts from zero."""
+        i = self.reconciler.cats_state.meta_steps
+        self.engine.eval()
+        for task in tasks:
+            batches = self.dev_batches[task]
+            batch = self.dev_sets[task].collate(batches[(i * self.world + self.rank) % len(batches)])
+            self.engine.set_gradient_accumulation_boundary(True)
+            loss, _, _ = self.loss(batch)
+            self.engine.backward(loss)
+            self.reconciler.capture_dev(len(tasks), loss.item())
+        self.engine.train()
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:

@@ -100,3 +100,27 @@ def test_shipped_ds_configs_resolve():
         assert ds["zero_optimization"]["stage"] in (0, 1, 2, 3)
         if "bf16" in f.name:
             assert ds["bf16"]["enabled"] and ds["data_types"]["grad_accum_dtype"] == "fp32"
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["reconcile.cats.eps=2"], "reconcile.cats.eps"),                           # CATS option without method cats
+    (["reconcile.method=cats", "reconcile.cats.proxy=trace"], "reconcile.cats.proxy"),
+    (["reconcile.method=cats", "reconcile.cats.base=cats"], "reconcile.cats.base"),
+    (["reconcile.method=cats", "reconcile.cats.floor=0"], "reconcile.cats.floor"),   # 0 only with softmax
+    (["reconcile.method=cats", "reconcile.cats.interval=0"], "reconcile.cats.interval"),
+    (["reconcile.method=cats", "reconcile.cats.lr_alpha=-1"], "reconcile.cats.lr_alpha"),
+    (["reconcile.method=cats", "reconcile.cats.meta_data=test"], "reconcile.cats.meta_data"),
+    (["reconcile.method=cats", "reconcile.vaccinate=[en-fr]"], "reconcile.vaccinate"),
+    (["reconcile.method=cats", "reconcile.cats.nonsense=1"], "nonsense"),
+])
+def test_cats_options_are_checked(overrides, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert field in str(e.value)
+
+
+def test_cats_options_load():
+    cfg = load_config(None, ["reconcile.method=cats", "reconcile.cats.base=gradvac", "reconcile.vaccinate=[en-fr]",
+                             "reconcile.cats.param=softmax", "reconcile.cats.floor=0", "reconcile.cats.eps=3e-1"])
+    c = cfg.reconcile.cats
+    assert (c.base, c.param, c.floor, c.eps) == ("gradvac", "softmax", 0.0, 0.3)

@@ -6,7 +6,14 @@ fp32 copy of this rank's reduced partition of that task's gradient and clears th
 data-parallel group (a [n_groups, K, K] fp64 tensor), computes the task weights with a pure
 reconciler (identical on every rank: same Grams, same state, same seeded generator), and
 writes `sum_j w[g, j] * shard_j` back into DeepSpeed's buffers, in place, for `engine.step()`.
-Memory: K * (P / N) fp32 values per rank. Extra communication: n_groups * K * K fp64 per step.
+Memory: K * (P / N) fp32 values per rank. Extra communication: n_groups * K * K + 2 K fp64 per
+step (the Grams and each task's summed micro-batch losses and counts, in the same all-reduce).
+
+CATS (method `cats`) scales the base method's corrected gradients with its task weights and
+takes its meta step from the same all-reduced statistics. With `cats.meta_data: dev` it also
+captures, at each meta step, one dev micro-batch per task and rank into a second [K, P / N]
+buffer before the training micro-batches start (`capture_dev`); their whole-model Gram and
+losses ride in the same all-reduce (K * K + 2 K more values).
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ import torch
 import deepspeed.comm as dist
 
 from ..zero_adapter import GradShards
+from .cats import CATSConfig, CATSState, corrected_gram, is_meta_step
+from .cats import cats as cats_weights
 from .groups import ShardGroups
 from .methods import ReconcileConfig, make_state, reconcile, update_norm_sq
 
@@ -49,10 +58,23 @@ class ShardedReconciler:
         self.groups = ShardGroups(names, cfg.granularity, self.shards.segments(), self.shards.gram_segments())
         self.config = ReconcileConfig(beta=cfg.beta, vaccinated=vaccinated_ids(
             cfg.vaccinate, self.tasks, train_sizes, cfg.low_resource_quantile))
-        self.state = make_state(self.method, len(self.groups), len(self.tasks))
+        # the method that corrects the task gradients; CATS then scales the corrected ones
+        self.base = cfg.cats.base if self.method == "cats" else self.method
+        self.state = make_state(self.base, len(self.groups), len(self.tasks))
+        self.cats: Optional[CATSConfig] = None
+        self.meta_data = "train"
+        if self.method == "cats":
+            c = cfg.cats
+            self.cats = CATSConfig(lr_alpha=c.lr_alpha, lr_lambda=c.lr_lambda, eps=c.eps, interval=c.interval,
+                                   warmup=c.warmup, floor=c.floor, proxy=c.proxy, param=c.param)
+            self.cats_state = CATSState.uniform(len(self.tasks), c.param)
+            self.meta_data = c.meta_data
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
         self.buffer: Optional[torch.Tensor] = None   # [K, local numel] fp32: the K task snapshots
-        self.k = 0
+        self.dev_buffer: Optional[torch.Tensor] = None
+        self.losses = torch.zeros(0, 2, dtype=torch.float64)      # per task: summed loss, micro-batches
+        self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
+        self.k = self.k_dev = 0
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
         self.timings = {"capture_s": 0.0, "gram_s": 0.0, "allreduce_s": 0.0, "reconcile_s": 0.0, "write_back_s": 0.0}
 
@@ -60,32 +82,63 @@ class ShardedReconciler:
     def snapshot_bytes(self) -> int:
         return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
 
+    def _buffer(self, buf: Optional[torch.Tensor], n_tasks: int) -> torch.Tensor:
+        if buf is None or buf.shape[0] != n_tasks:
+            buf = torch.empty(n_tasks, self.shards.numel, dtype=torch.float32, device=self.engine.device)
+        return buf
+
     def begin_step(self, n_tasks: int) -> None:
-        if self.buffer is None or self.buffer.shape[0] != n_tasks:
-            self.buffer = torch.empty(n_tasks, self.shards.numel, dtype=torch.float32, device=self.engine.device)
-        self.k = 0
+        self.buffer = self._buffer(self.buffer, n_tasks)
+        self.losses = torch.zeros(n_tasks, 2, dtype=torch.float64)
+        self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
+        self.k = self.k_dev = 0
         self.shards.begin_step()
 
-    def capture(self, last: bool) -> None:
-        """This rank's partition of the task just finished; clear the buffers unless it is the last task."""
+    def capture(self, last: bool, loss_sum: float = math.nan, n_micro: int = 1) -> None:
+        """This rank's partition of the task just finished (and the sum of its `n_micro` micro-batch
+        losses on this rank); clear the buffers unless it is the last task."""
         t0 = time.perf_counter()
         self.buffer[self.k].copy_(self.shards.snapshot())
+        self.losses[self.k] = torch.tensor([loss_sum, n_micro], dtype=torch.float64)
         self.k += 1
         if not last:
             self.shards.reset()
+        self.timings["capture_s"] += time.perf_counter() - t0
+
+    def needs_dev_statistics(self) -> bool:
+        """CATS with dev meta data, at a meta step: the trainer runs `capture_dev` for each step task
+        before the training micro-batches."""
+        return self.meta_data == "dev" and is_meta_step(self.cats_state, self.cats)
+
+    def capture_dev(self, n_tasks: int, loss: float) -> None:
+        """Keep the dev gradient just back-propagated (one micro-batch) and clear the buffers, so the
+        training gradient of the step starts from zero."""
+        t0 = time.perf_counter()
+        if self.k_dev == 0:
+            self.dev_buffer = self._buffer(self.dev_buffer, n_tasks)
+            self.dev_losses = torch.zeros(n_tasks, 2, dtype=torch.float64)
+        self.dev_buffer[self.k_dev].copy_(self.shards.snapshot())
+        self.dev_losses[self.k_dev] = torch.tensor([loss, 1.0], dtype=torch.float64)
+        self.k_dev += 1
+        self.shards.reset()
         self.timings["capture_s"] += time.perf_counter() - t0
 
     def reconcile(self, step_tasks: list[str], step: int) -> dict:
         t = time.perf_counter
         t0 = t()
         S = self.buffer[:self.k]                                          # [K, local numel]
-        grams = self.groups.local_grams(S)                                # [n_groups, K, K] partial
+        parts = [self.groups.local_grams(S), self.losses]                 # [n_groups, K, K] partial, [K, 2]
+        if self.k_dev:
+            parts += [self.groups.local_grams(self.dev_buffer[:self.k_dev]).sum(0), self.dev_losses]
         t1 = t()
-        grams = self._all_reduce(grams, S.device)                         # the ONE collective
+        parts = self._all_reduce(parts, S.device)                         # the ONE collective
+        grams, losses = parts[0], parts[1]
         t2 = t()
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         ids = [self.task_index[x] for x in step_tasks]
-        weights, stats = reconcile(self.method, grams, ids, self.state, gen, self.config)
+        weights, stats = reconcile(self.base, grams, ids, self.state, gen, self.config)
+        if self.cats is not None:
+            weights, stats["cats"] = self._cats(stats["coef"], grams, losses, ids, parts[2:])
         if self.clip_norm > 0:                                            # ||update||^2 = sum_g w^T G w
             norm = math.sqrt(max(float(update_norm_sq(grams, weights).sum()), 0.0))
             weights = weights * min(1.0, self.clip_norm / (norm + 1e-6))
@@ -96,20 +149,46 @@ class ShardedReconciler:
             self.timings[k] += dt
         self.fired_total += int(stats["n_fired"].sum()) if "n_fired" in stats else 0
         stats["grams"] = grams
+        stats["losses"] = losses[:, 0] / losses[:, 1]
         stats["weights"] = weights
         return stats
 
-    def _all_reduce(self, grams: torch.Tensor, device) -> torch.Tensor:
-        g = grams.to(device)                 # NCCL reduces device tensors; on CPU this is the same tensor
-        dist.all_reduce(g, group=self.shards.dp_group)
-        return g.cpu()
+    def _cats(self, coef: torch.Tensor, grams: torch.Tensor, losses: torch.Tensor, ids: list[int], dev: list):
+        """CATS weights and meta step. Units: the captured gradient of a task is
+        (1 / (N * gas)) * (sum of its micro-batch loss gradients over all ranks), and its mean loss
+        L_i averages n_i micro-batches, so grad L_i = (N * gas / n_i) * captured. The meta Gram is
+        that of the corrected training gradients, or of the dev gradients (`cats.meta_data: dev`)."""
+        gram, losses = (dev[0], dev[1]) if dev else (corrected_gram(grams, coef), losses)
+        n_gas = dist.get_world_size(group=self.shards.dp_group) * self.engine.gradient_accumulation_steps()
+        scale = n_gas / losses[:, 1]
+        meta_gram = gram * scale[:, None] * scale[None, :]
+        return cats_weights(coef, ids, self.cats_state, self.cats, losses[:, 0] / losses[:, 1], meta_gram)
+
+    def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
+        """Sum the fp64 statistics over the data-parallel group in one collective."""
+        flat = torch.cat([p.reshape(-1) for p in parts]).to(device)   # NCCL needs device tensors
+        dist.all_reduce(flat, group=self.shards.dp_group)
+        flat, out, i = flat.cpu(), [], 0
+        for p in parts:
+            out.append(flat[i:i + p.numel()].view(p.shape))
+            i += p.numel()
+        return out
 
     def state_dict(self) -> dict:
-        return {"method": self.method, "groups": self.groups.names, "state": self.state.state_dict()}
+        sd = {"method": self.method, "groups": self.groups.names, "state": self.state.state_dict()}
+        if self.cats is not None:
+            sd["cats"] = self.cats_state.state_dict()
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         from ..errors import ConfigError
         if sd["method"] != self.method or sd["groups"] != self.groups.names:
             raise ConfigError(f"field 'reconcile': the checkpoint was written with method {sd['method']!r} and "
                               f"{len(sd['groups'])} groups, this run uses {self.method!r} and {len(self.groups)}")
-        self.state.load_state_dict(sd["state"])
+        try:
+            self.state.load_state_dict(sd["state"])
+            if self.cats is not None:
+                self.cats_state.load_state_dict(sd["cats"])
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"field 'reconcile': the checkpoint's reconciler state does not fit this run: {e}") \
+                from None

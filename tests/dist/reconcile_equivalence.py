@@ -4,9 +4,13 @@ For each method the real Trainer (ZeRO stage from the ds_config, N ranks) trains
 Rank 0 then replays the same steps in one process with plain PyTorch: full per-task gradients
 g_k = (1 / (N * gas)) * sum over every rank's micro-batches of task k, the textbook
 full-vector reconciler of massive_mt.reconcile.reference, DeepSpeed's clipping rule, AdamW and
-the inverse-sqrt schedule. Prints `RESULT {json}` with the relative parameter differences.
+the inverse-sqrt schedule. CATS: the reference takes each task's mean loss and the explicit
+gradient vectors of the mean losses (of the training micro-batches, or of the dev micro-batches
+at meta steps, with `cats.meta_data: dev`) into reference.cats_step. Prints `RESULT {json}`
+with the relative parameter differences (and, for CATS, those of alpha and lambda).
 
-usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY] [...] -- OVERRIDES...
+usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY][+CATS_FIELD=VALUE...] [...] -- OVERRIDES...
+e.g. `cats:all_layer+base=gradvac+meta_data=dev` (CATS fields go to reconcile.cats.*)
 """
 import json
 import sys
@@ -21,6 +25,7 @@ from massive_mt.distributed import init_distributed
 from massive_mt.model import build_model
 from massive_mt.optim import build_optimizer, label_smoothed_loss
 from massive_mt.reconcile import make_state, reference
+from massive_mt.reconcile.cats import CATSState, task_weights
 from massive_mt.reconcile.groups import assign_groups
 from massive_mt.reconcile.methods import ReconcileConfig
 from massive_mt.train import Trainer
@@ -28,7 +33,7 @@ from massive_mt.train import Trainer
 from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
 
 
-def reference_run(cfg, trainer: Trainer, world: int, steps: int) -> torch.Tensor:
+def reference_run(cfg, trainer: Trainer, world: int, steps: int):
     """The unsharded single-process computation of the same training."""
     torch.manual_seed(cfg.train.seed)
     m = cfg.model
@@ -41,9 +46,13 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int) -> torch.Tensor
     samplers = [TaskStepSampler(trainer.tasks, trainer.sampler.batches, trainer.probs, s.tasks_per_step,
                                 s.micro_batches_per_task, world, r, s.seed) for r in range(world)]
     method, gran = cfg.reconcile.method, cfg.reconcile.granularity
+    base = cfg.reconcile.cats.base if method == "cats" else method
     groups = assign_groups(names, gran)
     group_names = list(dict.fromkeys(groups.values()))
-    state = make_state(method, len(group_names), len(trainer.tasks)) if method != "plain" else None
+    state = make_state(base, len(group_names), len(trainer.tasks)) if method != "plain" else None
+    if method == "cats":
+        ccfg = trainer.reconciler.cats
+        cats_state = CATSState.uniform(len(trainer.tasks), ccfg.param)
     rc = ReconcileConfig(beta=cfg.reconcile.beta, vaccinated=trainer.reconciler.config.vaccinated
                          if trainer.reconciler is not None else None)
     gas = s.tasks_per_step * s.micro_batches_per_task
@@ -51,17 +60,34 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int) -> torch.Tensor
         plans = [smp.plan(step) for smp in samplers]
         tasks = [t for t, _ in plans[0]]
         assert all([t for t, _ in p] == tasks for p in plans), "ranks disagree on the step's tasks"
-        task_grads = []
-        for k, task in enumerate(tasks):
+
+        def grad_and_loss(batches, dataset, scale):
             model.zero_grad(set_to_none=False)
-            for p in plans:
-                for idx in p[k][1]:
-                    b = trainer.datasets[task].collate(idx)
-                    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                decoder_input_ids=b["decoder_input_ids"])
-                    loss, _, _ = label_smoothed_loss(out.logits, b["labels"], trainer.pad_id, cfg.optim.label_smoothing)
-                    (loss / (world * gas)).backward()
-            task_grads.append([q.grad.detach().clone() for q in params])
+            total = 0.0
+            for b in map(dataset.collate, batches):
+                out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                            decoder_input_ids=b["decoder_input_ids"])
+                loss, _, _ = label_smoothed_loss(out.logits, b["labels"], trainer.pad_id, cfg.optim.label_smoothing)
+                (loss * scale).backward()
+                total += float(loss)
+            return [q.grad.detach().clone() for q in params], total / len(batches)
+
+        dev = None
+        if method == "cats" and trainer.reconciler.meta_data == "dev" and \
+                cats_state.steps >= ccfg.warmup and (cats_state.steps - ccfg.warmup) % ccfg.interval == 0:
+            model.eval()                           # one dev micro-batch per task and rank, no dropout
+            dev = []
+            for task in tasks:
+                bs = trainer.dev_batches[task]
+                mbs = [bs[(cats_state.meta_steps * world + r) % len(bs)] for r in range(world)]
+                g, l = grad_and_loss(mbs, trainer.dev_sets[task], 1.0 / world)
+                dev.append((torch.cat([x.reshape(-1) for x in g]), l))
+            model.train()
+        task_grads, losses = [], []
+        for k, task in enumerate(tasks):
+            g, l = grad_and_loss([idx for p in plans for idx in p[k][1]], trainer.datasets[task], 1.0 / (world * gas))
+            task_grads.append(g)
+            losses.append(l)
         if method == "plain":
             update = [sum(g[i] for g in task_grads) for i in range(len(params))]
         else:
@@ -69,7 +95,15 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int) -> torch.Tensor
                                       for g in task_grads]) for gn in group_names]
             gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
             ids = [trainer.tasks.index(t) for t in tasks]
-            upd, state = reference.reconcile(method, per_group, ids, state, gen, rc)
+            if method == "cats":       # vectors in units of the mean losses' gradients: K * captured
+                corrected, state = reference.correct(base, per_group, ids, state, gen, rc)
+                vectors, meta_losses = (torch.stack([v for v, _ in dev]), [l for _, l in dev]) if dev else \
+                    (s.tasks_per_step * torch.cat(corrected, 1), losses)
+                beta, cats_state = reference.cats_step(cats_state, ccfg, ids, torch.tensor(meta_losses, dtype=torch.float64),
+                                                       vectors.double())
+                upd = [s.tasks_per_step * beta @ c for c in corrected]
+            else:
+                upd, state = reference.reconcile(method, per_group, ids, state, gen, rc)
             update, offs = [None] * len(params), {gn: 0 for gn in group_names}
             for i, n in enumerate(names):
                 gn = groups[n]
@@ -81,7 +115,7 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int) -> torch.Tensor
             q.grad = (u / coef if coef > 1 else u).to(q.dtype)
         opt.step()
         sched.step()
-    return torch.cat([q.detach().double().reshape(-1) for q in params])
+    return torch.cat([q.detach().double().reshape(-1) for q in params]), (cats_state if method == "cats" else None)
 
 
 def main():
@@ -91,9 +125,11 @@ def main():
     results = {"world_size": dist.get_world_size(), "methods": {}}
     finals = {}
     for spec in specs:
-        method, _, gran = spec.partition(":")
+        head, *cats_fields = spec.split("+")
+        method, _, gran = head.partition(":")
         cfg = load_config(None, overrides + [f"reconcile.method={method}"] +
-                          ([f"reconcile.granularity={gran}"] if gran else []))
+                          ([f"reconcile.granularity={gran}"] if gran else []) +
+                          [f"reconcile.cats.{kv}" for kv in cats_fields])
         ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
         trainer = Trainer(cfg, ds, rank, world)
         start = full_params(trainer.engine)
@@ -107,13 +143,27 @@ def main():
             res["groups"] = len(trainer.reconciler.groups)
             res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
             res["fired"] = trainer.reconciler.fired_total
+        if trainer.reconciler is not None and trainer.reconciler.cats is not None:
+            cs, ccfg = trainer.reconciler.cats_state, trainer.reconciler.cats
+            res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
+            mine = torch.cat([cs.values, torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64)])
+            every = [torch.zeros_like(mine) for _ in range(world)]
+            dist.all_gather(every, mine)
+            res["ranks_agree"] = all(torch.equal(x, mine) for x in every)     # bitwise, on every rank
         if rank == 0:
-            ref = reference_run(cfg, trainer, world, steps)
+            ref, ref_cats = reference_run(cfg, trainer, world, steps)
             res["rel_diff"] = float((got - ref).abs().max() / ref.abs().max())
+            if ref_cats is not None:
+                a_ref = task_weights(ref_cats, ccfg)
+                res["alpha_rel_diff"] = float((torch.tensor(res["alpha"], dtype=torch.float64) - a_ref).abs().max()
+                                              / a_ref.abs().max())
+                res["lam_rel_diff"] = abs(res["lam"] - ref_cats.lam) / max(abs(ref_cats.lam), 1e-300)
+                res["ref_meta_steps"] = ref_cats.meta_steps
         results["methods"][spec] = res
         dist.barrier()
-    if "plain" in finals and "sum" in finals:
-        results["sum_vs_plain"] = float((finals["sum"] - finals["plain"]).abs().max() / finals["plain"].abs().max())
+    if "plain" in finals:
+        for spec, got in finals.items():
+            results["methods"][spec]["vs_plain"] = float((got - finals["plain"]).abs().max() / finals["plain"].abs().max())
     if rank == 0:
         print("RESULT " + json.dumps(results), flush=True)
     dist.barrier()
