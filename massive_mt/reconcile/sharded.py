@@ -94,7 +94,7 @@ class ShardedReconciler:
         self.k = self.k_dev = 0
         self.shards.begin_step()
 
-    def capture(self, last: bool, loss_sum: float = math.nan, n_micro: int = 1) -> None:
+    def capture(self, last: bool, loss_sum: float, n_micro: int) -> None:
         """This rank's partition of the task just finished (and the sum of its `n_micro` micro-batch
         losses on this rank); clear the buffers unless it is the last task."""
         t0 = time.perf_counter()
