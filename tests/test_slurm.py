@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import REPO, dist_env, read_metrics, train_args
-from slurm_cluster import PACKAGES, SlurmCluster, missing_binaries
+from slurm_cluster import PACKAGES, NetnsNodes, SlurmCluster, missing_binaries
 
 pytestmark = pytest.mark.distributed
 
@@ -59,9 +61,10 @@ def overrides(data_bin: Path, out: Path, *extra: str) -> list[str]:
     return args[args.index("--ds-config") + 2:]
 
 
-def submit(cluster, template: str, out: Path, data_bin: Path, options: list[str], **knobs: str) -> int:
+def submit(cluster, template: str, out: Path, data_bin: Path, options: list[str], nodes: int = 1,
+           **knobs: str) -> int:
     out.mkdir(parents=True, exist_ok=True)
-    return cluster.sbatch(SLURM / template, f"--chdir={REPO}", f"--output={out}/job.out", "--nodes=1",
+    return cluster.sbatch(SLURM / template, f"--chdir={REPO}", f"--output={out}/job.out", f"--nodes={nodes}",
                           "--time=10", *options, args=tuple(overrides(data_bin, out)), env=job_env(out, **knobs))
 
 
@@ -150,11 +153,50 @@ def test_warning_signal_checkpoints_requeues_and_resumes(cluster, data_bin, tmp_
     text = (out / "job.out").read_text()
     assert f"requeueing job {job}" in text and "start 1 on" in text, job_log(cluster, out)
 
-    ref = load_file(str(reference_run / "model" / "model.safetensors"))
-    got = load_file(str(out / "model" / "model.safetensors"))
-    assert ref.keys() == got.keys()
-    for k in ref:
-        assert (ref[k] - got[k]).abs().max() <= 1e-6 * max(float(ref[k].abs().max()), 1e-3), k
+    assert_same_weights(reference_run, out)
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(cluster, tmp_path_factory):
+    """Two slurmd "hosts", each in a network namespace of its own (NetnsNodes), one slurmctld."""
+    if not all(shutil.which(t) for t in ("ip", "nsenter", "unshare")):
+        pytest.skip("the two-node cluster needs ip, nsenter and unshare (iproute2, util-linux)")
+    net = NetnsNodes()
+    try:
+        net.create()
+    except subprocess.CalledProcessError as e:
+        net.destroy()
+        pytest.skip(f"cannot make network namespaces here ({' '.join(e.cmd)}: {e.stderr.strip()})")
+    c = SlurmCluster(tmp_path_factory.mktemp("slurm-2nodes"), nodes=net.nodes, ctld_addr=net.host_addr)
+    try:
+        c.start()
+        yield c, net
+    finally:
+        c.stop()
+        net.destroy()
+
+
+def test_srun_template_across_two_nodes(two_node_cluster, data_bin, tmp_path, reference_run):
+    """Template 2 with one rank on each of two slurmd hosts in separate network namespaces: the
+    ranks meet only over the bridge (GLOO_SOCKET_IFNAME), and train what one node trains."""
+    cluster, net = two_node_cluster
+    out = tmp_path / "run"
+    job = submit(cluster, "train_multi_node_srun.sbatch", out, data_bin, ["--ntasks-per-node=1"], nodes=2,
+                 DISCOVERY="slurm", GLOO_SOCKET_IFNAME=net.interface)
+    info = check_completed(cluster, job, out, "slurm")
+    assert info["NodeList"] == "mmtnode[1-2]" and info["NumNodes"] == "2", info
+    text = (out / "job.out").read_text()
+    for rank in (0, 1):     # one task per node: local rank 0 on both; the master is the first node
+        assert f"rank {rank} of 2 joined (slurm discovery, local rank 0, master mmtnode1:" in text, text[-3000:]
+    assert_same_weights(reference_run, out)
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    a = load_file(str(run_a / "model" / "model.safetensors"))
+    b = load_file(str(run_b / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 1e-6 * max(float(a[k].abs().max()), 1e-3), k
 
 
 def _metrics(out: Path) -> list[dict]:
