@@ -137,7 +137,7 @@ def _from_mpi(env) -> Discovery:
 
 def _single(env) -> Discovery:
     return Discovery("single", 0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"),
-                     int(env["MASTER_PORT"]) if "MASTER_PORT" in env else free_port())
+                     _int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port())
 
 
 def _check_against_slurm(d: Discovery, env) -> None:

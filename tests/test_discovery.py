@@ -1,11 +1,19 @@
-"""Rank discovery rules (massive_mt/distributed.py) on the variables each launcher sets.
+"""Rank discovery rules (massive_mt/distributed.py) on the variables each launcher sets, and a
+real `mpiexec` launch. The Slurm launches (srun, the sbatch templates, srun without MPI support)
+are in test_slurm.py."""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
-The real launches (srun, sbatch templates, srun without MPI support) are in test_slurm.py."""
 import pytest
 
 from massive_mt.distributed import discover, first_host
 from massive_mt.errors import ConfigError
 from massive_mt.preemption import parse_signals
+
+from conftest import REPO, dist_env, read_metrics, train_args
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "29500"}
 SRUN_TASK = {"SLURM_JOB_ID": "123456", "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_NTASKS": "8",
@@ -68,3 +76,19 @@ def test_stop_signal_names():
         parse_signals(["USR9"])
     with pytest.raises(ConfigError, match="SIGKILL cannot be caught"):
         parse_signals(["KILL"])
+
+
+@pytest.mark.distributed
+def test_mpiexec_ranks_join_through_mpi4py(data_bin, tmp_path):
+    """`mpiexec -n 2` (MPICH from the mpich wheel) sets no torch variables: auto mode finds MPI."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        mpiexec = shutil.which("mpiexec")
+    assert mpiexec, "mpiexec not found: the test extra installs the mpich wheel"
+    out = tmp_path / "run"
+    cmd = [str(mpiexec), "-n", "2", sys.executable, *train_args(data_bin, out, "zero2.json", "train.max_steps=2")]
+    p = subprocess.run(cmd, env=dist_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-6000:]
+    joined = re.findall(r"rank (\d) of (\d) joined \((\w+) discovery", p.stderr)
+    assert sorted(joined) == [("0", "2", "mpi"), ("1", "2", "mpi")], p.stderr[-3000:]
+    assert read_metrics(out)[0]["world_size"] == 2
