@@ -20,8 +20,8 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
-from .model import PRESETS as MODEL_PRESETS
 from .preemption import parse_signals
+from .model import PRESETS as MODEL_PRESETS
 from .reconcile.groups import GRANULARITIES
 from .reconcile.methods import METHODS
 
