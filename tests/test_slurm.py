@@ -1,5 +1,6 @@
-"""The sbatch templates of slurm/ submitted with `sbatch` to a real one-node Slurm cluster
-(tests/slurm_cluster.py), in CPU mode: 2 ranks, the `test` model, 40 steps.
+"""The sbatch templates of slurm/ submitted with `sbatch` to a real one-node Slurm cluster, and
+to a two-node one in network namespaces (tests/slurm_cluster.py), in CPU mode: 2 ranks, the
+`test` model, 40 steps.
 
 Each job must end COMPLETED with both ranks in one world of size 2 (every rank prints how it
 joined; metrics.jsonl records the world size) and a checkpoint with one ZeRO shard per rank.
@@ -56,8 +57,9 @@ def job_env(out: Path, **knobs: str) -> dict:
     return env
 
 
-def overrides(data_bin: Path, out: Path, *extra: str) -> list[str]:
-    args = train_args(data_bin, out, "zero2.json", f"train.max_steps={STEPS}", "train.tensorboard=false", *extra)
+def overrides(data_bin: Path, out: Path) -> list[str]:
+    """The config overrides of the tests' tiny runs (tests/conftest.py), STEPS steps."""
+    args = train_args(data_bin, out, "zero2.json", f"train.max_steps={STEPS}", "train.tensorboard=false")
     return args[args.index("--ds-config") + 2:]
 
 
