@@ -20,6 +20,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .preemption import parse_signals
 from .model import PRESETS as MODEL_PRESETS
 from .reconcile.cats import PARAMS as CATS_PARAMS
 from .reconcile.cats import PROXIES as CATS_PROXIES
@@ -80,6 +81,7 @@ class TrainConfig:
     resume: str = "auto"                # auto: from output_dir/checkpoints/latest if present | never | <path>
     tensorboard: bool = True
     seed: int = 1                       # model initialisation
+    stop_signals: list = field(default_factory=lambda: ["USR1", "TERM"])  # checkpoint, exit 75 (massive_mt/preemption.py)
 
 
 @dataclass
@@ -281,6 +283,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(t.log_interval >= 1, "train.log_interval", f"must be >= 1, got {t.log_interval}")
     _require(t.save_interval >= 0, "train.save_interval", f"must be >= 0, got {t.save_interval}")
     _require(t.keep_last >= 1, "train.keep_last", f"must be >= 1, got {t.keep_last}")
+    parse_signals(t.stop_signals)
     _require(e.beam >= 1, "eval.beam", f"must be >= 1, got {e.beam}")
     _require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
     _require(e.max_sentences >= 0, "eval.max_sentences", f"must be >= 0, got {e.max_sentences}")

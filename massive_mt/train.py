@@ -28,6 +28,7 @@ from .errors import ConfigError, MassiveMTError
 from .metrics import MetricsWriter, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from .model import build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss
+from .preemption import REQUEUE_EXIT, StopRequested, StopSignals
 
 
 def resolve_tasks(cfg: ExperimentConfig, manifest: dict) -> list[tuple[str, str]]:
@@ -202,7 +203,8 @@ class Trainer:
         self.engine.train()
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> dict:
+    def fit(self, stop: Optional[StopSignals] = None) -> dict:
+        """Train to train.max_steps; with `stop`, a stop signal ends the run early after a checkpoint."""
         from tqdm import tqdm
 
         self.maybe_resume()
@@ -219,10 +221,15 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
             if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0:
                 self.save()
+            if stop is not None and self.step < max_steps and stop.agreed(self.device):
+                break
         bar.close()
         if not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0:
             self.save()
-        self.export()
+        if self.step < max_steps:
+            self.writer.write(self.step, {"event": "stopped", "signal": stop.name, "exit_status": REQUEUE_EXIT})
+        else:
+            self.export()
         self.writer.close()
         self.telemetry.close()
         return last
@@ -312,18 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> dict:
     cfg = load_config(args.config, args.overrides)
+    stop = StopSignals(cfg.train.stop_signals)       # before the slow start-up: a signal must not kill it
     ds_raw = load_ds_config(args.ds_config)
     rank, world = init_distributed()
     ds = resolve_ds_config(ds_raw, cfg, world, where=args.ds_config)
     trainer = Trainer(cfg, ds, rank, world)
     if rank == 0:
         save_resolved(cfg.train.output_dir, cfg, ds)
-    result = trainer.fit()
-    if rank == 0:
+    result = trainer.fit(stop)
+    if rank == 0 and trainer.step == cfg.train.max_steps:
         print(json.dumps({"final": result}, default=float), flush=True)
     import deepspeed.comm as dist
     dist.barrier()
     dist.destroy_process_group()
+    if trainer.step < cfg.train.max_steps:
+        raise StopRequested(stop.name, trainer.step)
     return result
 
 
@@ -334,6 +344,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except MassiveMTError as e:
         print(f"massive-mt train: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except StopRequested as e:
+        print(f"massive-mt train: {e}", file=sys.stderr, flush=True)
+        return REQUEUE_EXIT
     return 0
 
 
