@@ -4,6 +4,7 @@ against training-data size."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -51,7 +52,8 @@ def similarity_windows(records: list[dict], group: str, windows: int):
     spans = np.array_split(np.arange(len(records)), max(1, min(windows, len(records))))
     out = []
     for span in spans:
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():          # pairs that never met stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             m = np.nanmean(arr[span], axis=0) if np.isfinite(arr[span]).any() else arr[span][0]
         out.append((records[span[0]]["from_step"], records[span[-1]]["step"], m))
     return tasks, out
@@ -100,7 +102,8 @@ def plot_similarity(run_dir: Path, out: Path, group: str = "model", windows: int
     steps = [r["step"] for r in records]
     allm = cosine_matrices(records, group)
     off = ~np.eye(len(names), dtype=bool)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():              # a record where no pair met gives NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         ax.plot(steps, [np.nanmean(m[off]) for m in allm], label="mean over language pairs")
         ax.fill_between(steps, [np.nanpercentile(m[off], 10) for m in allm],
                         [np.nanpercentile(m[off], 90) for m in allm], alpha=0.25, label="10-90th percentile")
