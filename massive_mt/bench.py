@@ -10,7 +10,7 @@ function of the seed). Rank 0 appends one JSON line per configuration to `--out`
 quartiles of the step time, target tokens/s, the reconciler's time split (capture, Gram,
 all-reduce, reconcile, write-back), the snapshot bytes per rank against K*P/N*4, and the
 machine, versions and configuration. Ratios against `plain` are taken between lines of the
-same run (`massive-mt bench-report`).
+same run.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def run_config(cfg, ds, rank, world, steps, warmup) -> dict:
         out["local_numel"] = rec.shards.numel
         out["kpn_bytes"] = cfg.sampling.tasks_per_step * trainer.n_params / world * 4
         out["n_groups"] = len(rec.groups)
-        out["allreduce_bytes"] = len(rec.groups) * cfg.sampling.tasks_per_step ** 2 * 8
+        out["allreduce_bytes"] = rec.allreduce_bytes          # the step's one collective, as sent
     del trainer
     import gc
     gc.collect()
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--tasks-per-step", type=int, nargs="+", default=[4, 8])
     p.add_argument("--methods", nargs="+", default=["plain", "sum", "pcgrad:all_layer", "gradvac:whole_model",
-                                                    "gradvac:all_layer"])
+                                                    "gradvac:all_layer", "cats"])
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)

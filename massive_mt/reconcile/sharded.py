@@ -75,6 +75,7 @@ class ShardedReconciler:
         self.losses = torch.zeros(0, 2, dtype=torch.float64)      # per task: summed loss, micro-batches
         self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
         self.k = self.k_dev = 0
+        self.allreduce_bytes = 0              # size of the last step's collective
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
         self.timings = {"capture_s": 0.0, "gram_s": 0.0, "allreduce_s": 0.0, "reconcile_s": 0.0, "write_back_s": 0.0}
 
@@ -167,6 +168,7 @@ class ShardedReconciler:
     def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
         """Sum the fp64 statistics over the data-parallel group in one collective."""
         flat = torch.cat([p.reshape(-1) for p in parts]).to(device)   # NCCL needs device tensors
+        self.allreduce_bytes = flat.numel() * flat.element_size()
         dist.all_reduce(flat, group=self.shards.dp_group)
         flat, out, i = flat.cpu(), [], 0
         for p in parts:
