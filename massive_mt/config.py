@@ -300,17 +300,20 @@ def validate(cfg: ExperimentConfig) -> None:
         _require(gradvac, "reconcile.vaccinate", "only applies to method gradvac (or cats with base gradvac)")
         _require(len(r.vaccinate) > 0 and all(isinstance(v, str) for v in r.vaccinate), "reconcile.vaccinate",
                  f"must be a list of tasks such as [en-fr] or [low_resource], got {r.vaccinate!r}")
-    validate_cats(r)
+    validate_cats(r, s)
     _require(e.split in ("train", "valid", "test"), "eval.split", f"must be train|valid|test, got {e.split!r}")
 
 
-def validate_cats(r: ReconcileSection) -> None:
+def validate_cats(r: ReconcileSection, s: SamplingConfig) -> None:
     c = r.cats
     if r.method != "cats":
         changed = [f.name for f in fields(c) if getattr(c, f.name) != f.default]
         _require(not changed, f"reconcile.cats.{changed[0] if changed else ''}",
                  f"only applies to reconcile.method cats (method is {r.method!r})")
         return
+    _require(s.tasks_per_step >= 2, "sampling.tasks_per_step",
+             f"must be >= 2 with reconcile.method cats (one task per step leaves nothing to weigh), "
+             f"got {s.tasks_per_step}")
     _require(c.base in METHODS, "reconcile.cats.base", f"must be one of {METHODS}, got {c.base!r}")
     _require(c.meta_data in ("train", "dev"), "reconcile.cats.meta_data", f"must be train or dev, got {c.meta_data!r}")
     _require(c.proxy in CATS_PROXIES, "reconcile.cats.proxy", f"must be one of {CATS_PROXIES}, got {c.proxy!r}")

@@ -107,7 +107,10 @@ class ReconcileTelemetry:
     Each record: `cos_model` (T x T cosines of the whole-model task gradients, from the summed
     per-group Grams; null where a pair did not meet in the interval), `cos_groups` (the same per
     parameter group, when n_groups * T * T is small enough to log), `fired_fraction` per group
-    (corrections fired / pairs visited) and the step range.
+    (corrections fired / pairs visited) and the step range. With CATS also `cats`: the task
+    weights alpha (T values, in the order of `tasks`) and the multiplier lambda at the end of the
+    interval, the mean curvature proxy over the interval's meta steps, their number, and the meta
+    steps left out so far for non-finite statistics (`skipped_total`).
     """
 
     MAX_GROUP_VALUES = 250_000
@@ -176,7 +179,7 @@ class ReconcileTelemetry:
         if self.cats is not None:
             rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats["alpha"]], "lambda": self.cats["lam"],
                            "proxy": self.proxy_sum / self.meta_steps if self.meta_steps else None,
-                           "meta_steps": self.meta_steps}
+                           "meta_steps": self.meta_steps, "skipped_total": self.cats["skipped"]}
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")

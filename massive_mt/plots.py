@@ -15,7 +15,8 @@ from .errors import DataError
 
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        raise DataError(f"{path}: not found (train with reconcile.method other than 'plain' to log similarities)")
+        hint = " (train with reconcile.method other than 'plain' to log it)" if path.name == "reconcile.jsonl" else ""
+        raise DataError(f"{path}: not found{hint}")
     out = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:

@@ -191,7 +191,7 @@ class Trainer:
         batch (meta_step * N + r) mod n of the task's n dev batches), forward/backward in eval mode
         (no dropout, no random numbers drawn), its gradient partition captured apart. The buffers
         are cleared after each, so the training gradient of the step starts from zero."""
-        i = self.reconciler.cats_state.meta_steps
+        i = self.reconciler.dev_batch_index()
         self.engine.eval()
         for task in tasks:
             batches = self.dev_batches[task]

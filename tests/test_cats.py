@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from massive_mt.reconcile import ReconcileConfig, make_state, reconcile, reference
-from massive_mt.reconcile.cats import (CATSConfig, CATSState, cats, corrected_gram, curvature, meta_step,
-                                       project_simplex, step_weights, task_weights)
+from massive_mt.reconcile.cats import (CATSConfig, CATSState, cats, check_state, corrected_gram, curvature,
+                                       meta_step, project_simplex, step_weights, task_weights)
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -240,3 +240,13 @@ def test_state_round_trip_and_validation():
     with pytest.raises(ValueError, match="could never come back"):
         CATSConfig(floor=0.0)
     CATSConfig(floor=0.0, param="softmax")
+
+
+def test_weights_that_cannot_come_from_the_config_are_refused():
+    """A softmax checkpoint (logits, here all 0) read as simplex weights, or weights under the floor."""
+    cfg = CATSConfig(floor=0.4)
+    check_state(CATSState(torch.tensor([0.3, 0.3, 0.4], dtype=F64)), cfg)
+    for values in ([0.0, 0.0, 0.0], [0.05, 0.45, 0.5]):
+        with pytest.raises(ValueError, match="simplex"):
+            check_state(CATSState(torch.tensor(values, dtype=F64)), cfg)
+    check_state(CATSState(torch.zeros(3, dtype=F64)), CATSConfig(param="softmax"))   # logits: anything finite

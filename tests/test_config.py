@@ -112,6 +112,7 @@ def test_shipped_ds_configs_resolve():
     (["reconcile.method=cats", "reconcile.cats.meta_data=test"], "reconcile.cats.meta_data"),
     (["reconcile.method=cats", "reconcile.vaccinate=[en-fr]"], "reconcile.vaccinate"),
     (["reconcile.method=cats", "reconcile.cats.nonsense=1"], "nonsense"),
+    (["reconcile.method=cats", "sampling.tasks_per_step=1"], "sampling.tasks_per_step"),
 ])
 def test_cats_options_are_checked(overrides, field):
     with pytest.raises(ConfigError) as e:

@@ -70,6 +70,22 @@ def test_sharded_equals_unsharded_fp32(data_bin, tmp_path, world, stage):
         assert m["vs_plain"] > 1e-4, (spec, m)        # and changed the training
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_cats_with_fewer_tasks_per_step_than_tasks(data_bin, tmp_path, stage):
+    """K = 2 of T = 4 tasks: the step renormalises alpha over its tasks, the projected meta step keeps
+    their mass (softmax moves all logits); parameters, alpha and lambda equal the reference."""
+    specs = ["cats+lr_alpha=0.1+lr_lambda=10+eps=0",
+             "cats:all_layer+base=pcgrad+param=softmax+floor=0.3+meta_data=dev+lr_alpha=3+lr_lambda=10+eps=0"]
+    r = equivalence(2, f"zero{stage}.json", 5, ["plain"] + specs, data_bin, tmp_path / "run",
+                    "sampling.tasks_per_step=2")
+    assert r["world_size"] == 2
+    for spec in specs:
+        m = r["methods"][spec]
+        assert m["meta_steps"] == m["ref_meta_steps"] == 5 and m["ranks_agree"], (spec, m)
+        assert max(abs(4 * a - 1) for a in m["alpha"]) > 0.05 and m["vs_plain"] > 1e-4, (spec, m)
+        assert max(m["rel_diff"], m["alpha_rel_diff"], m["lam_rel_diff"]) <= 1e-6, (spec, m)
+
+
 def test_cats_with_zero_learning_rate_is_plain_training(data_bin, tmp_path):
     """lr_alpha = 0: CATS equals plain training, with training statistics and with dev statistics;
     the dev forward/backward passes (and the multiplier's updates) leave the training gradient alone."""
@@ -127,6 +143,10 @@ def test_cats_state_survives_resume(data_bin, tmp_path):
     from massive_mt import cli
     assert cli.main(["task-weights", "--run", str(full), "--out", str(tmp_path / "w.png")]) == 0
     assert (tmp_path / "w.png").stat().st_size > 10_000
+    # a resume with another parameterisation is refused, naming the field
+    p = run_ranks(2, train_args(data_bin, full, *args, "reconcile.cats.param=softmax", "train.max_steps=7"),
+                  check=False)
+    assert p.returncode != 0 and "reconcile.cats.param" in p.stderr, p.stderr[-2000:]
 
 
 def test_reconciler_state_survives_resume(data_bin, tmp_path):

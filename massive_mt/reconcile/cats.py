@@ -91,6 +91,15 @@ class CATSState:
         self.steps, self.meta_steps, self.skipped = int(sd["steps"]), int(sd["meta_steps"]), int(sd["skipped"])
 
 
+def check_state(state: CATSState, cfg: CATSConfig) -> None:
+    """Refuse weights that cannot come from `cfg` (e.g. a checkpoint of another parameterisation)."""
+    if cfg.param == "simplex":
+        v, T = state.values, state.values.numel()
+        if abs(float(v.sum()) - 1.0) > 1e-9 or float(v.min()) < cfg.floor / T - 1e-12:
+            raise ValueError(f"CATS weights must lie on the simplex with every entry >= floor / T = "
+                             f"{cfg.floor / T:.3g}; got sum {float(v.sum()):.6g}, min {float(v.min()):.3g}")
+
+
 def task_weights(state: CATSState, cfg: CATSConfig) -> Tensor:
     """alpha [T] on the simplex, every entry >= floor / T."""
     if cfg.param == "simplex":
@@ -178,7 +187,7 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     coef: [n_groups, K, K] the base method's C. meta_losses [K] and meta_gram [K, K] (in units of
     the gradients of the mean losses) come from this step's micro-batches or from dev batches.
     stats: beta (this step's weights), alpha and lam after the step, meta (whether one was taken),
-    proxy (its value after the alpha step, on a meta step)."""
+    proxy (its value after the alpha step, on a meta step), skipped (meta steps left out so far)."""
     K = coef.shape[1]
     beta = step_weights(task_weights(state, cfg), task_ids)
     weights = K * torch.einsum("i,kij->kj", beta, coef.to(F64))
@@ -186,5 +195,5 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     if is_meta_step(state, cfg):
         stats = meta_step(state, cfg, task_ids, meta_losses, meta_gram)
     state.steps += 1
-    stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam)
+    stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam, skipped=state.skipped)
     return weights, stats

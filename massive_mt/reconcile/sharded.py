@@ -27,7 +27,9 @@ import torch
 import deepspeed.comm as dist
 
 from ..zero_adapter import GradShards
-from .cats import CATSConfig, CATSState, corrected_gram, is_meta_step
+from dataclasses import fields
+
+from .cats import CATSConfig, CATSState, check_state, corrected_gram, is_meta_step
 from .cats import cats as cats_weights
 from .groups import ShardGroups
 from .methods import ReconcileConfig, make_state, reconcile, update_norm_sq
@@ -65,8 +67,7 @@ class ShardedReconciler:
         self.meta_data = "train"
         if self.method == "cats":
             c = cfg.cats
-            self.cats = CATSConfig(lr_alpha=c.lr_alpha, lr_lambda=c.lr_lambda, eps=c.eps, interval=c.interval,
-                                   warmup=c.warmup, floor=c.floor, proxy=c.proxy, param=c.param)
+            self.cats = CATSConfig(**{f.name: getattr(c, f.name) for f in fields(CATSConfig)})
             self.cats_state = CATSState.uniform(len(self.tasks), c.param)
             self.meta_data = c.meta_data
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
@@ -81,7 +82,8 @@ class ShardedReconciler:
 
     @property
     def snapshot_bytes(self) -> int:
-        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
+        """Bytes of the per-task snapshot buffers on this rank (the dev buffer included, once allocated)."""
+        return sum(b.numel() * b.element_size() for b in (self.buffer, self.dev_buffer) if b is not None)
 
     def _buffer(self, buf: Optional[torch.Tensor], n_tasks: int) -> torch.Tensor:
         if buf is None or buf.shape[0] != n_tasks:
@@ -105,6 +107,10 @@ class ShardedReconciler:
         if not last:
             self.shards.reset()
         self.timings["capture_s"] += time.perf_counter() - t0
+
+    def dev_batch_index(self) -> int:
+        """Which dev micro-batch this meta step uses (the trainer takes batch index * N + rank)."""
+        return self.cats_state.meta_steps
 
     def needs_dev_statistics(self) -> bool:
         """CATS with dev meta data, at a meta step: the trainer runs `capture_dev` for each step task
@@ -150,7 +156,6 @@ class ShardedReconciler:
             self.timings[k] += dt
         self.fired_total += int(stats["n_fired"].sum()) if "n_fired" in stats else 0
         stats["grams"] = grams
-        stats["losses"] = losses[:, 0] / losses[:, 1]
         stats["weights"] = weights
         return stats
 
@@ -179,7 +184,7 @@ class ShardedReconciler:
     def state_dict(self) -> dict:
         sd = {"method": self.method, "groups": self.groups.names, "state": self.state.state_dict()}
         if self.cats is not None:
-            sd["cats"] = self.cats_state.state_dict()
+            sd["cats"] = dict(self.cats_state.state_dict(), param=self.cats.param, floor=self.cats.floor)
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -187,10 +192,16 @@ class ShardedReconciler:
         if sd["method"] != self.method or sd["groups"] != self.groups.names:
             raise ConfigError(f"field 'reconcile': the checkpoint was written with method {sd['method']!r} and "
                               f"{len(sd['groups'])} groups, this run uses {self.method!r} and {len(self.groups)}")
+        if self.cats is not None:
+            for name in ("param", "floor"):
+                if sd["cats"][name] != getattr(self.cats, name):
+                    raise ConfigError(f"field 'reconcile.cats.{name}': the checkpoint was written with "
+                                      f"{sd['cats'][name]!r}, this run uses {getattr(self.cats, name)!r}")
         try:
             self.state.load_state_dict(sd["state"])
             if self.cats is not None:
                 self.cats_state.load_state_dict(sd["cats"])
+                check_state(self.cats_state, self.cats)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"field 'reconcile': the checkpoint's reconciler state does not fit this run: {e}") \
                 from None
