@@ -20,9 +20,10 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
-from .preemption import parse_signals
 from .model import PRESETS as MODEL_PRESETS
+from .preemption import parse_signals
 from .reconcile.cats import PARAMS as CATS_PARAMS
+from .reconcile.cats import CATSConfig
 from .reconcile.cats import PROXIES as CATS_PROXIES
 from .reconcile.groups import GRANULARITIES
 from .reconcile.methods import METHODS
@@ -99,14 +100,15 @@ class CatsSection:
     """CATS options (reconcile.method: cats); see massive_mt/reconcile/cats.py and the README."""
     base: str = "sum"                   # gradients CATS scales: sum (plain CATS) | pcgrad | gradvac (corrected)
     meta_data: str = "train"            # meta losses + Gram from: train (this step, free) | dev (valid split)
-    proxy: str = "combined"             # curvature proxy: combined (alpha^T G alpha) | diagonal
-    param: str = "simplex"              # alpha: simplex (projected descent) | softmax (descent on logits)
-    lr_alpha: float = 0.01              # meta learning rate of the task weights
-    lr_lambda: float = 0.01             # ascent rate of the multiplier lambda
-    eps: float = 1.0                    # curvature budget (squared norm of the update)
-    interval: int = 1                   # steps between meta steps
-    warmup: int = 0                     # steps before the first meta step
-    floor: float = 0.1                  # alpha_n >= floor / n_tasks
+    # the meta step's options, with the defaults of massive_mt/reconcile/cats.py's CATSConfig
+    proxy: str = CATSConfig.proxy       # curvature proxy: combined (alpha^T G alpha) | diagonal
+    param: str = CATSConfig.param       # alpha: simplex (projected descent) | softmax (descent on logits)
+    lr_alpha: float = CATSConfig.lr_alpha    # meta learning rate of the task weights
+    lr_lambda: float = CATSConfig.lr_lambda  # ascent rate of the multiplier lambda
+    eps: float = CATSConfig.eps         # curvature budget (squared norm of the update)
+    interval: int = CATSConfig.interval # steps between meta steps
+    warmup: int = CATSConfig.warmup     # steps before the first meta step
+    floor: float = CATSConfig.floor     # alpha_n >= floor / n_tasks
     dev_max_tokens: int = 0             # token budget of a dev micro-batch (0 = sampling.max_tokens)
 
 

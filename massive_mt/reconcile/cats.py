@@ -100,12 +100,16 @@ def check_state(state: CATSState, cfg: CATSConfig) -> None:
                              f"{cfg.floor / T:.3g}; got sum {float(v.sum()):.6g}, min {float(v.min()):.3g}")
 
 
+def softmax_weights(theta: Tensor, floor: float) -> Tensor:
+    """alpha = floor / T + (1 - floor) * softmax(theta): on the simplex, every entry >= floor / T."""
+    return floor / theta.numel() + (1.0 - floor) * torch.softmax(theta, 0)
+
+
 def task_weights(state: CATSState, cfg: CATSConfig) -> Tensor:
     """alpha [T] on the simplex, every entry >= floor / T."""
     if cfg.param == "simplex":
         return state.values.clone()
-    T = state.values.numel()
-    return cfg.floor / T + (1.0 - cfg.floor) * torch.softmax(state.values, 0)
+    return softmax_weights(state.values, cfg.floor)
 
 
 def step_weights(alpha: Tensor, task_ids: list[int]) -> Tensor:
@@ -168,8 +172,7 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
     else:
         theta = state.values.clone().requires_grad_(True)
         with torch.enable_grad():
-            a = cfg.floor / T + (1.0 - cfg.floor) * torch.softmax(theta, 0)
-            b = a[task_ids] / a[task_ids].sum()
+            b = step_weights(softmax_weights(theta, cfg.floor), task_ids)
             J = b @ losses + state.lam * curvature(b, G, cfg.proxy)
             (grad_theta,) = torch.autograd.grad(J, theta)
         state.values = state.values - cfg.lr_alpha * grad_theta

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 from typing import Optional
 
 import numpy as np
@@ -27,8 +28,6 @@ import torch
 import deepspeed.comm as dist
 
 from ..zero_adapter import GradShards
-from dataclasses import fields
-
 from .cats import CATSConfig, CATSState, check_state, corrected_gram, is_meta_step
 from .cats import cats as cats_weights
 from .groups import ShardGroups
