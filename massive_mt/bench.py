@@ -1,114 +1,302 @@
-"""Step-time benchmark of the training step with and without sharded reconciliation.
+"""Scaling benchmark: the training step with and without sharded reconciliation, against plain
+ZeRO, a bare DeepSpeed loop and the naive full-gradient approach.
 
-One process per rank (torchrun / deepspeed / srun), e.g. on CPU:
+One process per rank (deepspeed / torchrun / srun), e.g. on CPU:
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m massive_mt.bench --data-bin data-bin \\
-        --ds-config ds_configs/zero2.json --tasks-per-step 4 8 --methods plain sum gradvac:all_layer
+        --ds-config ds_configs/zero2.json --tasks-per-step 2 4 8 --methods plain bare gradvac cats naive
+(`massive-mt bench ...` is the same entry point.) Then `massive-mt bench-report bench.jsonl`.
 
-For every K and method, the same Trainer as in training runs `--warmup` untimed steps, then
-`--steps` timed ones (a barrier before and after each), on the same data (the step plan is a
-function of the seed). Rank 0 appends one JSON line per configuration to `--out`: median and
-quartiles of the step time, target tokens/s, the reconciler's time split (capture, Gram,
-all-reduce, reconcile, write-back), the snapshot bytes per rank against K*P/N*4, and the
-machine, versions and configuration. Ratios against `plain` are taken between lines of the
-same run.
+Methods (`--methods`):
+  plain               the trainer without per-task capture (one accumulation boundary per step)
+  bare                a bare DeepSpeed loop on the same engine and data: forward, backward, step
+  sum, pcgrad[:G], gradvac[:G], cats
+                      the trainer with sharded reconciliation (G: granularity, default all_layer)
+  naive[:G]           GradVac on full per-task gradients gathered on every rank (for comparison
+                      only, massive_mt/reconcile/naive.py)
+
+For every repetition, K and method, a fresh trainer (same seed, same data) runs `--warmup`
+untimed steps, then `--steps` timed ones with a barrier before and after each, then one more
+step with DeepSpeed's comms logger on, which counts every collective's bytes (it synchronises
+each operation, so that step is not timed). Rank 0 appends one JSON line per configuration to
+`--out`: step times (and median / quartiles), target tokens/s, the reconciler's time split,
+peak memory per rank during the timed steps (CUDA: max allocated; CPU: peak resident set size,
+reset through /proc/self/clear_refs) and its increase over the memory in use before the
+configuration's trainer was built (freed memory returned to the system first), snapshot bytes against K*P/N*4, bytes per collective per
+step, the last step's task weights, and the machine, versions and configuration.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Optional
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_METHODS = ["plain", "bare", "sum", "pcgrad", "gradvac:whole_model", "gradvac:all_layer", "cats", "naive"]
+RECONCILING = ("sum", "pcgrad", "gradvac", "cats")
 
 
-def run_config(cfg, ds, rank, world, steps, warmup) -> dict:
+def parse_method(spec: str) -> tuple[str, list[str]]:
+    """'gradvac:whole_model' -> ('trainer', overrides); kinds: 'trainer', 'bare', 'naive'."""
+    name, _, gran = spec.partition(":")
+    if name in ("plain", "bare"):
+        if gran:
+            raise ValueError(f"--methods: {spec!r}: {name} takes no granularity")
+        return ("trainer" if name == "plain" else "bare"), ["reconcile.method=plain"]
+    if name not in RECONCILING + ("naive",):
+        hint = " (experiment overrides go before --methods, or after --)" if "=" in spec else ""
+        raise ValueError(f"--methods: unknown method {spec!r}; known: plain, bare, {', '.join(RECONCILING)}, "
+                         f"naive{hint}")
+    over = [f"reconcile.method={'gradvac' if name == 'naive' else name}",
+            f"reconcile.granularity={gran or 'all_layer'}"]
+    return ("naive" if name == "naive" else "trainer"), over
+
+
+class PeakMemory:
+    """Peak memory of this process between `reset()` and `peak()`: CUDA max allocated, or on CPU
+    the resident set's high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs)."""
+
+    def __init__(self, device_name: str):
+        self.cuda = device_name == "cuda"
+        self.kind = "cuda_max_allocated" if self.cuda else "peak_rss"
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+    def current(self) -> int:
+        """In use now, after returning freed memory (CUDA cache, glibc heap) to the system."""
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            return torch.cuda.memory_allocated()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        return self._status("VmRSS")
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def peak(self) -> int:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return self._status("VmHWM")
+
+
+def bare_step(trainer, step: int) -> int:
+    """What a DeepSpeed user writes: forward, loss, engine.backward, engine.step per micro-batch
+    (DeepSpeed steps the optimizer at its gradient_accumulation_steps boundary). Returns the
+    step's target tokens on this rank."""
+    from .optim import label_smoothed_loss
+
+    engine, dev, tokens = trainer.engine, trainer.device, 0
+    for task, micro_batches in trainer.sampler.plan(step):
+        for indices in micro_batches:
+            batch = trainer.datasets[task].collate(indices)
+            out = engine(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                         decoder_input_ids=batch["decoder_input_ids"].to(dev))
+            loss, _, _ = label_smoothed_loss(out.logits, batch["labels"].to(dev), trainer.pad_id,
+                                             trainer.cfg.optim.label_smoothing)
+            engine.backward(loss)
+            engine.step()
+            tokens += batch["n_tokens"]
+    return tokens
+
+
+def comm_per_step(run_step) -> dict:
+    """{op: {"calls", "bytes"}} of one step on this rank, from DeepSpeed's comms logger (message
+    sizes as it logs them: the tensor of an all-reduce, each rank's input of an all-gather)."""
     import deepspeed.comm as dist
 
+    dist.comms_logger.reset_data()
+    dist.configure(enabled=True, prof_all=True)
+    try:
+        run_step()
+    finally:
+        dist.configure(enabled=False, prof_all=False)
+    out = {}
+    for op, sizes in dist.comms_logger.comms_dict.items():
+        calls = sum(v[0] for v in sizes.values())
+        out[op] = {"calls": calls, "bytes": sum(int(size) * v[0] for size, v in sizes.items())}
+    dist.comms_logger.reset_data()
+    return out
+
+
+def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: int, memory: PeakMemory) -> dict:
+    import deepspeed.comm as dist
+
+    from .preemption import StopSignals
     from .train import Trainer
 
-    trainer = Trainer(cfg, ds, rank, world)
-    for _ in range(warmup):
+    start = memory.current()     # before this configuration's trainer exists
+    cls = None
+    if kind == "naive":
+        from .reconcile.naive import NaiveReconciler
+        cls = NaiveReconciler
+    trainer = Trainer(cfg, ds, rank, world, reconciler_cls=cls)
+    agree = StopSignals([])      # fit() agrees on stop signals after every step: timed with the step
+
+    def run_step():
+        if kind == "bare":
+            tokens = bare_step(trainer, trainer.step)
+            trainer.step += 1
+            return tokens
         trainer.train_step()
+        agree.agreed(trainer.device)
+        return 0
+
+    for _ in range(warmup):
+        run_step()
     rec = trainer.reconciler
     if rec is not None:
         rec.timings = {k: 0.0 for k in rec.timings}
     trainer.meter.reset()
-    times = []
+    gc.collect()
+    memory.reset()
+    times, bare_tokens = [], 0
     for _ in range(steps):
         dist.barrier()
         t0 = time.perf_counter()
-        trainer.train_step()
+        bare_tokens += run_step()
         dist.barrier()
         times.append(time.perf_counter() - t0)
-    summary = trainer.meter.reduce(lambda t: (dist.all_reduce(t), t)[1])
+    peak = memory.peak()
+    tokens = torch.tensor([float(bare_tokens), float(start), float(peak)], dtype=torch.float64)
+    per_rank = [torch.zeros_like(tokens) for _ in range(world)]
+    dist.all_gather(per_rank, tokens)
+    per_rank = torch.stack(per_rank)
+    if kind == "bare":
+        target_tokens = int(per_rank[:, 0].sum())
+    else:
+        target_tokens = trainer.meter.reduce(lambda t: (dist.all_reduce(t), t)[1])["target_tokens"]
+    comm = comm_per_step(run_step)
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    out = {"step_s_median": statistics.median(times), "step_s_q1": q[0], "step_s_q3": q[2],
-           "step_s": times, "target_tokens_per_s": summary["target_tokens"] / sum(times),
+    out = {"step_s_median": statistics.median(times), "step_s_q1": q[0], "step_s_q3": q[2], "step_s": times,
+           "target_tokens": target_tokens, "target_tokens_per_s": target_tokens / sum(times),
            "parameters": trainer.n_params, "wrapper": type(trainer.engine.optimizer).__name__,
-           "zero_stage": trainer.engine.zero_optimization_stage()}
+           "zero_stage": trainer.engine.zero_optimization_stage(),
+           "memory": {"kind": memory.kind, "start_bytes": [int(x) for x in per_rank[:, 1]],
+                      "peak_bytes": [int(x) for x in per_rank[:, 2]],
+                      "peak_above_start": [int(x) for x in per_rank[:, 2] - per_rank[:, 1]]},
+           "comm_per_step": comm,
+           "comm_bytes_per_step": sum(v["bytes"] for v in comm.values())}
     if rec is not None:
-        out["reconcile_s_per_step"] = {k: v / steps for k, v in rec.timings.items()}
-        out["snapshot_bytes"] = rec.snapshot_bytes
-        out["local_numel"] = rec.shards.numel
-        out["kpn_bytes"] = cfg.sampling.tasks_per_step * trainer.n_params / world * 4
-        out["n_groups"] = len(rec.groups)
-        out["allreduce_bytes"] = rec.allreduce_bytes          # the step's one collective, as sent
-    del trainer
-    import gc
+        K = cfg.sampling.tasks_per_step
+        out.update({"reconcile_s_per_step": {k: v / steps for k, v in rec.timings.items()},
+                    "snapshot_bytes": rec.snapshot_bytes, "local_numel": rec.shards.numel,
+                    "kpn_bytes": K * trainer.n_params / world * 4, "n_groups": len(rec.groups),
+                    "allreduce_bytes": rec.allreduce_bytes,           # the step's one collective, as sent
+                    "gather_bytes": getattr(rec, "gather_bytes", 0),
+                    "weights_last": rec.last_weights.tolist()})
+    trainer.writer.close()
+    trainer.telemetry.close()
+    trainer.engine.destroy()
+    del trainer, rec
     gc.collect()
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="massive_mt.bench", description=__doc__.split("\n")[0])
+def machine_info() -> dict:
+    import deepspeed
+
+    accel = deepspeed.get_accelerator()
+    info = {"node": platform.node(), "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "accelerator": accel.device_name(), "omp_threads": torch.get_num_threads()}
+    if accel.device_name() == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="massive-mt bench", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--data-bin", required=True)
-    p.add_argument("--ds-config", default=str(Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"))
+    p.add_argument("--ds-config", default=str(REPO_ROOT / "ds_configs" / "zero2.json"))
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--tasks-per-step", type=int, nargs="+", default=[4, 8])
-    p.add_argument("--methods", nargs="+", default=["plain", "sum", "pcgrad:all_layer", "gradvac:whole_model",
-                                                    "gradvac:all_layer", "cats"])
+    p.add_argument("--tasks-per-step", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over all configurations (interleaved)")
     p.add_argument("--out", default="bench.jsonl")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None)
-    p.add_argument("overrides", nargs="*")
-    a = p.parse_intermixed_args(argv)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
+    p.add_argument("overrides", nargs="*", help="experiment overrides, e.g. data.max_len=64")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = build_parser().parse_intermixed_args(argv)
+    try:
+        methods = [(spec, *parse_method(spec)) for spec in a.methods]
+    except ValueError as e:
+        print(f"massive-mt bench: error: {e}", file=sys.stderr)
+        return 2
+    if a.steps < 1 or a.warmup < 0 or a.repeats < 1:
+        print("massive-mt bench: error: --steps and --repeats must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
 
     import deepspeed
-    import torch
+    import deepspeed.comm as dist
 
     from .config import load_config, load_ds_config, resolve_ds_config
     from .distributed import init_distributed
+    from .errors import MassiveMTError
 
-    rank, world = init_distributed()
-    ds_raw = load_ds_config(a.ds_config)
-    for K in a.tasks_per_step:
-        for spec in a.methods:
-            method, _, gran = spec.partition(":")
-            over = [f"data.data_bin={a.data_bin}", f"model.preset={a.preset}", f"sampling.tasks_per_step={K}",
-                    f"sampling.max_tokens={a.max_tokens}", "train.tensorboard=false", "model.dropout=0.0",
-                    "train.output_dir=/tmp/massive_mt_bench", f"reconcile.method={method}",
-                    *([f"reconcile.granularity={gran}"] if gran else []), *a.overrides]
-            cfg = load_config(None, over)
-            ds = resolve_ds_config(ds_raw, cfg, world, where=a.ds_config)
-            res = run_config(cfg, ds, rank, world, a.steps, a.warmup)
-            if rank == 0:
-                rec = {"method": spec, "K": K, "world_size": world, "preset": a.preset, "ds_config": a.ds_config,
-                       "max_tokens": a.max_tokens, "steps": a.steps, "warmup": a.warmup,
-                       "machine": {"node": platform.node(), "cpu_count": os.cpu_count(),
-                                   "processor": platform.processor() or platform.machine(),
-                                   "accelerator": deepspeed.get_accelerator().device_name(),
-                                   "omp_threads": torch.get_num_threads()},
-                       "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
-                                    "python": platform.python_version()}, **res}
-                with open(a.out, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
-                print(f"K={K} {spec:22s} step {res['step_s_median']:.3f}s "
-                      f"[{res['step_s_q1']:.3f}, {res['step_s_q3']:.3f}]", file=sys.stderr, flush=True)
+    try:
+        rank, world = init_distributed()
+        ds_raw = load_ds_config(a.ds_config)
+        memory = PeakMemory(deepspeed.get_accelerator().device_name())
+        run_id = torch.tensor([int(time.time() * 1000) % (1 << 52)], dtype=torch.float64)
+        dist.broadcast(run_id, 0)
+        meta = {"run_id": f"{int(run_id.item()):x}", "world_size": world, "preset": a.preset,
+                "ds_config": a.ds_config, "max_tokens": a.max_tokens, "steps": a.steps, "warmup": a.warmup,
+                "overrides": a.overrides, "machine": machine_info(),
+                "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
+                             "python": platform.python_version()}}
+        for rep in range(a.repeats):
+            for K in a.tasks_per_step:
+                for spec, kind, method_over in methods:
+                    over = [f"data.data_bin={a.data_bin}", f"model.preset={a.preset}", f"sampling.tasks_per_step={K}",
+                            f"sampling.max_tokens={a.max_tokens}", "train.tensorboard=false", "model.dropout=0.0",
+                            f"train.output_dir={Path(tempfile.gettempdir()) / 'massive_mt_bench'}", *method_over,
+                            *a.overrides]
+                    cfg = load_config(None, over)
+                    ds = resolve_ds_config(ds_raw, cfg, world, where=a.ds_config)
+                    res = run_config(cfg, ds, rank, world, kind, a.steps, a.warmup, memory)
+                    if rank == 0:
+                        rec = {"method": spec, "kind": kind, "K": K, "repeat": rep, **meta, **res,
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                        with open(a.out, "a", encoding="utf-8") as f:
+                            f.write(json.dumps(rec) + "\n")
+                        print(f"[bench] N={world} K={K} {spec:20s} step {res['step_s_median']:.3f}s "
+                              f"[{res['step_s_q1']:.3f}, {res['step_s_q3']:.3f}] "
+                              f"{res['target_tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+    except MassiveMTError as e:
+        print(f"massive-mt bench: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    dist.barrier()
     return 0
 
 

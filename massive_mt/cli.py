@@ -1,4 +1,5 @@
-"""`massive-mt` command line: build-corpus, prepare, train, evaluate, demo."""
+"""`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
+bench-report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +83,13 @@ def cmd_task_weights(a) -> int:
     from .plots import plot_task_weights
 
     print(plot_task_weights(Path(a.run), Path(a.out or Path(a.run) / "task_weights.png")))
+    return 0
+
+
+def cmd_bench_report(a) -> int:
+    from .bench_report import report
+    path = report(a.results, a.out)
+    print(f"wrote {path} and its figures", file=sys.stderr)
     return 0
 
 
@@ -202,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", help="image path (default RUN/task_weights.png)")
     w.set_defaults(fn=cmd_task_weights)
 
+    sub.add_parser("bench", help="scaling benchmark (one process per rank; see `massive-mt bench --help`)")
+
+    br = sub.add_parser("bench-report", help="tables and plots from `massive-mt bench` JSON lines")
+    br.add_argument("results", nargs="+", help="JSONL files written by `massive-mt bench --out`")
+    br.add_argument("--out", default="bench-report", help="directory for report.md and the figures")
+    br.set_defaults(fn=cmd_bench_report)
+
     d = sub.add_parser("demo", help="the whole pipeline on the embedded corpus, on local CPU/GPU ranks")
     d.add_argument("--workdir", default="demo_run")
     d.add_argument("--config", default=str(DEMO_CONFIG))
@@ -222,6 +237,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:            # its own parser: the launchers append --local_rank
         from . import train
         return train.main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from . import bench
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -13,27 +13,37 @@ from .reconcile.methods import cosines
 
 
 class TaskMeter:
-    """Per-task running sums on this rank, all-reduced once per log interval."""
+    """Per-task running sums on this rank, all-reduced once per log interval.
 
-    def __init__(self, tasks: list[str]):
+    The sums live on the training device and `add` takes the loss tensors as they are: no
+    host-device synchronisation per micro-batch, one when the interval is reduced."""
+
+    def __init__(self, tasks: list[str], device="cpu"):
         self.tasks = list(tasks)
         self.index = {t: i for i, t in enumerate(self.tasks)}
+        self.device = torch.device(device)
         self.reset()
 
     def reset(self):
         # columns: smoothed-loss * tokens, nll sum, target tokens, sentences, micro-batches
-        self.sums = torch.zeros(len(self.tasks), 5, dtype=torch.float64)
+        self.sums = torch.zeros(len(self.tasks), 5, dtype=torch.float64, device=self.device)
         self.t0 = time.perf_counter()
 
-    def add(self, task: str, loss: float, nll_sum: float, n_tokens: int, n_sentences: int):
-        self.sums[self.index[task]] += torch.tensor([loss * n_tokens, nll_sum, n_tokens, n_sentences, 1],
-                                                    dtype=torch.float64)
+    def add(self, task: str, loss, nll_sum, n_tokens, n_sentences: int):
+        """loss, nll_sum, n_tokens: floats or 0-d tensors (on the meter's device)."""
+        row = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=self.device)
+                           for x in (loss, nll_sum, n_tokens)])
+        row[0] *= row[2]
+        self.sums[self.index[task], :3] += row
+        self.sums[self.index[task], 3] += n_sentences
+        self.sums[self.index[task], 4] += 1
 
     def reduce(self, all_reduce=None) -> dict:
         """Sum over ranks (all_reduce: a callable on a tensor, or None for one process) and summarise."""
         sums = self.sums.clone()
         if all_reduce is not None:
             sums = all_reduce(sums)
+        sums = sums.cpu()
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
         out = {"per_task": {}, "elapsed_s": elapsed}
         tot = sums.sum(0)

@@ -18,6 +18,7 @@ from .errors import ConfigError
 PRESETS = {
     "test": dict(d_model=32, ffn=64, heads=2, enc=1, dec=1),        # unit tests
     "tiny": dict(d_model=256, ffn=1024, heads=4, enc=3, dec=3),     # CPU demo
+    "small": dict(d_model=512, ffn=2048, heads=8, enc=3, dec=3),    # base width, half its depth
     "base": dict(d_model=512, ffn=2048, heads=8, enc=6, dec=6),     # Transformer-base (Vaswani et al.)
     "big": dict(d_model=1024, ffn=4096, heads=16, enc=6, dec=6),    # Transformer-big
 }

@@ -64,7 +64,8 @@ def task_name(t: tuple[str, str]) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, ds_config: dict, rank: int, world_size: int):
+    def __init__(self, cfg: ExperimentConfig, ds_config: dict, rank: int, world_size: int, reconciler_cls=None):
+        """`reconciler_cls`: ShardedReconciler (the default) or a subclass, e.g. the benchmarks' naive baseline."""
         import deepspeed
 
         self.cfg, self.rank, self.world = cfg, rank, world_size
@@ -112,12 +113,12 @@ class Trainer:
         self.reconciler = None
         if cfg.reconcile.method != "plain":
             from .reconcile.sharded import ShardedReconciler
-            self.reconciler = ShardedReconciler(self.engine, cfg.reconcile, self.tasks, self.train_sizes,
+            self.reconciler = (reconciler_cls or ShardedReconciler)(self.engine, cfg.reconcile, self.tasks, self.train_sizes,
                                                 cfg.sampling.seed, cfg.optim.clip_norm)
             if self.reconciler.meta_data == "dev":
                 self.dev_sets, self.dev_batches = self.dev_data(data_bin, tasks)
         self.step = 0
-        self.meter = TaskMeter(self.tasks)
+        self.meter = TaskMeter(self.tasks, self.device)
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
@@ -146,13 +147,14 @@ class Trainer:
         return label_smoothed_loss(out.logits, batch["labels"].to(self.device), self.pad_id,
                                    self.cfg.optim.label_smoothing)
 
-    def forward_backward(self, task: str, indices) -> float:
+    def forward_backward(self, task: str, indices) -> torch.Tensor:
+        """One micro-batch; returns its (detached) loss without waiting for the device."""
         batch = self.datasets[task].collate(indices)
         loss, nll_sum, n_tok = self.loss(batch)
         self.engine.backward(loss)
-        value = loss.item()
-        self.meter.add(task, value, float(nll_sum), int(n_tok), int(batch["n_sentences"]))
-        return value
+        loss = loss.detach()
+        self.meter.add(task, loss, nll_sum, n_tok, int(batch["n_sentences"]))
+        return loss
 
     def train_step(self) -> None:
         """tasks -> backward per task -> shard snapshot -> reconcile -> one optimizer step.
@@ -170,7 +172,7 @@ class Trainer:
                 self.dev_statistics([task for task, _ in plan])
         n_micro, done = sum(len(mbs) for _, mbs in plan), 0
         for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
-            loss_sum = 0.0
+            loss_sum = 0.0                                  # a device tensor after the first micro-batch
             for j, indices in enumerate(micro_batches):
                 done += 1
                 boundary = j == len(micro_batches) - 1 if per_task else done == n_micro
@@ -199,7 +201,7 @@ class Trainer:
             self.engine.set_gradient_accumulation_boundary(True)
             loss, _, _ = self.loss(batch)
             self.engine.backward(loss)
-            self.reconciler.capture_dev(len(tasks), loss.item())
+            self.reconciler.capture_dev(len(tasks), loss.detach())
         self.engine.train()
 
     # ------------------------------------------------------------------ loop

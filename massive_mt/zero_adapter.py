@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -73,10 +74,6 @@ class Segment:
     name: str       # parameter name from engine.module.named_parameters() (tied params appear once)
     start: int      # offset in the snapshot vector
     numel: int
-
-
-def _fp32_copy(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).to(torch.float32, copy=True)
 
 
 def _offloaded(offload_cfg) -> bool:
@@ -114,9 +111,15 @@ class _ZeRO0:
         self.numel = sum(p.numel() for p in self.params)
         self.dp_group = engine.seq_data_parallel_group      # the group DeepSpeed all-reduces over
 
-    def snapshot(self):
-        return torch.cat([torch.zeros(p.numel(), device=p.device) if p.grad is None else _fp32_copy(p.grad)
-                          for p in self.params])
+    def snapshot(self, out):
+        off = 0
+        for p in self.params:
+            n = p.numel()
+            if p.grad is None:
+                out[off:off + n].zero_()
+            else:
+                out[off:off + n].copy_(p.grad.reshape(-1))
+            off += n
 
     def reset(self):
         for p in self.params:
@@ -167,23 +170,23 @@ class _ZeRO12:
         self.numel = sum(self.sizes)
         self.dp_group = opt.dp_process_group
 
-    def _partition(self, i):
-        ag = self.opt.averaged_gradients.get(i)
-        if ag is None:
-            return None
-        flat = getattr(ag, "flat_partition", None)
-        return flat.view(-1) if flat is not None else torch.cat([t.reshape(-1) for t in ag])
-
-    def snapshot(self):
-        parts = []
+    def snapshot(self, out):
+        off = 0
         for i, size in enumerate(self.sizes):
-            part = self._partition(i)
-            if part is None:
-                parts.append(torch.zeros(size, device=self.opt.device))
-            else:
-                assert part.numel() == size, (i, part.numel(), size)
-                parts.append(_fp32_copy(part))
-        return torch.cat(parts)
+            dst = out[off:off + size]
+            off += size
+            ag = self.opt.averaged_gradients.get(i)
+            flat = getattr(ag, "flat_partition", None)
+            if ag is None:
+                dst.zero_()
+            elif flat is not None:
+                dst.copy_(flat.view(-1))
+            else:                                   # the pieces, zero pads included
+                o = 0
+                for t in ag:
+                    dst[o:o + t.numel()].copy_(t.reshape(-1))
+                    o += t.numel()
+                assert o == size, (i, o, size)
 
     def reset(self):
         # What DeepSpeedZeroOptimizer.step() does on overflow. The dicts stay the same objects:
@@ -250,8 +253,11 @@ class _BF16(_ZeRO12):
         self.numel = sum(self.sizes)
         self.dp_group = opt.dp_process_group
 
-    def snapshot(self):
-        return torch.cat([_fp32_copy(t) for t in self.opt.fp32_groups_gradient_flat_partition])
+    def snapshot(self, out):
+        off = 0
+        for t in self.opt.fp32_groups_gradient_flat_partition:
+            out[off:off + t.numel()].copy_(t.view(-1))
+            off += t.numel()
 
     def reset(self):
         self.opt.clear_hp_grads()
@@ -298,8 +304,8 @@ class _ZeRO3:
         # micro-batch would otherwise add its later gradients onto the previous step's.
         self._buffer().zero_()
 
-    def snapshot(self):
-        return _fp32_copy(self._buffer())
+    def snapshot(self, out):
+        out.copy_(self._buffer())
 
     def reset(self):
         # The next micro-batch copies (micro_step_id == 0) or adds (> 0) into zeros: both exact.
@@ -362,6 +368,7 @@ class GradShards:
             raise ConfigError("expert-parallel (MoE) parameter groups are not supported by the per-task "
                               "gradient adapter: the Gram needs one data-parallel group")
         self._impl = impl
+        self.device = engine.device
         self.kind: str = impl.kind
         self.dp_group = impl.dp_group
         self.clip_from_gram: bool = impl.kind == "bf16"
@@ -379,9 +386,18 @@ class GradShards:
         if self.kind == "z3":
             self._impl.begin_step()
 
-    def snapshot(self) -> torch.Tensor:
-        """fp32 copy of this rank's reduced, dp-averaged gradient; call right after a boundary backward."""
-        return self._impl.snapshot()
+    def snapshot(self, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """fp32 copy of this rank's reduced, dp-averaged gradient; call right after a boundary backward.
+
+        ``out``: an fp32 vector of ``numel`` values to copy into (one pass over the partition, no
+        temporary); a new one when omitted."""
+        if out is None:
+            out = torch.empty(self.numel, dtype=torch.float32, device=self.device)
+        elif out.shape != (self.numel,) or out.dtype != torch.float32:
+            raise ValueError(f"snapshot: out must be a float32 vector of {self.numel} values, got "
+                             f"{out.dtype} {tuple(out.shape)}")
+        self._impl.snapshot(out)
+        return out
 
     def reset(self) -> None:
         """Clear the gradient buffers so the next task starts from zero (not after the last task)."""

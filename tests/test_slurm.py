@@ -230,3 +230,4 @@ def test_bench_array_one_file_per_element_then_merged(cluster, data_bin, tmp_pat
     merged = [json.loads(l) for l in (results / "bench.jsonl").read_text().splitlines()]
     assert [(r["world_size"], r["K"]) for r in merged] == [(1, 2), (1, 4), (2, 2), (2, 4)]
     assert all(r["step_s_median"] > 0 for r in merged)
+    assert "| test | 2 | 2 | 4 | plain |" in (results / "report" / "report.md").read_text()

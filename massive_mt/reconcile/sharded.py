@@ -76,6 +76,7 @@ class ShardedReconciler:
         self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
         self.k = self.k_dev = 0
         self.allreduce_bytes = 0              # size of the last step's collective
+        self.last_weights: Optional[torch.Tensor] = None      # [n_groups, K] of the last step
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
         self.timings = {"capture_s": 0.0, "gram_s": 0.0, "allreduce_s": 0.0, "reconcile_s": 0.0, "write_back_s": 0.0}
 
@@ -91,17 +92,18 @@ class ShardedReconciler:
 
     def begin_step(self, n_tasks: int) -> None:
         self.buffer = self._buffer(self.buffer, n_tasks)
-        self.losses = torch.zeros(n_tasks, 2, dtype=torch.float64)
+        self.losses = torch.zeros(n_tasks, 2, dtype=torch.float64, device=self.engine.device)
         self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
         self.k = self.k_dev = 0
         self.shards.begin_step()
 
-    def capture(self, last: bool, loss_sum: float, n_micro: int) -> None:
+    def capture(self, last: bool, loss_sum, n_micro: int) -> None:
         """This rank's partition of the task just finished (and the sum of its `n_micro` micro-batch
-        losses on this rank); clear the buffers unless it is the last task."""
+        losses on this rank, a float or a device tensor); clear the buffers unless it is the last task."""
         t0 = time.perf_counter()
-        self.buffer[self.k].copy_(self.shards.snapshot())
-        self.losses[self.k] = torch.tensor([loss_sum, n_micro], dtype=torch.float64)
+        self.shards.snapshot(out=self.buffer[self.k])
+        self.losses[self.k, 0] = loss_sum
+        self.losses[self.k, 1] = n_micro
         self.k += 1
         if not last:
             self.shards.reset()
@@ -116,15 +118,16 @@ class ShardedReconciler:
         before the training micro-batches."""
         return self.meta_data == "dev" and is_meta_step(self.cats_state, self.cats)
 
-    def capture_dev(self, n_tasks: int, loss: float) -> None:
+    def capture_dev(self, n_tasks: int, loss) -> None:
         """Keep the dev gradient just back-propagated (one micro-batch) and clear the buffers, so the
         training gradient of the step starts from zero."""
         t0 = time.perf_counter()
         if self.k_dev == 0:
             self.dev_buffer = self._buffer(self.dev_buffer, n_tasks)
-            self.dev_losses = torch.zeros(n_tasks, 2, dtype=torch.float64)
-        self.dev_buffer[self.k_dev].copy_(self.shards.snapshot())
-        self.dev_losses[self.k_dev] = torch.tensor([loss, 1.0], dtype=torch.float64)
+            self.dev_losses = torch.zeros(n_tasks, 2, dtype=torch.float64, device=self.engine.device)
+        self.shards.snapshot(out=self.dev_buffer[self.k_dev])
+        self.dev_losses[self.k_dev, 0] = loss
+        self.dev_losses[self.k_dev, 1] = 1.0
         self.k_dev += 1
         self.shards.reset()
         self.timings["capture_s"] += time.perf_counter() - t0
@@ -140,22 +143,31 @@ class ShardedReconciler:
         parts = self._all_reduce(parts, S.device)                         # the ONE collective
         grams, losses = parts[0], parts[1]
         t2 = t()
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        ids = [self.task_index[x] for x in step_tasks]
-        weights, stats = reconcile(self.base, grams, ids, self.state, gen, self.config)
-        if self.cats is not None:
-            weights, stats["cats"] = self._cats(stats["coef"], grams, losses, ids, parts[2:])
-        if self.clip_norm > 0:                                            # ||update||^2 = sum_g w^T G w
-            norm = math.sqrt(max(float(update_norm_sq(grams, weights).sum()), 0.0))
-            weights = weights * min(1.0, self.clip_norm / (norm + 1e-6))
+        weights, stats = self._weights(grams, losses, step_tasks, step, parts[2:])
         t3 = t()
         self.shards.write_back(self.groups.combine(S, weights))
         t4 = t()
         for k, dt in zip(("gram_s", "allreduce_s", "reconcile_s", "write_back_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             self.timings[k] += dt
+        return self._finish(stats, grams, weights)
+
+    def _weights(self, grams: torch.Tensor, losses: torch.Tensor, step_tasks: list[str], step: int, dev: list):
+        """[n_groups, K] weights from the global statistics: identical on every rank."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        ids = [self.task_index[x] for x in step_tasks]
+        weights, stats = reconcile(self.base, grams, ids, self.state, gen, self.config)
+        if self.cats is not None:
+            weights, stats["cats"] = self._cats(stats["coef"], grams, losses, ids, dev)
+        if self.clip_norm > 0:                                            # ||update||^2 = sum_g w^T G w
+            norm = math.sqrt(max(float(update_norm_sq(grams, weights).sum()), 0.0))
+            weights = weights * min(1.0, self.clip_norm / (norm + 1e-6))
+        return weights, stats
+
+    def _finish(self, stats: dict, grams: torch.Tensor, weights: torch.Tensor) -> dict:
         self.fired_total += int(stats["n_fired"].sum()) if "n_fired" in stats else 0
         stats["grams"] = grams
         stats["weights"] = weights
+        self.last_weights = weights
         return stats
 
     def _cats(self, coef: torch.Tensor, grams: torch.Tensor, losses: torch.Tensor, ids: list[int], dev: list):
@@ -171,7 +183,7 @@ class ShardedReconciler:
 
     def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
         """Sum the fp64 statistics over the data-parallel group in one collective."""
-        flat = torch.cat([p.reshape(-1) for p in parts]).to(device)   # NCCL needs device tensors
+        flat = torch.cat([p.reshape(-1).to(device) for p in parts])   # NCCL needs device tensors
         self.allreduce_bytes = flat.numel() * flat.element_size()
         dist.all_reduce(flat, group=self.shards.dp_group)
         flat, out, i = flat.cpu(), [], 0

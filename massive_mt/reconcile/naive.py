@@ -1,0 +1,92 @@
+"""The naive baseline, for benchmarks only: full per-task gradients on every rank.
+
+This is how single-process multi-task libraries (LibMTL, TorchJD) would run under data
+parallelism: every rank holds the K full task gradients and runs the aggregator on them. It is
+built here in its strongest form on top of ZeRO, so that the comparison with
+`ShardedReconciler` measures only what holding full gradients costs:
+
+- capture: after each task's boundary, the reduced partitions of all ranks are all-gathered
+  (`all_gather_into_tensor`, (N-1)/N * P values received per rank, the cheapest way to a full
+  gradient once ZeRO has reduce-scattered it) into a [K, N * P/N] buffer on every rank;
+- reconcile: the Gram matrices of the full vectors are computed locally (no Gram all-reduce),
+  the same pure reconciler gives the weights, the full update is combined on every rank and this
+  rank's partition of it is written back for `engine.step()`.
+
+The weights equal those of the sharded path up to floating-point summation order (the bench
+records both); memory is K * P values per rank instead of K * P / N.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+import deepspeed.comm as dist
+
+from ..errors import ConfigError
+from ..zero_adapter import Segment
+from .groups import ShardGroups
+from .sharded import ShardedReconciler
+
+
+class NaiveReconciler(ShardedReconciler):
+    def __init__(self, engine, cfg, tasks, train_sizes, seed, clip_norm):
+        super().__init__(engine, cfg, tasks, train_sizes, seed, clip_norm)
+        if self.shards.kind == "z0":
+            raise ConfigError("the naive baseline gathers ZeRO partitions: use a ds_config with "
+                              "zero_optimization.stage 1, 2 or 3 (stage 0 already holds full gradients)")
+        if self.meta_data == "dev":
+            raise ConfigError("the naive baseline supports reconcile.cats.meta_data: train only")
+        group = self.shards.dp_group
+        self.rank, self.world = dist.get_rank(group=group), dist.get_world_size(group=group)
+        per_rank = [None] * self.world
+        dist.all_gather_object(per_rank, [(s.name, s.start, s.numel) for s in self.shards.segments()], group=group)
+        n = self.shards.numel                 # every rank's partition has the same (padded) length
+        full = [Segment(name, r * n + start, numel) for r, segs in enumerate(per_rank) for name, start, numel in segs]
+        names = [x for x, _ in engine.module.named_parameters()]
+        self.groups = ShardGroups(names, cfg.granularity, full, full)
+        self.full_numel = n * self.world
+        self.timings["gather_s"] = 0.0
+        self.allreduce_bytes = 0
+
+    @property
+    def gather_bytes(self) -> int:
+        """Bytes all-gathered into this rank per step (the outputs of the K all-gathers)."""
+        return 0 if self.buffer is None else self.buffer[:self.k].numel() * self.buffer.element_size()
+
+    def _buffer(self, buf, n_tasks: int) -> torch.Tensor:
+        if buf is None or buf.shape[0] != n_tasks:
+            buf = torch.empty(n_tasks, self.full_numel, dtype=torch.float32, device=self.engine.device)
+        return buf
+
+    def capture(self, last: bool, loss_sum, n_micro: int) -> None:
+        t0 = time.perf_counter()
+        local = self.shards.snapshot()
+        t1 = time.perf_counter()
+        dist.all_gather_into_tensor(self.buffer[self.k], local, group=self.shards.dp_group)
+        t2 = time.perf_counter()
+        self.losses[self.k, 0] = loss_sum
+        self.losses[self.k, 1] = n_micro
+        self.k += 1
+        if not last:
+            self.shards.reset()
+        self.timings["gather_s"] += t2 - t1
+        self.timings["capture_s"] += time.perf_counter() - t0 - (t2 - t1)
+
+    def reconcile(self, step_tasks: list[str], step: int) -> dict:
+        t = time.perf_counter
+        t0 = t()
+        S = self.buffer[:self.k]                                  # [K, P] full task gradients
+        grams = self.groups.local_grams(S)                        # exact: nothing to all-reduce
+        t1 = t()
+        losses = self._all_reduce([self.losses], S.device)[0] if self.cats is not None else self.losses.cpu()
+        t2 = t()
+        weights, stats = self._weights(grams, losses, step_tasks, step, [])
+        t3 = t()
+        update = self.groups.combine(S, weights)                  # the full update, on every rank
+        n = self.shards.numel
+        self.shards.write_back(update[self.rank * n:(self.rank + 1) * n])
+        t4 = t()
+        for k, dt in zip(("gram_s", "allreduce_s", "reconcile_s", "write_back_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            self.timings[k] += dt
+        return self._finish(stats, grams, weights)
