@@ -297,6 +297,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"massive-mt bench: error: {e}", file=sys.stderr, flush=True)
         return 2
     dist.barrier()
+    dist.destroy_process_group()
     return 0
 
 
