@@ -107,17 +107,12 @@ class PeakMemory:
 def bare_step(trainer, step: int) -> int:
     """What a DeepSpeed user writes: forward, loss, engine.backward, engine.step per micro-batch
     (DeepSpeed steps the optimizer at its gradient_accumulation_steps boundary). Returns the
-    step's target tokens on this rank."""
-    from .optim import label_smoothed_loss
-
-    engine, dev, tokens = trainer.engine, trainer.device, 0
+    step's target tokens on this rank. `trainer.loss` is the forward pass and the loss only."""
+    engine, tokens = trainer.engine, 0
     for task, micro_batches in trainer.sampler.plan(step):
         for indices in micro_batches:
             batch = trainer.datasets[task].collate(indices)
-            out = engine(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
-                         decoder_input_ids=batch["decoder_input_ids"].to(dev))
-            loss, _, _ = label_smoothed_loss(out.logits, batch["labels"].to(dev), trainer.pad_id,
-                                             trainer.cfg.optim.label_smoothing)
+            loss, _, _ = trainer.loss(batch)
             engine.backward(loss)
             engine.step()
             tokens += batch["n_tokens"]
@@ -182,10 +177,11 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
         dist.barrier()
         times.append(time.perf_counter() - t0)
     peak = memory.peak()
-    tokens = torch.tensor([float(bare_tokens), float(start), float(peak)], dtype=torch.float64)
-    per_rank = [torch.zeros_like(tokens) for _ in range(world)]
-    dist.all_gather(per_rank, tokens)
-    per_rank = torch.stack(per_rank)
+    local = torch.tensor([float(bare_tokens), float(start), float(peak)], dtype=torch.float64,
+                         device=trainer.device)                  # NCCL gathers device tensors
+    per_rank = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(per_rank, local)
+    per_rank = torch.stack(per_rank).cpu()
     if kind == "bare":
         target_tokens = int(per_rank[:, 0].sum())
     else:
@@ -268,7 +264,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         rank, world = init_distributed()
         ds_raw = load_ds_config(a.ds_config)
         memory = PeakMemory(deepspeed.get_accelerator().device_name())
-        run_id = torch.tensor([int(time.time() * 1000) % (1 << 52)], dtype=torch.float64)
+        run_id = torch.tensor([int(time.time() * 1000) % (1 << 52)], dtype=torch.float64,
+                              device=deepspeed.get_accelerator().current_device_name())
         dist.broadcast(run_id, 0)
         meta = {"run_id": f"{int(run_id.item()):x}", "world_size": world, "preset": a.preset,
                 "ds_config": a.ds_config, "max_tokens": a.max_tokens, "steps": a.steps, "warmup": a.warmup,

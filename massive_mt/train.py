@@ -113,8 +113,8 @@ class Trainer:
         self.reconciler = None
         if cfg.reconcile.method != "plain":
             from .reconcile.sharded import ShardedReconciler
-            self.reconciler = (reconciler_cls or ShardedReconciler)(self.engine, cfg.reconcile, self.tasks, self.train_sizes,
-                                                cfg.sampling.seed, cfg.optim.clip_norm)
+            self.reconciler = (reconciler_cls or ShardedReconciler)(
+                self.engine, cfg.reconcile, self.tasks, self.train_sizes, cfg.sampling.seed, cfg.optim.clip_norm)
             if self.reconciler.meta_data == "dev":
                 self.dev_sets, self.dev_batches = self.dev_data(data_bin, tasks)
         self.step = 0

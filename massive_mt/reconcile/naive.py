@@ -45,33 +45,22 @@ class NaiveReconciler(ShardedReconciler):
         full = [Segment(name, r * n + start, numel) for r, segs in enumerate(per_rank) for name, start, numel in segs]
         names = [x for x, _ in engine.module.named_parameters()]
         self.groups = ShardGroups(names, cfg.granularity, full, full)
-        self.full_numel = n * self.world
+        self.row_numel = n * self.world
         self.timings["gather_s"] = 0.0
-        self.allreduce_bytes = 0
 
     @property
     def gather_bytes(self) -> int:
         """Bytes all-gathered into this rank per step (the outputs of the K all-gathers)."""
         return 0 if self.buffer is None else self.buffer[:self.k].numel() * self.buffer.element_size()
 
-    def _buffer(self, buf, n_tasks: int) -> torch.Tensor:
-        if buf is None or buf.shape[0] != n_tasks:
-            buf = torch.empty(n_tasks, self.full_numel, dtype=torch.float32, device=self.engine.device)
-        return buf
-
-    def capture(self, last: bool, loss_sum, n_micro: int) -> None:
-        t0 = time.perf_counter()
+    def _snapshot(self, row: torch.Tensor) -> None:
+        """The full task gradient in `row`: this rank's partition, all-gathered."""
         local = self.shards.snapshot()
-        t1 = time.perf_counter()
-        dist.all_gather_into_tensor(self.buffer[self.k], local, group=self.shards.dp_group)
-        t2 = time.perf_counter()
-        self.losses[self.k, 0] = loss_sum
-        self.losses[self.k, 1] = n_micro
-        self.k += 1
-        if not last:
-            self.shards.reset()
-        self.timings["gather_s"] += t2 - t1
-        self.timings["capture_s"] += time.perf_counter() - t0 - (t2 - t1)
+        t0 = time.perf_counter()
+        dist.all_gather_into_tensor(row, local, group=self.shards.dp_group)
+        dt = time.perf_counter() - t0
+        self.timings["gather_s"] += dt
+        self.timings["capture_s"] -= dt           # capture() times the whole; the gather is reported apart
 
     def reconcile(self, step_tasks: list[str], step: int) -> dict:
         t = time.perf_counter

@@ -70,7 +70,8 @@ class ShardedReconciler:
             self.cats_state = CATSState.uniform(len(self.tasks), c.param)
             self.meta_data = c.meta_data
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
-        self.buffer: Optional[torch.Tensor] = None   # [K, local numel] fp32: the K task snapshots
+        self.row_numel = self.shards.numel            # values per task snapshot: this rank's partition
+        self.buffer: Optional[torch.Tensor] = None   # [K, row_numel] fp32: the K task snapshots
         self.dev_buffer: Optional[torch.Tensor] = None
         self.losses = torch.zeros(0, 2, dtype=torch.float64)      # per task: summed loss, micro-batches
         self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
@@ -87,7 +88,7 @@ class ShardedReconciler:
 
     def _buffer(self, buf: Optional[torch.Tensor], n_tasks: int) -> torch.Tensor:
         if buf is None or buf.shape[0] != n_tasks:
-            buf = torch.empty(n_tasks, self.shards.numel, dtype=torch.float32, device=self.engine.device)
+            buf = torch.empty(n_tasks, self.row_numel, dtype=torch.float32, device=self.engine.device)
         return buf
 
     def begin_step(self, n_tasks: int) -> None:
@@ -101,13 +102,16 @@ class ShardedReconciler:
         """This rank's partition of the task just finished (and the sum of its `n_micro` micro-batch
         losses on this rank, a float or a device tensor); clear the buffers unless it is the last task."""
         t0 = time.perf_counter()
-        self.shards.snapshot(out=self.buffer[self.k])
+        self._snapshot(self.buffer[self.k])
         self.losses[self.k, 0] = loss_sum
         self.losses[self.k, 1] = n_micro
         self.k += 1
         if not last:
             self.shards.reset()
         self.timings["capture_s"] += time.perf_counter() - t0
+
+    def _snapshot(self, row: torch.Tensor) -> None:
+        self.shards.snapshot(out=row)
 
     def dev_batch_index(self) -> int:
         """Which dev micro-batch this meta step uses (the trainer takes batch index * N + rank)."""
