@@ -1,4 +1,4 @@
-"""CATS, Curvature Aware Task Scaling (algorithms.md §5), from the step's losses and Gram matrix.
+"""CATS, Curvature Aware Task Scaling (docs/algorithms.md#cats), from the step's losses and Gram matrix.
 
 Task weights alpha live on the simplex over the run's T tasks with a floor,
 alpha_n >= floor / T. A step that draws K of them (step-local i, global id task_ids[i]) uses

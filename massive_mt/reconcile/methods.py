@@ -1,4 +1,4 @@
-"""Multi-task gradient reconcilers computed from per-group Gram matrices (docs/algorithms.md §2-4).
+"""Multi-task gradient reconcilers computed from per-group Gram matrices (docs/algorithms.md#the-gram-matrix-form).
 
 Notation. A step has K tasks with step-local indices 0..K-1; `task_ids[i]` is the global
 index (0..T-1) of local task i. For parameter group k, `grams[k, i, j] = g_ik . g_jk`.
@@ -169,7 +169,7 @@ def sum_method(grams: Tensor) -> Corrections:
 
 
 def pcgrad(grams: Tensor, generator: torch.Generator) -> Corrections:
-    """PCGrad (algorithms.md §4), every task i, j in random order:
+    """PCGrad (docs/algorithms.md#pcgrad), every task i, j in random order:
     if g'_i . g_j < 0:  g'_i <- g'_i - (g'_i . g_j / ||g_j||^2) g_j   (g_j ORIGINAL),
     i.e. C[i, j] -= (C G)[i, j] / G[j, j]."""
     K = grams.shape[1]
@@ -191,7 +191,7 @@ def pcgrad(grams: Tensor, generator: torch.Generator) -> Corrections:
 
 def gradvac(grams: Tensor, task_ids: list[int], phi_hat: Tensor, generator: torch.Generator,
             beta: float = 0.01, vaccinated=None) -> tuple[Corrections, Tensor]:
-    """GradVac, Algorithm 1 of Wang et al. 2021 (algorithms.md §3). Per group k, for each
+    """GradVac, Algorithm 1 of Wang et al. 2021 (docs/algorithms.md#gradvac). Per group k, for each
     vaccinated task i, for j != i in random order, with T = phi_hat[k, task_ids[i], task_ids[j]]:
         phi = cos(g'_i, g_j)                          (g'_i corrected so far, g_j ORIGINAL)
         if phi < T:  g'_i += ||g'_i|| (T sqrt(1-phi^2) - phi sqrt(1-T^2)) / (||g_j|| sqrt(1-T^2)) g_j
