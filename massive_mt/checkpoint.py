@@ -9,7 +9,6 @@ The Hugging Face export is written to a temporary directory and renamed into pla
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,8 @@ import torch
 
 import deepspeed
 import deepspeed.comm as dist
+
+from .io import staged_dir
 
 TAG_RE = re.compile(r"^step(\d+)$")
 
@@ -84,23 +85,15 @@ def export_hf(engine, out_dir: Path, extra_files: dict[str, Path], metadata: dic
     """Collective. Rank 0 writes `save_pretrained` + tokenizer + metadata into out_dir atomically."""
     state = full_fp32_state_dict(engine)
     if dist.get_rank() == 0:
-        out_dir = Path(out_dir)
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         module = engine.module
         cpu_model = type(module)(module.config)
         expected = {n for n, _ in cpu_model.named_parameters()}    # tied weights appear once
         if set(state) != expected:
             raise RuntimeError(f"export: parameter names differ: {sorted(set(state) ^ expected)[:10]}")
         cpu_model.load_state_dict(state, strict=False)               # tied aliases follow their owner
-        cpu_model.to(torch.float32).save_pretrained(str(tmp))
-        for name, src in extra_files.items():
-            shutil.copyfile(src, tmp / name)
-        (tmp / "massive_mt.json").write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with staged_dir(out_dir, replace=True) as tmp:
+            cpu_model.to(torch.float32).save_pretrained(str(tmp))
+            for name, src in extra_files.items():
+                shutil.copyfile(src, tmp / name)
+            (tmp / "massive_mt.json").write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
     dist.barrier()

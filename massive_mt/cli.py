@@ -32,31 +32,21 @@ def cmd_build_corpus(a) -> int:
 def cmd_prepare(a) -> int:
     """Validate the corpus, train SentencePiece, binarise; built in a temporary directory
     next to the output and renamed into place, so a failure leaves nothing behind."""
+    from .data.binarize import encode_corpus
     from .data.corpus import load_corpus
-    from .data.tokenizer import encode_corpus, train_spm
+    from .data.spm import train_spm
+    from .io import staged_dir
 
     corpus = load_corpus(a.corpus, verify=True)
     for name, info in corpus.pairs.items():           # strict read of every file: UTF-8, empty lines
         for split, n in info.sizes.items():
             if n:
                 corpus.read(split, info.src, info.tgt)
-    out = Path(a.out)
-    if out.exists() and any(out.iterdir()):
-        raise MassiveMTError(f"{out}: exists and is not empty; choose a new data-bin directory")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(a.out) as tmp:
         model = train_spm(a.corpus, str(tmp / "spm"), vocab_size=a.vocab_size, temperature=a.temperature,
                           seed=a.seed)
         encode_corpus(a.corpus, model, tmp, workers=a.workers)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
-    print(f"{out}: SentencePiece model and token arrays written")
+    print(f"{a.out}: SentencePiece model and token arrays written")
     return 0
 
 

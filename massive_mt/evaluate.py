@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,7 +15,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .data.tasks import parse_task
 from .errors import ConfigError, DataError
+from .io import atomic_write_texts, read_json_object
 
 # sacrebleu tokenizers for scripts written without spaces; chrF needs none
 BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "my": "char", "km": "char", "lo": "char"}
@@ -69,14 +70,14 @@ class Translator:
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_len: Optional[int] = None):
         from transformers import M2M100ForConditionalGeneration
 
-        from .data.tokenizer import Tokenizer
+        from .data.spm import Tokenizer
 
         model_dir = Path(model_dir)
         for f in ("config.json", "spm.model"):
             if not (model_dir / f).is_file():
                 raise DataError(f"{model_dir / f}: missing (not a massive_mt model directory)")
         meta_path = model_dir / "massive_mt.json"
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        self.meta = read_json_object(meta_path) if meta_path.is_file() else {}
         self.tokenizer = Tokenizer(model_dir / "spm.model")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = M2M100ForConditionalGeneration.from_pretrained(str(model_dir), local_files_only=True)
@@ -130,7 +131,7 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     results = []
     hyps_all = {}
     for task in tqdm(tasks, desc=f"evaluate {split}", disable=not progress, dynamic_ncols=True):
-        src, tgt = task.split("-")
+        src, tgt = parse_task(task)
         rows = corpus.read(split, src, tgt)       # DataError naming the files when the task has none
         if max_sentences:
             rows = rows[:max_sentences]
@@ -176,11 +177,8 @@ def markdown_table(report: dict) -> str:
 def write_report(report: dict, hyps: dict[str, list[str]], out_dir: Path) -> None:
     """results.json, results.md and one hypothesis file per task, each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"results.json": json.dumps(report, indent=2, ensure_ascii=False),
-             "results.md": markdown_table(report) + "\n"}
+    files = {out_dir / "results.json": json.dumps(report, indent=2, ensure_ascii=False),
+             out_dir / "results.md": markdown_table(report) + "\n"}
     for task, hs in hyps.items():
-        files[f"hyp.{report['split']}.{task}.txt"] = "".join(h + "\n" for h in hs)
-    for name, text in files.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        files[out_dir / f"hyp.{report['split']}.{task}.txt"] = "".join(h + "\n" for h in hs)
+    atomic_write_texts(files)

@@ -22,45 +22,16 @@ import torch
 from . import checkpoint
 from .config import ExperimentConfig, load_config, load_ds_config, resolve_ds_config, save_resolved
 from .data.sampler import TaskStepSampler, temperature_probs, token_budget_batches
-from .data.tokenizer import TaskDataset, Tokenizer, load_data_bin
+from .data.binarize import load_data_bin
+from .data.dataset import TaskDataset
+from .data.spm import Tokenizer
+from .data.tasks import resolve_tasks, task_name
 from .distributed import init_distributed
 from .errors import ConfigError, MassiveMTError
 from .metrics import MetricsWriter, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from .model import build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss
 from .preemption import REQUEUE_EXIT, StopRequested, StopSignals
-
-
-def resolve_tasks(cfg: ExperimentConfig, manifest: dict) -> list[tuple[str, str]]:
-    """The (src, tgt) tasks of the run, checked against the data-bin's pairs."""
-    pairs = manifest["pairs"]
-    pivot = manifest.get("pivot", "en")
-    available = set()
-    for name, info in pairs.items():
-        available.add((info["src"], info["tgt"]))
-        available.add((info["tgt"], info["src"]))
-    if cfg.data.tasks is not None:
-        tasks = [tuple(t.split("-")) for t in cfg.data.tasks]
-        for t in tasks:
-            if t not in available:
-                raise ConfigError(f"field 'data.tasks': {'-'.join(t)} is not a pair of the data-bin "
-                                  f"({cfg.data.data_bin}); available: {', '.join(sorted(pairs))}")
-        return tasks
-    others = sorted({info["tgt"] if info["src"] == pivot else info["src"] for info in pairs.values()})
-    if cfg.data.langs is not None:
-        unknown = sorted(set(cfg.data.langs) - set(others))
-        if unknown:
-            raise ConfigError(f"field 'data.langs': {unknown} not in the data-bin ({cfg.data.data_bin})")
-        others = [x for x in others if x in set(cfg.data.langs)]
-    if cfg.data.direction == "one_to_many":
-        return [(pivot, x) for x in others]
-    if cfg.data.direction == "many_to_one":
-        return [(x, pivot) for x in others]
-    return [(pivot, x) for x in others] + [(x, pivot) for x in others]
-
-
-def task_name(t: tuple[str, str]) -> str:
-    return f"{t[0]}-{t[1]}"
 
 
 class Trainer:
@@ -76,7 +47,8 @@ class Trainer:
         self.tokenizer = Tokenizer(data_bin / "spm.model")
 
         # ---- data: one dataset and one list of token-budget micro-batches per task
-        tasks = resolve_tasks(cfg, self.manifest)
+        tasks = resolve_tasks(self.manifest, cfg.data.direction, cfg.data.tasks, cfg.data.langs,
+                              source=f"the data-bin ({cfg.data.data_bin})")
         self.tasks = [task_name(t) for t in tasks]
         if cfg.sampling.tasks_per_step > len(self.tasks):
             raise ConfigError(f"field 'sampling.tasks_per_step' = {cfg.sampling.tasks_per_step} exceeds the "

@@ -30,7 +30,8 @@ def real_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def data_bin(real_corpus, tmp_path_factory) -> Path:
-    from massive_mt.data.tokenizer import encode_corpus, train_spm
+    from massive_mt.data.binarize import encode_corpus
+    from massive_mt.data.spm import train_spm
 
     out = tmp_path_factory.mktemp("data-bin")
     model = train_spm(real_corpus, str(out / "spm"), vocab_size=4000, temperature=5.0, seed=1)

@@ -24,6 +24,7 @@ from massive_mt.data.catalogs import (
     strip_accelerators,
 )
 from massive_mt.data.corpus import SPLITS, load_corpus, read_parallel
+from massive_mt.data.tasks import resolve_tasks
 from massive_mt.errors import DataError
 
 # A French catalogue with one entry for each filtering rule (comments say which).
@@ -360,7 +361,7 @@ def test_build_catalog_corpus(tmp_path):
 
     # The same English string lands in the same split for every language, and never in two.
     seen: dict[str, str] = {}
-    for (src, tgt) in corpus.pairs_for_direction("one_to_many"):
+    for (src, tgt) in resolve_tasks(manifest, "one_to_many"):
         for split in SPLITS:
             if corpus.pairs[f"{src}-{tgt}"].sizes[split]:
                 for en, _ in corpus.read(split, src, tgt):

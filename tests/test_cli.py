@@ -24,7 +24,7 @@ def test_prepare_rejects_line_count_mismatch_and_writes_nothing(real_corpus, tmp
     assert cli.main(["prepare", "--corpus", str(corpus), "--out", str(out), "--vocab-size", "500"]) == 2
     err = capsys.readouterr().err
     assert "train.en-fr.fr" in err and "train.en-fr.en" in err
-    assert not out.exists() and not (tmp_path / "data-bin.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # no data-bin, no temporary directory
 
 
 def test_prepare_rejects_invalid_utf8_with_line(real_corpus, tmp_path, capsys):

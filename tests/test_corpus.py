@@ -8,14 +8,15 @@ from hypothesis import strategies as st
 from massive_mt.data.corpus import (
     Corpus,
     canonical_lang,
-    corpus_summary,
     is_english,
     load_corpus,
+    read_lines,
     read_parallel,
     write_manifest,
     write_parallel,
 )
-from massive_mt.errors import DataError
+from massive_mt.data.tasks import resolve_tasks
+from massive_mt.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------------------
 # canonical_lang
@@ -94,6 +95,15 @@ def test_read_parallel(tmp_path):
         ("Good  bye ", "Au revoir "),  # only the line terminator is stripped
         ("with\u2028separator", "avec séparateur"),  # U+2028 is content, not a line break
     ]
+
+
+def test_read_lines_streams_numbered_sentences(tmp_path):
+    path = _write(tmp_path / "a.en", "\ufeffHello\r\nsecond\nthird".encode())
+    assert list(read_lines(path)) == [(1, "Hello"), (2, "second"), (3, "third")]  # byte-order mark dropped
+    assert list(read_lines(_write(tmp_path / "b.en", b""))) == []
+    (tmp_path / "a.fr").mkdir()
+    with pytest.raises(DataError, match=r"a\.fr: is a directory"):
+        list(read_lines(tmp_path / "a.fr"))
 
 
 def test_read_parallel_missing_file(tmp_path):
@@ -235,19 +245,21 @@ def test_corpus_path_errors(tmp_path):
         corpus.path("test", "en-fr", "fr")
 
 
-def test_pairs_for_direction_and_reversed_files(tmp_path):
+def test_tasks_and_reversed_files(tmp_path):
     corpus = load_corpus(_make_corpus(tmp_path))
-    assert corpus.pairs_for_direction("one_to_many") == [("en", "de"), ("en", "fr")]
-    assert corpus.pairs_for_direction("many_to_one") == [("de", "en"), ("fr", "en")]
-    assert corpus.pairs_for_direction("many_to_many") == [("en", "de"), ("de", "en"), ("en", "fr"), ("fr", "en")]
+    manifest = {"pivot": corpus.pivot, "pairs": corpus.pairs_manifest()}
+    assert corpus.pairs_manifest()["de-en"] == {"src": "de", "tgt": "en", "train": 2, "valid": 0, "test": 1}
+    assert resolve_tasks(manifest, "one_to_many") == [("en", "de"), ("en", "fr")]
+    assert resolve_tasks(manifest, "many_to_one") == [("de", "en"), ("fr", "en")]
+    assert resolve_tasks(manifest, "many_to_many") == [("en", "de"), ("en", "fr"), ("de", "en"), ("fr", "en")]
     # The de-en files serve en->de, read reversed.
     assert corpus.task_files("train", "en", "de") == (tmp_path / "train.de-en.en", tmp_path / "train.de-en.de")
     assert corpus.read("train", "en", "de") == [("Hello", "Hallo"), ("World", "Welt")]
     assert corpus.read("train", "fr", "en")[0] == ("b", "a")
-    with pytest.raises(DataError, match="unknown direction"):
-        corpus.pairs_for_direction("sideways")
+    with pytest.raises(ConfigError, match="data.direction"):
+        resolve_tasks(manifest, "sideways")
     with pytest.raises(DataError, match="pivot language 'ja'"):
-        corpus.pairs_for_direction("one_to_many", pivot="ja")
+        resolve_tasks({**manifest, "pivot": "ja"}, "one_to_many")
 
 
 def test_load_corpus_missing_dir_and_empty_dir(tmp_path):
@@ -337,13 +349,3 @@ def test_manifest_invalid_json(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match=r"manifest\.json: not valid JSON"):
         load_corpus(tmp_path)
-
-
-def test_corpus_summary(tmp_path):
-    text = corpus_summary(load_corpus(_make_corpus(tmp_path)))
-    lines = text.splitlines()
-    assert lines[0].split() == ["pair", "train", "valid", "test"]
-    assert lines[1].split() == ["de-en", "2", "0", "1"]
-    assert lines[2].split() == ["en-fr", "3", "1", "0"]
-    assert lines[3].split() == ["total", "5", "1", "1"]
-    assert "2 pairs" in lines[4]

@@ -164,7 +164,7 @@ def test_world_consumes_consecutive_batches_of_the_epoch():
             for r in range(2):
                 seen.append(int(plans[r][0][1][j][0]))
     assert sorted(seen) == list(range(12))  # one full epoch, each batch once
-    assert samplers[0].epochs == {"en-fr": 1}
+    assert samplers[0].state_dict()["epoch"] == [1]  # completed passes per task
 
 
 def test_small_task_wraps_across_epochs():
@@ -172,7 +172,7 @@ def test_small_task_wraps_across_epochs():
     for step in range(5):
         plan = dict(s.plan(step))
         assert len(plan["sw-en"]) == 3
-    assert s.epochs["sw-en"] == 15
+    assert s.state_dict()["epoch"][s.tasks.index("sw-en")] == 15
 
 
 def test_task_choice_depends_only_on_seed_and_step():

@@ -5,18 +5,18 @@ import shutil
 import numpy as np
 import pytest
 
-from massive_mt.data.tokenizer import (
+from massive_mt.data.binarize import encode_corpus, load_data_bin
+from massive_mt.data.corpus import load_corpus
+from massive_mt.data.dataset import TaskDataset
+from massive_mt.data.indexed import IndexedTokens
+from massive_mt.data.spm import (
     EOS_ID,
     PAD_ID,
-    IndexedTokens,
-    TaskDataset,
     Tokenizer,
     _sample_sizes,
     _train_files_by_lang,
     _unique_lines,
-    encode_corpus,
     lang_tag,
-    load_data_bin,
     train_spm,
 )
 from massive_mt.errors import ConfigError, DataError
@@ -68,7 +68,7 @@ def spm_model(corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_bin(corpus, spm_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bin") / "data-bin"
-    encode_corpus(corpus, spm_model, out, workers=2, max_len=16)
+    encode_corpus(corpus, spm_model, out, workers=2)
     return out
 
 
@@ -83,8 +83,7 @@ def test_lang_tag():
 
 
 def test_pivot_sentences_counted_once_and_temperature_mix(corpus):
-    manifest = json.loads((corpus / "manifest.json").read_text())
-    files = _train_files_by_lang(corpus, manifest)
+    files = _train_files_by_lang(load_corpus(corpus))
     assert len(files["en"]) == 2
     # en-pt_BR's English train lines are the first 150 of en-fr's: they are not counted again.
     en_fr = (corpus / "train.en-fr.en").read_text(encoding="utf-8").splitlines()
@@ -163,7 +162,6 @@ def test_encode_corpus_writes_readable_memmaps(corpus, spm_model, data_bin):
         assert data.sizes.dtype == np.int64
         for i in (0, len(lines) // 2, len(lines) - 1):
             assert data[i].tolist() == tok.encode(lines[i])
-        assert stats["over_max_len"] == int(np.count_nonzero(data.sizes + 2 > 16))
     assert not list(data_bin.glob("*.tmp"))
 
 
@@ -252,8 +250,8 @@ def test_collate_m2m100_format(data_bin, src, tgt):
 
 
 def test_truncation_is_counted(data_bin):
-    # max_len=16 comes from encode_corpus; sentence 0 of every split is long (see _sentence).
-    ds = TaskDataset(data_bin, "en", "pt_BR")
+    # Sentence 0 of every split is long (see _sentence).
+    ds = TaskDataset(data_bin, "en", "pt_BR", max_len=16)
     assert ds.max_len == 16
     raw_src, raw_tgt = ds.src.sizes + 2, ds.tgt.sizes + 2
     assert ds.n_truncated == int(np.count_nonzero((raw_src > 16) | (raw_tgt > 16))) > 0
@@ -269,8 +267,8 @@ def test_truncation_is_counted(data_bin):
 
 def test_task_dataset_errors(data_bin):
     with pytest.raises(DataError, match=r"manifest\.json: no pair serves the direction fr->pt_BR"):
-        TaskDataset(data_bin, "fr", "pt_BR")
+        TaskDataset(data_bin, "fr", "pt_BR", max_len=16)
     with pytest.raises(DataError, match="test"):
-        TaskDataset(data_bin, "en", "fr", split="test")
+        TaskDataset(data_bin, "en", "fr", split="test", max_len=16)
     with pytest.raises(ConfigError, match="max_len"):
         TaskDataset(data_bin, "en", "fr", max_len=2)

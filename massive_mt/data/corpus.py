@@ -17,20 +17,18 @@ this way can be used directly. A split with no data has no files and size 0.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from massive_mt.errors import DataError
+from massive_mt.io import atomic_write_json, atomic_write_texts, read_json_object
 
 SPLITS = ("train", "valid", "test")
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "massive_mt.corpus/1"
-DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
+CORPUS_FORMAT = "massive_mt.corpus/1"
 
 # --------------------------------------------------------------------------------------
 # Language codes
@@ -113,68 +111,49 @@ def is_english(code: str) -> bool:
 # --------------------------------------------------------------------------------------
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Read a UTF-8 text file as lines, stripping only the line terminator."""
+def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Stream a corpus text file as (1-based line number, sentence).
+
+    Only ``\n`` ends a line (one ``\r`` before it is dropped; characters such as U+2028 that
+    str.splitlines() would split on are content) and a UTF-8 byte-order mark is dropped.
+    DataError naming the file and line for a missing file, invalid UTF-8 or an empty line.
+    """
+    path = Path(path)
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
-    if not data:
-        raise DataError(f"{path}: file is empty")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8 ({err.reason}) at line {line}") from None
-    text = text.removeprefix("\ufeff")
-    # Only '\n' ends a line (with an optional '\r' before it); characters such as
-    # U+2028 that str.splitlines() would also split on are content.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    with f:
+        for lineno, raw in enumerate(f, 1):  # binary files split on b"\n" only
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: invalid UTF-8 ({err.reason}) at line {lineno}") from None
+            line = line.removesuffix("\n").removesuffix("\r")
+            if not line.strip():
+                raise DataError(f"{path}:{lineno}: empty line {lineno} (every line must hold a sentence)")
+            yield lineno, line
 
 
 def read_parallel(src_path: str | os.PathLike, tgt_path: str | os.PathLike) -> list[tuple[str, str]]:
     """Read two line-parallel files into (source, target) sentence pairs."""
     src_path, tgt_path = Path(src_path), Path(tgt_path)
-    src_lines, tgt_lines = _read_lines(src_path), _read_lines(tgt_path)
+    src_lines, tgt_lines = ([line for _, line in read_lines(p)] for p in (src_path, tgt_path))
+    for path, lines in ((src_path, src_lines), (tgt_path, tgt_lines)):
+        if not lines:
+            raise DataError(f"{path}: file is empty")
     if len(src_lines) != len(tgt_lines):
         raise DataError(
             f"line-count mismatch: {src_path} has {len(src_lines)} lines "
             f"but {tgt_path} has {len(tgt_lines)}"
         )
-    for path, lines in ((src_path, src_lines), (tgt_path, tgt_lines)):
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                raise DataError(f"{path}:{i}: empty line {i} (every line must hold a sentence)")
     return list(zip(src_lines, tgt_lines))
 
 
 def pair_file_name(split: str, src: str, tgt: str, lang: str) -> str:
     return f"{split}.{src}-{tgt}.{lang}"
-
-
-def _atomic_write(paths_and_texts: list[tuple[Path, str]]) -> None:
-    """Write each text to a temp file beside its target, then os.replace() them all."""
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for path, text in paths_and_texts:
-            # os.open with mode 0o666 (not mkstemp's 0o600) so the umask decides the permissions.
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
 
 
 def _check_code(code: str, what: str) -> None:
@@ -210,7 +189,7 @@ def write_parallel(
     if not src_lines:
         raise DataError(f"{split} {src}-{tgt}: no sentence pairs to write")
     paths = (out_dir / pair_file_name(split, src, tgt, src), out_dir / pair_file_name(split, src, tgt, tgt))
-    _atomic_write([(paths[0], "\n".join(src_lines) + "\n"), (paths[1], "\n".join(tgt_lines) + "\n")])
+    atomic_write_texts({paths[0]: "\n".join(src_lines) + "\n", paths[1]: "\n".join(tgt_lines) + "\n"})
     return paths
 
 
@@ -222,7 +201,7 @@ def write_parallel(
 def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> Path:
     """Atomically write ``manifest.json`` into ``out_dir``."""
     path = Path(out_dir) / MANIFEST_NAME
-    _atomic_write([(path, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")])
+    atomic_write_json(path, manifest)
     return path
 
 
@@ -245,7 +224,6 @@ class Corpus:
     pairs: dict[str, PairInfo]
     pivot: str = "en"
     sources: list = field(default_factory=list)
-    manifest: dict | None = None
 
     def path(self, split: str, pair: str, lang: str) -> Path:
         """Path of the ``lang`` side of ``pair`` in ``split``; DataError if the corpus lacks it."""
@@ -273,25 +251,9 @@ class Corpus:
         """Sentence pairs of the task src->tgt in ``split`` (read reversed when needed)."""
         return read_parallel(*self.task_files(split, src, tgt))
 
-    def pairs_for_direction(self, direction: str, pivot: str = "en") -> list[tuple[str, str]]:
-        """Tasks as (src, tgt) tuples for a translation direction.
-
-        ``one_to_many``: (pivot, xx); ``many_to_one``: (xx, pivot); ``many_to_many``:
-        both, for every pair that includes the pivot. Pairs without it are not tasks here.
-        """
-        if direction not in DIRECTIONS:
-            raise DataError(f"unknown direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
-        others = sorted({info.tgt if info.src == pivot else info.src
-                         for info in self.pairs.values() if pivot in (info.src, info.tgt)})
-        if not others:
-            raise DataError(f"{self.root}: no language pair includes the pivot language {pivot!r}")
-        tasks = []
-        for xx in others:
-            if direction in ("one_to_many", "many_to_many"):
-                tasks.append((pivot, xx))
-            if direction in ("many_to_one", "many_to_many"):
-                tasks.append((xx, pivot))
-        return tasks
+    def pairs_manifest(self) -> dict:
+        """The pairs as a manifest's ``pairs`` object: name -> {src, tgt, and the size of every split}."""
+        return {name: {"src": info.src, "tgt": info.tgt, **info.sizes} for name, info in self.pairs.items()}
 
 
 def _count_lines(path: Path) -> int:
@@ -335,13 +297,9 @@ def _check_sizes(value, where: str) -> dict[str, int]:
 
 def _read_manifest(root: Path) -> dict:
     path = root / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise DataError(f"{path}: 'format' must be {MANIFEST_FORMAT!r}, got {got!r}")
+    manifest = read_json_object(path)
+    if manifest.get("format") != CORPUS_FORMAT:
+        raise DataError(f"{path}: 'format' must be {CORPUS_FORMAT!r}, got {manifest.get('format')!r}")
     if not isinstance(manifest.get("pairs"), dict) or not manifest["pairs"]:
         raise DataError(f"{path}: 'pairs' must be a non-empty object")
     return manifest
@@ -409,19 +367,4 @@ def load_corpus(root: str | os.PathLike, verify: bool = True) -> Corpus:
         path = root / pair_file_name(split, src, tgt, sorted(found[split, src, tgt])[0])
         raise DataError(f"{path}: not listed in {manifest_path} (pair {src}-{tgt}, split {split})")
     sources = manifest.get("sources", [])
-    return Corpus(root, pairs, pivot=pivot, sources=sources if isinstance(sources, list) else [], manifest=manifest)
-
-
-def corpus_summary(corpus: Corpus) -> str:
-    """A small text table: one row per pair with its train/valid/test sizes, and a total."""
-    rows = [(name, *(info.sizes[s] for s in SPLITS)) for name, info in sorted(corpus.pairs.items())]
-    total = ("total", *(sum(r[i] for r in rows) for i in range(1, 4)))
-    width = max(len("pair"), *(len(r[0]) for r in rows), len(total[0]))
-    numw = max(len("train"), *(len(f"{n:,}") for n in total[1:]))
-
-    def line(cells) -> str:
-        nums = (f"{c:>{numw}}" if isinstance(c, str) else f"{c:>{numw},}" for c in cells[1:])
-        return f"{cells[0]:<{width}}  " + "  ".join(nums)
-
-    out = [line(("pair", *SPLITS)), *map(line, rows), line(total)]
-    return "\n".join(out) + f"\n{len(rows)} pairs in {corpus.root}"
+    return Corpus(root, pairs, pivot=pivot, sources=sources if isinstance(sources, list) else [])

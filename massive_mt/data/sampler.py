@@ -229,11 +229,6 @@ class TaskStepSampler:
             counts[self.choose_tasks(s)] += 1
         return counts / max(counts.sum(), 1)
 
-    @property
-    def epochs(self) -> dict[str, int]:
-        """Current epoch per task (0-based: the number of completed passes)."""
-        return dict(zip(self.tasks, self._epoch))
-
     # -- checkpointing --------------------------------------------------------------------
 
     def _signature(self) -> dict:
