@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dist.common import format_rank_errors, parse_result, rank_errors   # tests/dist/common.py
 from massive_mt.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,9 +63,15 @@ def run_ranks(nproc: int, target: list[str], timeout: int = 600, launcher: str =
         raise ValueError(launcher)
     p = subprocess.run(cmd, env=dist_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
     if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n--- stdout\n{p.stdout[-6000:]}"
-                             f"\n--- stderr\n{p.stderr[-8000:]}")
+        errors = rank_errors(p.stdout)
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}\n" + (format_rank_errors(errors) if errors else
+                             f"--- stdout\n{p.stdout[-6000:]}\n--- stderr\n{p.stderr[-8000:]}"))
     return p
+
+
+def dist_result(p: subprocess.CompletedProcess) -> dict:
+    """The RESULT payload of a tests/dist script's run (see tests/dist/common.py)."""
+    return parse_result(p.stdout, p.stderr, p.returncode)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

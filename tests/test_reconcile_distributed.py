@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
+from conftest import REPO, TEST_LANGS, dist_result, read_metrics, run_ranks, train_args
 
 pytestmark = pytest.mark.distributed
 
@@ -36,11 +36,8 @@ def overrides(data_bin, out, *extra):
 
 
 def equivalence(world, ds_config, steps, methods, data_bin, out, *extra):
-    p = run_ranks(world, ["tests/dist/reconcile_equivalence.py", str(REPO / "ds_configs" / ds_config), str(steps),
-                          *methods, "--", *overrides(data_bin, out, *extra)])
-    lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, p.stdout[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return dist_result(run_ranks(world, ["tests/dist/reconcile_equivalence.py", str(REPO / "ds_configs" / ds_config),
+                                         str(steps), *methods, "--", *overrides(data_bin, out, *extra)]))
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

@@ -1,10 +1,8 @@
 """Multi-rank DeepSpeed training on CPU (gloo): real process groups on this machine."""
-import json
-
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
+from conftest import REPO, TEST_LANGS, dist_result, read_metrics, run_ranks, train_args
 
 pytestmark = pytest.mark.distributed
 
@@ -12,12 +10,6 @@ pytestmark = pytest.mark.distributed
 def _data_bin(run_dir):
     import yaml
     return yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["data_bin"]
-
-
-def result_line(stdout: str) -> dict:
-    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, f"no RESULT line in output:\n{stdout[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
 
 
 def test_zero2_two_ranks_trains_and_loss_falls(trained_run):
@@ -48,8 +40,8 @@ def test_zero2_two_ranks_trains_and_loss_falls(trained_run):
 def test_task_grouped_step_equals_plain_accumulation(data_bin, tmp_path, ds_config):
     args = train_args(data_bin, tmp_path / "run", ds_config, "sampling.micro_batches_per_task=2")
     overrides = [a for a in args[args.index(str(REPO / "ds_configs" / ds_config)) + 1:]]
-    r = result_line(run_ranks(2, ["tests/dist/plain_accumulation.py", str(REPO / "ds_configs" / ds_config), "3",
-                                  *overrides]).stdout)
+    r = dist_result(run_ranks(2, ["tests/dist/plain_accumulation.py", str(REPO / "ds_configs" / ds_config), "3",
+                                  *overrides]))
     assert r["world_size"] == 2 and r["stage"] == int(ds_config[4])
     assert r["steps_a"] == r["steps_b"] == 3
     assert r["moved"] > 1e-4            # the parameters did change

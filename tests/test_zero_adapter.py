@@ -3,13 +3,12 @@
 Each case starts tests/dist/adapter_check.py on N local ranks; the script compares per-task
 gradient snapshots, Grams and the written-back update with an unsharded float64 reference.
 """
-import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, dist_env, run_ranks
+from conftest import REPO, dist_env, dist_result, run_ranks
 
 SCRIPT = "tests/dist/adapter_check.py"
 CLIP = "2.0"        # below the norm of the test's reconciled update: clipping is active
@@ -28,18 +27,12 @@ EXPECTED_KIND = {(0, "fp32"): "z0", (1, "fp32"): "z12", (2, "fp32"): "z12", (3, 
                  (1, "bf16"): "bf16", (2, "bf16"): "z12", (3, "bf16"): "z3"}
 
 
-def result_line(stdout: str) -> dict:
-    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
-    assert lines, f"no RESULT line in output:\n{stdout[-3000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("world,stage,dtype,clip", CASES,
                          ids=[f"ws{w}-zero{s}-{d}" + ("-clip" if c else "") for w, s, d, c in CASES])
 def test_grad_shards_match_reference(world, stage, dtype, clip):
     args = [SCRIPT, "--stage", str(stage), "--dtype", dtype] + (["--clip", clip] if clip else [])
-    r = result_line(run_ranks(world, args, timeout=300).stdout)
+    r = dist_result(run_ranks(world, args, timeout=300))
     assert r["world_size"] == world
     assert r["kind"] == EXPECTED_KIND[stage, dtype]
     assert r["ok"] is True, r
@@ -49,7 +42,7 @@ def test_grad_shards_match_reference(world, stage, dtype, clip):
 @pytest.mark.distributed
 def test_check_detects_stale_zero3_partitions_without_begin_step():
     p = run_ranks(1, [SCRIPT, "--stage", "3", "--skip-begin-step"], timeout=300, check=False)
-    r = result_line(p.stdout)
+    r = dist_result(p)
     assert p.returncode != 0 and r["kind"] == "z3" and r["ok"] is False
     assert r["errors"]["grad"] > 1e-2, r
 
@@ -58,7 +51,7 @@ def test_unsupported_configs_raise_config_error():
     p = subprocess.run([sys.executable, SCRIPT, "--refusals"], env=dist_env(), cwd=REPO, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
-    refusals = result_line(p.stdout)["refusals"]
+    refusals = dist_result(p)["refusals"]
     expected_field = {"offload_optimizer": "zero_optimization.offload_optimizer",
                       "offload_param": "zero_optimization.offload_param",
                       "fp16": "fp16.enabled",

@@ -28,7 +28,6 @@ Rank 0 prints one line `RESULT {json}`; the exit status is 1 when a check fails.
 """
 import argparse
 import copy
-import json
 import os
 
 import torch
@@ -42,7 +41,7 @@ import deepspeed.comm as dist
 from massive_mt.errors import ConfigError
 from massive_mt.zero_adapter import GradShards
 
-from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
+from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
 
 K, M, B, L, V, D, H = 3, 2, 4, 3, 11, 8, 13
 LR = {"trunk": 0.1, "heads": 0.05}
@@ -245,9 +244,9 @@ def run(args):
     ok = worst[0].item() == 0.0
     errors = {k: worst[i + 1].item() for i, k in enumerate(sorted(errors))}
     if rank == 0:
-        print("RESULT " + json.dumps({"world_size": world, "kind": shards.kind, "stage": args.stage,
-                                      "dtype": args.dtype, "ok": ok, "max_rel_err": max(errors.values()),
-                                      "errors": errors, "tolerances": tol, "clipped": clipped}), flush=True)
+        emit_result({"world_size": world, "kind": shards.kind, "stage": args.stage,
+                     "dtype": args.dtype, "ok": ok, "max_rel_err": max(errors.values()),
+                     "errors": errors, "tolerances": tol, "clipped": clipped})
     dist.barrier()
     return ok
 
@@ -289,7 +288,7 @@ def refusals():
             out[case] = {"outcome": "accepted", "message": ""}
         except ConfigError as e:
             out[case] = {"outcome": "ConfigError", "message": str(e)}
-    print("RESULT " + json.dumps({"world_size": 1, "refusals": out}), flush=True)
+    emit_result({"world_size": 1, "refusals": out})
     return True
 
 
@@ -308,4 +307,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_rank(main)

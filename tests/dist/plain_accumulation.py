@@ -5,7 +5,6 @@ A through `Trainer.train_step` (one accumulation boundary set by the trainer), B
 textbook DeepSpeed loop (`engine.backward(loss); engine.step()` per micro-batch, DeepSpeed's
 own micro-step counter deciding the boundary). Prints one JSON line with the comparison.
 """
-import json
 import sys
 
 import torch
@@ -17,7 +16,7 @@ from massive_mt.distributed import init_distributed
 from massive_mt.optim import label_smoothed_loss
 from massive_mt.train import Trainer
 
-from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
+from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
 
 
 def main():
@@ -43,13 +42,12 @@ def main():
     rel = float((pa - pb).abs().max() / pb.abs().max())
     moved = float((pa - start).abs().max())
     if rank == 0:
-        print("RESULT " + json.dumps({"world_size": dist.get_world_size(), "rel_diff": rel, "moved": moved,
-                                      "steps_a": a.engine.global_steps, "steps_b": b.engine.global_steps,
-                                      "stage": a.engine.zero_optimization_stage(),
-                                      "wrapper": type(a.engine.optimizer).__name__}), flush=True)
+        emit_result({"world_size": dist.get_world_size(), "rel_diff": rel, "moved": moved,
+                     "steps_a": a.engine.global_steps, "steps_b": b.engine.global_steps,
+                     "stage": a.engine.zero_optimization_stage(), "wrapper": type(a.engine.optimizer).__name__})
     dist.barrier()
     exit_now(0)
 
 
 if __name__ == "__main__":
-    main()
+    run_rank(main)

@@ -12,7 +12,6 @@ with the relative parameter differences (and, for CATS, those of alpha and lambd
 usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY][+CATS_FIELD=VALUE...] [...] -- OVERRIDES...
 e.g. `cats:all_layer+base=gradvac+meta_data=dev` (CATS fields go to reconcile.cats.*)
 """
-import json
 import sys
 
 import torch
@@ -30,7 +29,7 @@ from massive_mt.reconcile.groups import assign_groups
 from massive_mt.reconcile.methods import ReconcileConfig
 from massive_mt.train import Trainer
 
-from common import exit_now, full_params     # tests/dist/common.py (the script's folder)
+from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
 
 
 def reference_run(cfg, trainer: Trainer, world: int, steps: int):
@@ -165,10 +164,10 @@ def main():
         for spec, got in finals.items():
             results["methods"][spec]["vs_plain"] = float((got - finals["plain"]).abs().max() / finals["plain"].abs().max())
     if rank == 0:
-        print("RESULT " + json.dumps(results), flush=True)
+        emit_result(results)
     dist.barrier()
     exit_now(0)
 
 
 if __name__ == "__main__":
-    main()
+    run_rank(main)
