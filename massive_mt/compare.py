@@ -186,9 +186,9 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
         labels = {k: ", ".join(f"{f}={cfgs[k].get(f)}" for f in varying) or "config" for k in by_key}
     groups = {}
     for k, rs in by_key.items():
-        rs = sorted(rs, key=lambda r: r.seed)
+        rs = sorted(rs, key=lambda r: (r.config.get("train.seed"), r.config.get("sampling.seed")))
         for a, b in zip(rs, rs[1:]):
-            if a.seed == b.seed:
+            if a.seed == b.seed:                        # equal seeds are neighbours in this order
                 raise CompareError(f"{b.path}: same configuration and seed {b.seed} as {a.path}")
         groups[labels[k]] = rs
     counts = {label: len(rs) for label, rs in groups.items()}

@@ -247,8 +247,6 @@ def plot(res: dict, run_dir: Path, group: str, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if group not in res["groups"]:
-        raise DataError(f"group {group!r} not logged; groups: {', '.join(res['groups'])}")
     records = read_jsonl(Path(run_dir) / "reconcile.jsonl")
     names = records[0]["tasks"]
     keep = [names.index(t) for t in res["tasks"]]
@@ -284,6 +282,10 @@ def plot(res: dict, run_dir: Path, group: str, out: Path) -> Path:
 
 def run_relatedness(run_dir: Path, out_dir: Path, spans: int = 3, permutations: int = 999, group: str = "model",
                     tasks: Optional[list[str]] = None) -> Path:
+    first = read_jsonl(Path(run_dir) / "reconcile.jsonl")[0]
+    logged = ["model"] + (list(first["groups"]) if "cos_groups" in first else [])
+    if group not in logged:
+        raise DataError(f"--group {group!r}: not logged; groups: {', '.join(logged)}")
     res = analyse(run_dir, spans, permutations, tasks)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(res, run_dir, group, out_dir / f"relatedness_{group}.png")
