@@ -44,10 +44,10 @@ def corrupt(refs, q, rng, vocab):
     return out
 
 
-def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None):
+def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None, config_name=None):
     """A training output_dir as the trainer and `massive-mt evaluate` leave it."""
     run = root / f"{name}-s{seed}"
-    cfg = load_config(None, [f"name={name}", f"train.seed={seed}", f"sampling.seed={seed}",
+    cfg = load_config(None, [f"name={config_name or name}", f"train.seed={seed}", f"sampling.seed={seed}",
                              f"train.output_dir={run}", *overrides])
     (run / "model").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -221,3 +221,21 @@ def test_run_compare_without_a_baseline_difference(study, tmp_path):
     root, runs = study
     res = run_compare([runs[("base", s)] for s in (1, 2, 3)], tmp_path / "one", samples=100)
     assert list(res["configs"]) == ["base"] and "diff" not in res["tasks"]["en-fr"]["configs"]["base"]["bleu"]
+
+
+def test_labels_from_the_differing_fields_and_baseline_by_run(study, corpus, tmp_path):
+    """Configurations with one `name` are labelled by the fields in which they differ; a run path
+    names its configuration as the baseline."""
+    root, runs = study
+    corpus_dir, refs, vocab = corpus
+    made = {}
+    for s in (1, 2):
+        for label, q, over in (("a", 0.5, []), ("b", 0.5, ["optim.lr=0.001"])):
+            made[label, s] = make_run(tmp_path, label, s, corpus_dir, system(refs, q, 40 + s, vocab), overrides=over,
+                                      refs=refs, config_name="experiment")
+    res = run_compare(list(made.values()), tmp_path / "cmp", baseline=str(made["b", 2]), samples=100)
+    assert sorted(res["configs"]) == ["optim.lr=0.0005", "optim.lr=0.001"]
+    assert res["baseline"] == "optim.lr=0.001"
+    res = run_compare([runs[("base", s)] for s in (1, 2, 3)], tmp_path / "one", baseline=str(runs[("base", 3)]),
+                      samples=100)
+    assert res["baseline"] == "base"
