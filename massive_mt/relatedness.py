@@ -91,18 +91,22 @@ def task_languages(tasks: list[str]) -> list[str]:
 
 
 def _typology():
+    handlers, level = list(logging.root.handlers), logging.root.level
     try:
         import langcodes
         from urielplus import urielplus
     except ImportError as e:
         raise TypologyMissing(f"the relatedness analysis needs URIEL+ and langcodes ({e.name} is not installed): "
                               f"{INSTALL}") from None
+    finally:                    # undo urielplus's logging.basicConfig(level=INFO) on the root logger
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
     return langcodes, urielplus
 
 
 @contextlib.contextmanager
 def _quiet():
-    """urielplus logs every query at INFO on the root logger (it calls logging.basicConfig)."""
+    """urielplus logs every query at INFO on the root logger."""
     logging.disable(logging.INFO)
     try:
         yield
