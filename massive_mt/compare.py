@@ -456,6 +456,8 @@ def write_outputs(res: dict, out_dir: Path) -> list[Path]:
 
 def run_compare(run_dirs: list, out_dir, baseline: Optional[str] = None, samples: int = 10000,
                 eval_dir: str = "eval", corpus: Optional[str] = None) -> dict:
+    if samples < 1:
+        raise CompareError(f"--samples must be >= 1, got {samples}")
     if len(run_dirs) < 2:
         raise CompareError("compare needs the runs of at least one configuration with at least 2 seeds")
     corpora: dict = {}

@@ -286,6 +286,8 @@ def plot(res: dict, run_dir: Path, group: str, out: Path) -> Path:
 
 def run_relatedness(run_dir: Path, out_dir: Path, spans: int = 3, permutations: int = 999, group: str = "model",
                     tasks: Optional[list[str]] = None) -> Path:
+    if spans < 1 or permutations < 1:
+        raise DataError(f"--spans and --permutations must be >= 1, got {spans} and {permutations}")
     first = read_jsonl(Path(run_dir) / "reconcile.jsonl")[0]
     logged = ["model"] + (list(first["groups"]) if "cos_groups" in first else [])
     if group not in logged:

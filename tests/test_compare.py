@@ -214,6 +214,8 @@ def test_missing_seeds_mixed_tasks_and_duplicates_are_named(study, corpus, tmp_p
     _fails(capsys, [*base, twin], twin, "same configuration and seed 2")
     _fails(capsys, [*base, runs[("better", 1)], runs[("better", 2)], runs[("better", 3)], "--baseline", "nope"],
            "'nope'")
+    assert cli.main(["compare", *map(str, base), "--samples", "0"]) == 2
+    assert "--samples must be >= 1" in capsys.readouterr().err
 
 
 def test_run_compare_without_a_baseline_difference(study, tmp_path):

@@ -110,5 +110,7 @@ def test_missing_urielplus_says_how_to_install(tmp_path, monkeypatch, capsys):
         iso639_3("fr")
     assert cli.main(["relatedness", str(run)]) == 2
     assert INSTALL in capsys.readouterr().err
+    assert cli.main(["relatedness", str(run), "--permutations", "0"]) == 2
+    assert "--permutations must be >= 1" in capsys.readouterr().err
     assert cli.main(["relatedness", str(run), "--group", "nope"]) == 2
     assert "--group 'nope': not logged; groups: model, encoder, decoder" in capsys.readouterr().err
