@@ -1,5 +1,5 @@
 """`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
-bench-report, demo."""
+bench-report, demo, compare, study, relatedness."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +83,44 @@ def cmd_bench_report(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from .compare import run_compare
+
+    res = run_compare(a.runs, a.out, baseline=a.baseline, samples=a.samples, eval_dir=a.eval_dir, corpus=a.corpus)
+    print(f"{a.out}: compare.md, compare.json, compare.png ({len(res['configs'])} configurations, "
+          f"baseline {res['baseline']})")
+    return 0
+
+
+def cmd_study(a) -> int:
+    from .study import main as study_main
+
+    return study_main(a)
+
+
+def cmd_relatedness(a) -> int:
+    from .relatedness import run_relatedness
+
+    out = run_relatedness(Path(a.run), Path(a.out or Path(a.run) / "relatedness"), spans=a.spans,
+                          permutations=a.permutations, group=a.group, tasks=a.tasks)
+    print(f"{out}: relatedness.md, relatedness.json, relatedness_{a.group}.png")
+    return 0
+
+
+def launch_env(nproc: int) -> dict:
+    """The environment of local training ranks: DeepSpeed's CPU accelerator when there is no GPU,
+    and the cores split between the ranks instead of oversubscribed."""
+    env = dict(os.environ)
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
 def launch_command(launcher: str, nproc: int, args: list[str]) -> list[str]:
     """The command that starts `nproc` local ranks of massive_mt.train."""
     if launcher == "deepspeed":
@@ -116,15 +154,7 @@ def cmd_demo(a) -> int:
     method = load_config(a.config, overrides).reconcile.method      # bad overrides fail before any work
     work = Path(a.workdir)
     corpus, data_bin, run = work / "corpus", work / "data-bin", work / "run"
-    env = dict(os.environ)
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            env.setdefault("DS_ACCELERATOR", "cpu")
-    except ImportError:
-        pass
-    # one process per rank: split the cores between them instead of oversubscribing
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.nproc)))
+    env = launch_env(a.nproc)
     timings = {}
     t0 = time.time()
     if not (corpus / "manifest.json").is_file():
@@ -238,6 +268,37 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", help="reconcile.method instead of the demo config's (gradvac); e.g. --method plain")
     d.add_argument("overrides", nargs="*", help="experiment overrides, e.g. train.max_steps=200")
     d.set_defaults(fn=cmd_demo)
+
+    c = sub.add_parser("compare", help="multi-seed comparison of evaluated runs against a baseline configuration")
+    c.add_argument("runs", nargs="+", help="training output_dirs, each evaluated (RUN/eval/results.json)")
+    c.add_argument("--baseline", help="configuration name (config 'name') or one of its runs (default: the first run's)")
+    c.add_argument("--out", default="compare", help="directory for compare.md, compare.json, compare.png")
+    c.add_argument("--samples", type=int, default=10000, help="trials of the paired approximate randomisation")
+    c.add_argument("--eval-dir", default="eval", help="evaluation directory inside each run")
+    c.add_argument("--corpus", help="read the references here instead of the corpus recorded in results.json")
+    c.set_defaults(fn=cmd_compare)
+
+    st = sub.add_parser("study", help="train and evaluate a grid of configurations x seeds, then compare")
+    st.add_argument("--grid", required=True, help="grid YAML (see massive_mt/configs/study.yaml)")
+    st.add_argument("--out", required=True, help="study directory: OUT/CONFIG/seedS/ per cell, OUT/compare/")
+    st.add_argument("--cell", type=int, help="run only this cell (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
+    st.add_argument("--merge", action="store_true", help="only compare the finished cells")
+    st.add_argument("--list", action="store_true", help="print the cells and their state")
+    st.add_argument("--count", action="store_true", help="print the number of cells")
+    st.add_argument("--nproc", type=int, help="local ranks per cell (default: the grid's, else 1)")
+    st.add_argument("--launcher", choices=["deepspeed", "torchrun"], help="default: the grid's, else torchrun")
+    st.add_argument("--samples", type=int, default=10000, help="trials of compare's paired test")
+    st.add_argument("overrides", nargs="*", help="overrides of the grid's common config, e.g. data.data_bin=DIR")
+    st.set_defaults(fn=cmd_study)
+
+    r = sub.add_parser("relatedness", help="gradient cosines against URIEL typological distances (Mantel tests)")
+    r.add_argument("run", help="training output_dir (holds reconcile.jsonl)")
+    r.add_argument("--spans", type=int, default=3, help="consecutive spans of training, analysed apart")
+    r.add_argument("--permutations", type=int, default=999, help="Mantel permutations")
+    r.add_argument("--group", default="model", help="parameter group drawn in the figure ('model' or a logged group)")
+    r.add_argument("--tasks", nargs="*", help="subset of tasks (one per language)")
+    r.add_argument("--out", help="directory (default RUN/relatedness)")
+    r.set_defaults(fn=cmd_relatedness)
     return p
 
 

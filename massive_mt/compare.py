@@ -1,0 +1,467 @@
+"""Multi-seed comparison of evaluated runs: mean BLEU/chrF over seeds with 95 % t-intervals, the
+difference to a baseline configuration with its Welch interval, per-language paired significance
+(sacrebleu's paired approximate randomisation) and win/tie/loss counts per resource bucket.
+
+A run is a training output_dir (config.yaml, model/massive_mt.json) evaluated by `massive-mt
+evaluate` (eval/results.json and one hypothesis file per task). Runs are grouped into
+configurations by their resolved config.yaml without the fields in IGNORED (seeds, output paths,
+checkpoint and logging cadence); the runs of a configuration are its seeds.
+
+Scores are recomputed from the hypothesis files against the references of the test set named in
+results.json (corpus, split, max_sentences), with the tokenisation `massive-mt evaluate` uses, and
+checked against the scores results.json recorded: a hypothesis file or test set that changed since
+the evaluation is an error, as are runs whose references differ (compared by sha256).
+
+Statistics (docs/comparing.md):
+- seed interval: mean over the n seeds +- t(0.975, n-1) * s / sqrt(n), s the sample standard
+  deviation of the per-seed corpus scores (Student t-interval; seeds are the sampling unit);
+- difference to the baseline: mean(system) - mean(baseline) with a Welch t-interval (unequal
+  variances, Welch-Satterthwaite degrees of freedom): the seeds of two configurations are
+  independent draws, a seed number shared by both does not pair them;
+- paired test per language: see `paired_test`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from .errors import ConfigError, DataError
+
+# config fields that do not make a different configuration: seeds, paths, checkpoint/log cadence
+IGNORED = ("name", "train.output_dir", "train.resume", "train.seed", "sampling.seed", "train.save_interval",
+           "train.keep_last", "train.tensorboard", "train.stop_signals", "train.log_interval",
+           "reconcile.log_interval")
+METRICS = ("bleu", "chrf")
+BUCKETS = ("high", "medium", "low", "all")
+LEVEL = 0.95
+ALPHA = 0.05
+SCORE_TOLERANCE = 0.011          # results.json rounds to 2 decimals
+
+
+class CompareError(ConfigError):
+    """Runs that cannot be compared: unevaluated, other test sets, other tasks, missing seeds."""
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict                 # flattened resolved config
+    seed: str
+    tasks: list[str]
+    train_sentences: dict
+    buckets: dict
+    report: dict                 # eval/results.json
+    hyps: dict                   # task -> hypotheses
+    refs: dict                   # task -> references
+    ref_sha256: dict
+    scores: dict = field(default_factory=dict)   # task -> {"bleu": x, "chrf": y}, recomputed
+
+    @property
+    def key(self) -> str:
+        return json.dumps({k: v for k, v in self.config.items() if k not in IGNORED}, sort_keys=True, default=str)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _read_json(path: Path, what: str, run: Path) -> dict:
+    if not path.is_file():
+        raise CompareError(f"{run}: {what} ({path} not found)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CompareError(f"{path}: not valid JSON ({e})") from None
+
+
+def sha256_lines(lines: list[str]) -> str:
+    return hashlib.sha256("".join(x + "\n" for x in lines).encode("utf-8")).hexdigest()
+
+
+def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None, _corpora: Optional[dict] = None) -> Run:
+    """Read one evaluated run; CompareError naming the run for anything missing or inconsistent."""
+    from .data.corpus import load_corpus
+    from .evaluate import score
+
+    run = Path(path)
+    if not (run / "config.yaml").is_file():
+        raise CompareError(f"{run}: no config.yaml (not a training output_dir)")
+    try:
+        config = flatten(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {})
+    except yaml.YAMLError as e:
+        raise CompareError(f"{run / 'config.yaml'}: not valid YAML ({e})") from None
+    meta = _read_json(run / "model" / "massive_mt.json", "training did not finish (no exported model)", run)
+    report = _read_json(run / eval_dir / "results.json",
+                        f"not evaluated: run `massive-mt evaluate --model {run / 'model'} --corpus CORPUS`", run)
+    evaluated = [r["task"] for r in report["tasks"]]
+    if sorted(evaluated) != sorted(meta["tasks"]):
+        raise CompareError(f"{run}: evaluated on tasks {sorted(evaluated)} but trained on {sorted(meta['tasks'])}")
+    corpus_dir = str(corpus or report["corpus"])
+    corpora = {} if _corpora is None else _corpora
+    if corpus_dir not in corpora:
+        try:
+            corpora[corpus_dir] = load_corpus(corpus_dir, verify=False)
+        except DataError as e:
+            raise CompareError(f"{run}: the test set it was evaluated on cannot be read: {e}") from None
+    hyps, refs, shas, scores = {}, {}, {}, {}
+    for r in report["tasks"]:
+        task = r["task"]
+        src, tgt = task.split("-")
+        try:
+            rows = corpora[corpus_dir].read(report["split"], src, tgt)
+        except DataError as e:
+            raise CompareError(f"{run}: {e}") from None
+        if report.get("max_sentences"):
+            rows = rows[:report["max_sentences"]]
+        refs[task] = [t for _, t in rows]
+        shas[task] = sha256_lines(refs[task])
+        if r.get("ref_sha256") not in (None, shas[task]):
+            raise CompareError(f"{run}: references of {task} in {corpus_dir} are not those it was evaluated on "
+                               f"(sha256 {shas[task][:12]} vs recorded {r['ref_sha256'][:12]})")
+        hyp_path = run / eval_dir / f"hyp.{report['split']}.{task}.txt"
+        if not hyp_path.is_file():
+            raise CompareError(f"{run}: hypotheses of {task} missing ({hyp_path})")
+        hyps[task] = hyp_path.read_text(encoding="utf-8").split("\n")[:-1]
+        if len(hyps[task]) != r["n_sentences"] or len(refs[task]) != r["n_sentences"]:
+            raise CompareError(f"{run}: {task} was evaluated on {r['n_sentences']} sentences; {hyp_path.name} has "
+                               f"{len(hyps[task])} lines and the test set in {corpus_dir} {len(refs[task])}")
+        bleu, chrf, _, _ = score(hyps[task], refs[task], tgt)
+        for name, got in (("bleu", bleu), ("chrf", chrf)):
+            if abs(got - r[name]) > SCORE_TOLERANCE:
+                raise CompareError(f"{run}: {name} of {task} recorded in results.json ({r[name]}) does not match its "
+                                   f"hypotheses against the references in {corpus_dir} ({got:.2f}): the test set "
+                                   f"or the hypothesis file changed since the evaluation")
+        scores[task] = {"bleu": bleu, "chrf": chrf}
+    seed = str(config.get("train.seed"))
+    if config.get("sampling.seed") != config.get("train.seed"):
+        seed += f"/{config.get('sampling.seed')}"
+    return Run(run, config, seed, list(meta["tasks"]), meta.get("train_sentences", {}),
+               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, shas, scores)
+
+
+def check_comparable(runs: list[Run]) -> None:
+    """Same tasks, same test sets, same evaluation settings for every run."""
+    first = runs[0]
+    for r in runs[1:]:
+        if sorted(r.tasks) != sorted(first.tasks):
+            extra, missing = sorted(set(r.tasks) - set(first.tasks)), sorted(set(first.tasks) - set(r.tasks))
+            raise CompareError(f"{r.path}: tasks differ from {first.path} (extra {extra}, missing {missing})")
+        for k in ("split", "beam", "max_sentences"):
+            if r.report.get(k) != first.report.get(k):
+                raise CompareError(f"{r.path}: evaluated with {k}={r.report.get(k)!r}, {first.path} with "
+                                   f"{k}={first.report.get(k)!r}")
+        for t in first.tasks:
+            if r.ref_sha256[t] != first.ref_sha256[t]:
+                raise CompareError(f"{r.path}: evaluated on a different test set for {t} than {first.path} "
+                                   f"(references sha256 {r.ref_sha256[t][:12]} vs {first.ref_sha256[t][:12]}, "
+                                   f"{len(r.refs[t])} vs {len(first.refs[t])} sentences)")
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """{label: runs sorted by seed}; labels are the configs' names when those tell them apart,
+    else the config fields that differ between configurations."""
+    by_key: dict[str, list[Run]] = {}
+    for r in runs:
+        by_key.setdefault(r.key, []).append(r)
+    names = {k: {r.config.get("name") for r in rs} for k, rs in by_key.items()}
+    if all(len(n) == 1 for n in names.values()) and len({next(iter(n)) for n in names.values()}) == len(by_key):
+        labels = {k: str(next(iter(names[k]))) for k in by_key}
+    else:
+        cfgs = {k: json.loads(k) for k in by_key}
+        varying = sorted({f for c in cfgs.values() for f in c if len({json.dumps(d.get(f)) for d in cfgs.values()}) > 1})
+        labels = {k: ", ".join(f"{f}={cfgs[k].get(f)}" for f in varying) or "config" for k in by_key}
+    groups = {}
+    for k, rs in by_key.items():
+        rs = sorted(rs, key=lambda r: (r.config.get("train.seed"), r.config.get("sampling.seed")))
+        for a, b in zip(rs, rs[1:]):
+            if a.seed == b.seed:                        # equal seeds are neighbours in this order
+                raise CompareError(f"{b.path}: same configuration and seed {b.seed} as {a.path}")
+        groups[labels[k]] = rs
+    counts = {label: len(rs) for label, rs in groups.items()}
+    most = max(counts.values())
+    for label, rs in groups.items():
+        if len(rs) < 2 or len(rs) < most:
+            raise CompareError(f"configuration {label!r} has {len(rs)} seed(s) ({', '.join(str(r.path) for r in rs)}); "
+                               f"every configuration needs the same number of seeds, at least 2 (the most: {most})")
+    return groups
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def t_interval(x, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): Student t-interval of the mean of the seeds' scores."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    m = float(x.mean())
+    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+def welch_interval(x, y, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean(x) - mean(y), low, high): Welch t-interval of a difference of means (unequal variances)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    d = float(x.mean() - y.mean())
+    se = math.sqrt(vx + vy)
+    if se == 0.0:
+        return d, d, d
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    half = float(stats.t.ppf((1 + level) / 2, df) * se)
+    return d, d - half, d + half
+
+
+def paired_test(base: list[Run], system: list[Run], task: str, samples: int) -> dict:
+    """sacrebleu's paired approximate randomisation (sacrebleu.significance.PairedTest, test_type
+    'ar') of one language, on the concatenation of the seeds' hypotheses.
+
+    The k-th seed of each configuration translates the same test sentences; the seeds' outputs are
+    concatenated (references repeated once per seed) and line i of the system is paired with line
+    i of the baseline. Under the null hypothesis that the two configurations are interchangeable,
+    swapping any paired line is as likely as not, which is what approximate randomisation
+    samples; the concatenation makes the seed variation part of the test, so a difference that
+    one lucky seed produces is not called significant the way a single-seed test would, and one
+    p-value per language comes out (rather than per-seed p-values to combine). The statistic is
+    the absolute difference of corpus BLEU (chrF) of the pooled outputs: two-sided.
+
+    sacrebleu (2.x, as MultEval) counts the trials whose difference is strictly above the observed
+    one, so outputs identical line for line (every trial ties at 0) would get p = 1/(trials+1);
+    they get p = 1 here without a test. Trials tie with the observed difference with probability
+    2^(1-k) when k lines differ: `differing_lines` is recorded, and with k < 10 the p-value is
+    biased low by up to that much."""
+    import sacrebleu
+    from sacrebleu.significance import PairedTest
+
+    from .evaluate import bleu_tokenize_for
+
+    refs = [x for r in base for x in r.refs[task]]
+    named = [("baseline", [h for r in base for h in r.hyps[task]]),
+             ("system", [h for r in system for h in r.hyps[task]])]
+    metrics = {"BLEU": sacrebleu.BLEU(tokenize=bleu_tokenize_for(task.split("-")[1])), "chrF": sacrebleu.CHRF()}
+    differing = sum(a != b for a, b in zip(named[0][1], named[1][1]))
+    if differing == 0:
+        out = {}
+        for name, key in (("BLEU", "bleu"), ("chrF", "chrf")):
+            pooled = metrics[name].corpus_score(named[0][1], [refs]).score
+            out[key] = {"pooled_baseline": pooled, "pooled": pooled, "p": 1.0, "differing_lines": 0}
+        return out
+    sigs, res = PairedTest(named, metrics, references=[refs], test_type="ar", n_samples=samples)()
+    out = {"test_signatures": {k: str(v) for k, v in sigs.items()}}
+    for name, key in (("BLEU", "bleu"), ("chrF2", "chrf")):
+        b, s = res[name]
+        out[key] = {"pooled_baseline": b.score, "pooled": s.score, "p": s.p_value, "differing_lines": differing}
+    return out
+
+
+def verdict(delta: float, p: float) -> str:
+    return "win" if p < ALPHA and delta > 0 else ("loss" if p < ALPHA and delta < 0 else "tie")
+
+
+def _interval(t) -> dict:
+    return {"mean": t[0], "low": t[1], "high": t[2]}
+
+
+def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 10000) -> dict:
+    """The comparison as a JSON-able dict (see docs/comparing.md for every field)."""
+    check_comparable(runs)
+    groups = group_runs(runs)
+    base_label = _baseline_label(groups, baseline)
+    first = runs[0]
+    tasks = sorted(first.tasks, key=lambda t: (-(first.train_sentences.get(t) or 0), t))
+    per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in METRICS} for t in tasks}
+                for label, rs in groups.items()}
+    out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples,
+           "interval": "Student t over seeds (mean); Welch t (difference to the baseline)",
+           "test": "sacrebleu paired approximate randomisation on the seeds' concatenated hypotheses",
+           "split": first.report["split"], "beam": first.report["beam"],
+           "max_sentences": first.report.get("max_sentences", 0),
+           "signatures": sorted({s for r in runs for s in _signatures(r)}),
+           "configs": {label: {"runs": [str(r.path) for r in rs], "seeds": [r.seed for r in rs],
+                               "config": {k: v for k, v in rs[0].config.items() if k not in IGNORED}}
+                       for label, rs in groups.items()},
+           "tasks": {}, "buckets": {}}
+    base = per_seed[base_label]
+    for t in tasks:
+        row = {"bucket": first.buckets.get(t, "-"), "train_sentences": first.train_sentences.get(t),
+               "n_sentences": len(first.refs[t]), "ref_sha256": first.ref_sha256[t], "configs": {}}
+        for label, rs in groups.items():
+            c = {m: {**_interval(t_interval(per_seed[label][t][m])), "per_seed": per_seed[label][t][m]} for m in METRICS}
+            if label != base_label:
+                test = paired_test(groups[base_label], rs, t, samples)
+                for m in METRICS:
+                    d = welch_interval(per_seed[label][t][m], base[t][m])
+                    c[m]["diff"] = _interval(d)
+                    c[m]["p"] = test[m]["p"]
+                    for k in ("pooled", "pooled_baseline", "differing_lines"):
+                        c[m][k] = test[m][k]
+                    c[m]["verdict"] = verdict(test[m]["pooled"] - test[m]["pooled_baseline"], test[m]["p"])
+                if "test_signatures" in test:
+                    out.setdefault("test_signatures", test["test_signatures"])
+            row["configs"][label] = c
+        out["tasks"][t] = row
+    n_seeds = len(groups[base_label])
+    for b in BUCKETS:
+        members = [t for t in tasks if b == "all" or out["tasks"][t]["bucket"] == b]
+        if not members:
+            continue
+        avg = {label: {m: [float(np.mean([per_seed[label][t][m][k] for t in members])) for k in range(n_seeds)]
+                       for m in METRICS} for label in groups}
+        entry = {"tasks": members, "configs": {}}
+        for label in groups:
+            c = {m: {**_interval(t_interval(avg[label][m])), "per_seed": avg[label][m]} for m in METRICS}
+            if label != base_label:
+                for m in METRICS:
+                    c[m]["diff"] = _interval(welch_interval(avg[label][m], avg[base_label][m]))
+                    v = [out["tasks"][t]["configs"][label][m]["verdict"] for t in members]
+                    c[m]["win_tie_loss"] = [v.count("win"), v.count("tie"), v.count("loss")]
+            entry["configs"][label] = c
+        out["buckets"][b] = entry
+    return out
+
+
+def _signatures(run: Run) -> list[str]:
+    return [s for r in run.report["tasks"] for s in (r["bleu_signature"], r["chrf_signature"])]
+
+
+def _baseline_label(groups: dict, baseline: Optional[str]) -> str:
+    if baseline is None:
+        return next(iter(groups))
+    if baseline in groups:
+        return baseline
+    path = Path(baseline).resolve()
+    for label, rs in groups.items():
+        if any(r.path.resolve() == path for r in rs):
+            return label
+    raise CompareError(f"--baseline {baseline!r}: neither a configuration ({', '.join(groups)}) nor one of the runs")
+
+
+# ----------------------------------------------------------------------------- reports
+
+def _fmt(c: dict) -> str:
+    return f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+
+
+def _p(p: float) -> str:
+    return f"{p:.4f}" + (" *" if p < ALPHA else "")
+
+
+def lang_label(task: str) -> str:
+    src, tgt = task.split("-")
+    return tgt if src == "en" else (src if tgt == "en" else task)
+
+
+def markdown(res: dict) -> str:
+    base = res["baseline"]
+    L = [f"# Comparison against `{base}`", "",
+         f"Test split `{res['split']}`, beam {res['beam']}, max_sentences {res['max_sentences'] or 'all'}. "
+         f"Means over seeds with {int(res['level'] * 100)} % Student t-intervals; differences with Welch "
+         f"t-intervals; p: sacrebleu paired approximate randomisation ({res['ar_samples']} trials) on the seeds' "
+         f"concatenated hypotheses, two-sided; * and win/loss at p < {res['alpha']}.", "",
+         "| configuration | seeds | runs |", "|---|---|---|"]
+    for label, c in res["configs"].items():
+        L.append(f"| {label}{' (baseline)' if label == base else ''} | {', '.join(c['seeds'])} | "
+                 f"{'<br>'.join(c['runs'])} |")
+    for label in res["configs"]:
+        if label == base:
+            continue
+        L += ["", f"## {label} vs {base}", "",
+              "| language | train pairs | bucket | test sents | BLEU baseline | BLEU | Δ BLEU | p | chrF baseline | "
+              "chrF | Δ chrF | p |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for t, row in res["tasks"].items():
+            b, s = row["configs"][base], row["configs"][label]
+            cells = [t, str(row["train_sentences"] or "-"), row["bucket"], str(row["n_sentences"])]
+            for m in METRICS:
+                cells += [_fmt(b[m]), _fmt(s[m]), _fmt(s[m]["diff"]), _p(s[m]["p"])]
+            L.append("| " + " | ".join(cells) + " |")
+        L += ["", "| bucket | tasks | BLEU baseline | BLEU | Δ BLEU | W/T/L BLEU | chrF baseline | chrF | Δ chrF | "
+              "W/T/L chrF |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+        for bname, e in res["buckets"].items():
+            b, s = e["configs"][base], e["configs"][label]
+            cells = [bname, str(len(e["tasks"]))]
+            for m in METRICS:
+                cells += [_fmt(b[m]), _fmt(s[m]), _fmt(s[m]["diff"]), "/".join(map(str, s[m]["win_tie_loss"]))]
+            L.append("| " + " | ".join(cells) + " |")
+    L += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in res["signatures"]]
+    L += [f"- test: `{s}`" for s in res.get("test_signatures", {}).values()]
+    return "\n".join(L) + "\n"
+
+
+def plot(res: dict, out: Path) -> Path:
+    """Per-language difference to the baseline against training-set size (log x), coloured by
+    bucket, with the Welch intervals; filled markers where the paired test says p < alpha."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import _save
+
+    base = res["baseline"]
+    others = [c for c in res["configs"] if c != base] or [base]
+    colours = {"high": "tab:blue", "medium": "tab:orange", "low": "tab:red", "-": "tab:gray"}
+    fig, axes = plt.subplots(len(METRICS), len(others), figsize=(5.5 * len(others), 3.8 * len(METRICS)),
+                             squeeze=False, layout="constrained")
+    for j, label in enumerate(others):
+        for i, m in enumerate(METRICS):
+            ax = axes[i, j]
+            for t, row in res["tasks"].items():
+                c = row["configs"][label][m]
+                if "diff" not in c or not row["train_sentences"]:
+                    continue
+                d = c["diff"]
+                col = colours.get(row["bucket"], "tab:gray")
+                ax.errorbar(row["train_sentences"], d["mean"], yerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]],
+                            fmt="o", color=col, mfc=col if c["p"] < res["alpha"] else "white", ms=5, capsize=2, lw=1)
+                ax.annotate(lang_label(t), (row["train_sentences"], d["mean"]), fontsize=6, xytext=(3, 2),
+                            textcoords="offset points")
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_xscale("log")
+            ax.set(xlabel="training sentences", ylabel=f"Δ {'BLEU' if m == 'bleu' else 'chrF'} vs {base}",
+                   title=label if i == 0 else None)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=b) for b, c in colours.items() if b != "-"]
+    handles.append(plt.Line2D([], [], marker="o", ls="", color="k", mfc="white", label=f"p ≥ {res['alpha']}"))
+    axes[0, -1].legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(f"difference to {base} per language, {int(res['level'] * 100)} % Welch intervals over seeds",
+                 fontsize=10)
+    return _save(fig, out)
+
+
+def write_outputs(res: dict, out_dir: Path) -> list[Path]:
+    """compare.json, compare.md and compare.png in out_dir, each written next to it and renamed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in (("compare.json", json.dumps(res, indent=2, ensure_ascii=False)), ("compare.md", markdown(res))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / name)
+        paths.append(out_dir / name)
+    paths.append(plot(res, out_dir / "compare.png"))
+    return paths
+
+
+def run_compare(run_dirs: list, out_dir, baseline: Optional[str] = None, samples: int = 10000,
+                eval_dir: str = "eval", corpus: Optional[str] = None) -> dict:
+    if samples < 1:
+        raise CompareError(f"--samples must be >= 1, got {samples}")
+    if len(run_dirs) < 2:
+        raise CompareError("compare needs the runs of at least one configuration with at least 2 seeds")
+    corpora: dict = {}
+    runs = [load_run(r, eval_dir, corpus, corpora) for r in run_dirs]
+    res = compare(runs, baseline, samples)
+    write_outputs(res, Path(out_dir))
+    return res

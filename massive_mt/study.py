@@ -1,0 +1,253 @@
+"""Study runner: a grid of configurations x seeds, trained and evaluated one cell after another
+on this machine through the real launchers, resumable, then `massive-mt compare`.
+
+    massive-mt study --grid massive_mt/configs/study.yaml --out studies/methods
+    massive-mt study --grid G --out D --cell 3      # one cell (a Slurm array element)
+    massive-mt study --grid G --out D --merge       # compare the finished cells
+
+The grid file (massive_mt/configs/study.yaml is the example) gives the experiment config every
+cell shares once (`common`, sections as in an experiment YAML) and per configuration a mapping
+of dotted overrides (`configs`); an override may not touch what must be the same in every cell
+(FIXED: the data and tokenizer, the model, the number of steps, the evaluation, the seeds and
+paths). Cell (config, seed) trains with train.seed = sampling.seed = seed into OUT/CONFIG/seedS
+and is evaluated into OUT/CONFIG/seedS/eval with the config's `eval` section; OUT/CONFIG/seedS/
+cell.json marks it finished. Run again, the runner skips finished cells, evaluates trained ones,
+and resumes an interrupted one from its last checkpoint (train.resume=auto; set
+train.save_interval in `common` to lose little on an interruption).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .config import ExperimentConfig, load_config, parse_overrides
+from .errors import ConfigError
+
+GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "common", "configs")
+FIXED = ("data.", "model.", "eval.", "train.max_steps", "train.seed", "sampling.seed", "train.output_dir",
+         "train.resume", "name")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StudyError(ConfigError):
+    """A grid file that is malformed, or a study directory that does not belong to it."""
+
+
+@dataclass
+class Cell:
+    index: int
+    config: str
+    seed: int
+    run: Path                    # the cell's training output_dir
+    cfg: ExperimentConfig
+
+
+@dataclass
+class Grid:
+    path: Path
+    seeds: list
+    nproc: int
+    launcher: str
+    ds_config: str
+    corpus: str
+    baseline: Optional[str]
+    common: dict
+    configs: dict                # name -> {dotted key: value}
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+def load_grid(path, overrides: list[str] = ()) -> Grid:
+    """Read and validate a grid file; `overrides` (section.field=value) change `common`."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"{path}: grid file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise StudyError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: top level must be a mapping")
+    unknown = sorted(set(raw) - set(GRID_KEYS))
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(GRID_KEYS)}")
+    seeds = raw.get("seeds")
+    if (not isinstance(seeds, list) or len(seeds) < 2 or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise StudyError(f"{path}: key 'seeds' must list at least 2 distinct integers (compare needs 2), got {seeds!r}")
+    common = raw.get("common") or {}
+    if not isinstance(common, dict):
+        raise StudyError(f"{path}: key 'common' must be a mapping of config sections")
+    for k, v in parse_overrides(list(overrides)):
+        _set(common, k, v)
+    configs = raw.get("configs")
+    if not isinstance(configs, dict) or not configs:
+        raise StudyError(f"{path}: key 'configs' must map configuration names to their overrides")
+    for name, over in configs.items():
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise StudyError(f"{path}: configuration name {name!r} must be letters, digits, '_', '.', '-'")
+        if over is None:
+            configs[name] = over = {}
+        if not isinstance(over, dict):
+            raise StudyError(f"{path}: configs.{name} must be a mapping of section.field: value")
+        for key in over:
+            if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED):
+                raise StudyError(f"{path}: configs.{name}: key '{key}' may not differ between configurations "
+                                 f"(data, tokenizer, model, steps, evaluation, seeds and paths are the grid's "
+                                 f"'common' settings and 'seeds')")
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in configs:
+        raise StudyError(f"{path}: key 'baseline' = {baseline!r} is none of the configs ({', '.join(configs)})")
+    for key in ("ds_config", "corpus"):
+        if not isinstance(raw.get(key), str):
+            raise StudyError(f"{path}: key '{key}' must be a path, got {raw.get(key)!r}")
+    nproc = raw.get("nproc", 1)
+    if not isinstance(nproc, int) or nproc < 1:
+        raise StudyError(f"{path}: key 'nproc' must be a positive integer, got {nproc!r}")
+    return Grid(path, seeds, nproc, raw.get("launcher", "torchrun"), raw["ds_config"], raw["corpus"], baseline,
+                common, configs)
+
+
+def config_file(grid: Grid, name: str, out: Path) -> Path:
+    """OUT/configs/NAME.yaml: the grid's common config with the configuration's overrides."""
+    d = json.loads(json.dumps(grid.common))
+    for k, v in grid.configs[name].items():
+        _set(d, k, v)
+    d["name"] = name
+    path = out / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")      # array elements write it at once
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def cell_overrides(seed: int, run: Path) -> list[str]:
+    return [f"train.seed={seed}", f"sampling.seed={seed}", f"train.output_dir={run}", "train.resume=auto"]
+
+
+def cells(grid: Grid, out: Path) -> list[Cell]:
+    """Every (configuration, seed), configuration-major; each config validated (errors name the cell)."""
+    out_cells = []
+    for name in grid.configs:
+        path = config_file(grid, name, out)
+        for seed in grid.seeds:
+            run = out / name / f"seed{seed}"
+            try:
+                cfg = load_config(str(path), cell_overrides(seed, run))
+            except ConfigError as e:
+                raise StudyError(f"{grid.path}: configuration {name!r}: {e}") from None
+            out_cells.append(Cell(len(out_cells), name, seed, run, cfg))
+    return out_cells
+
+
+def state(cell: Cell) -> str:
+    """done | trained (to evaluate) | interrupted (to resume) | new; StudyError when the directory
+    holds a run of another configuration."""
+    run = cell.run
+    if (run / "config.yaml").is_file():
+        have = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        want = json.loads(json.dumps(cell.cfg.to_dict()))
+        if have != want:
+            from .compare import flatten
+            h, w = flatten(have), flatten(want)
+            diff = sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
+            raise StudyError(f"{run}: holds a run of another configuration (field '{diff[0]}': {h.get(diff[0])!r}, "
+                             f"the grid says {w.get(diff[0])!r}); remove it or use another --out")
+    if (run / "cell.json").is_file():
+        return "done"
+    meta = run / "model" / "massive_mt.json"
+    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("steps") == cell.cfg.train.max_steps:
+        return "trained"
+    return "interrupted" if (run / "checkpoints" / "latest").is_file() else "new"
+
+
+def train(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> int:
+    from .cli import launch_command, launch_env
+
+    args = ["--config", str(out / "configs" / f"{cell.config}.yaml"), "--ds-config", grid.ds_config,
+            *cell_overrides(cell.seed, cell.run)]
+    cmd = launch_command(launcher, nproc, args)
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, env=launch_env(nproc))
+
+
+def evaluate_cell(cell: Cell, grid: Grid) -> None:
+    from .evaluate import evaluate
+
+    e = cell.cfg.eval
+    evaluate(cell.run / "model", grid.corpus, split=e.split, beam=e.beam, batch_size=e.batch_size,
+             max_sentences=e.max_sentences, max_new_tokens=e.max_new_tokens, length_penalty=e.length_penalty,
+             out_dir=cell.run / "eval")
+    tmp = cell.run / ".cell.json.tmp"
+    tmp.write_text(json.dumps({"config": cell.config, "seed": cell.seed, "grid": str(grid.path)}), encoding="utf-8")
+    os.replace(tmp, cell.run / "cell.json")
+
+
+def run_cell(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> int:
+    """Bring one cell to `done`; returns the training's exit status when it failed (75: stopped by a
+    signal after a checkpoint, run again to resume)."""
+    s = state(cell)
+    print(f"[study] cell {cell.index} {cell.config} seed {cell.seed}: {s}", file=sys.stderr, flush=True)
+    if s == "done":
+        return 0
+    if s in ("new", "interrupted"):
+        rc = train(cell, grid, out, nproc, launcher)
+        if rc != 0:
+            print(f"[study] cell {cell.index} {cell.config} seed {cell.seed}: training exited {rc}",
+                  file=sys.stderr, flush=True)
+            return rc
+        if state(cell) != "trained":
+            raise StudyError(f"{cell.run}: training exited 0 but left no model of {cell.cfg.train.max_steps} steps")
+    evaluate_cell(cell, grid)
+    return 0
+
+
+def merge(grid: Grid, all_cells: list[Cell], out: Path, samples: int) -> dict:
+    from .compare import run_compare
+
+    unfinished = [f"{c.index} ({c.config} seed {c.seed}: {st})" for c in all_cells if (st := state(c)) != "done"]
+    if unfinished:
+        raise StudyError(f"{out}: cells not finished: {', '.join(unfinished)}; run them first")
+    res = run_compare([c.run for c in all_cells], out / "compare", baseline=grid.baseline, samples=samples)
+    print(f"[study] {out / 'compare'}: compare.md, compare.json, compare.png", file=sys.stderr, flush=True)
+    return res
+
+
+def main(a) -> int:
+    """`massive-mt study` (arguments from massive_mt/cli.py)."""
+    grid = load_grid(a.grid, a.overrides)
+    out = Path(a.out)
+    all_cells = cells(grid, out)
+    if a.count:
+        print(len(all_cells))
+        return 0
+    if a.list:
+        for c in all_cells:
+            print(f"{c.index}\t{c.config}\tseed {c.seed}\t{state(c)}\t{c.run}")
+        return 0
+    nproc, launcher = a.nproc or grid.nproc, a.launcher or grid.launcher
+    if a.cell is not None:
+        if not 0 <= a.cell < len(all_cells):
+            raise StudyError(f"--cell {a.cell}: the grid has cells 0..{len(all_cells) - 1}")
+        return run_cell(all_cells[a.cell], grid, out, nproc, launcher)
+    if not a.merge:
+        for c in all_cells:
+            rc = run_cell(c, grid, out, nproc, launcher)
+            if rc != 0:
+                return rc
+    merge(grid, all_cells, out, a.samples)
+    return 0

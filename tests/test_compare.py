@@ -1,0 +1,243 @@
+"""`massive-mt compare` on synthetic evaluated runs: intervals, paired tests, bad input."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from massive_mt import cli
+from massive_mt.compare import run_compare, t_interval, welch_interval
+from massive_mt.config import load_config
+from massive_mt.evaluate import TaskResult, bucket_averages, resource_buckets, score, write_report
+
+SIZES = {"en-fr": 5000, "en-de": 4000, "en-es": 900, "en-ru": 800, "en-ja": 100, "en-it": 80}
+TASKS = list(SIZES)
+N_SENT = 60
+
+
+def sentences(rng, n, vocab):
+    return [" ".join(rng.choice(vocab, size=10)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A test split of N_SENT sentences per en-xx task, and the vocabulary they are drawn from."""
+    rng = np.random.default_rng(0)
+    vocab = np.array([f"w{i}" for i in range(300)])
+    root = tmp_path_factory.mktemp("corpus")
+    refs = {}
+    for task in TASKS:
+        src, tgt = task.split("-")
+        refs[task] = sentences(rng, N_SENT, vocab)
+        (root / f"test.{task}.{src}").write_text("".join(f"src {i}\n" for i in range(N_SENT)))
+        (root / f"test.{task}.{tgt}").write_text("".join(r + "\n" for r in refs[task]))
+    return root, refs, vocab
+
+
+def corrupt(refs, q, rng, vocab):
+    """Each word replaced by a random one with probability q: a system of known quality."""
+    out = []
+    for r in refs:
+        words = r.split()
+        out.append(" ".join(str(rng.choice(vocab)) if rng.random() < q else w for w in words))
+    return out
+
+
+def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None, config_name=None):
+    """A training output_dir as the trainer and `massive-mt evaluate` leave it."""
+    run = root / f"{name}-s{seed}"
+    cfg = load_config(None, [f"name={config_name or name}", f"train.seed={seed}", f"sampling.seed={seed}",
+                             f"train.output_dir={run}", *overrides])
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (run / "model" / "massive_mt.json").write_text(json.dumps(
+        {"tasks": list(tasks), "train_sentences": {t: SIZES[t] for t in tasks}, "steps": 10}))
+    buckets = resource_buckets({t: SIZES[t] for t in tasks})
+    results = []
+    for t in tasks:
+        bleu, chrf, bsig, csig = score(hyps[t], refs[t], t.split("-")[1])
+        results.append(TaskResult(t, len(hyps[t]), SIZES[t], buckets[t], round(bleu, 2), round(chrf, 2), bsig, csig))
+    report = {"model": str(run / "model"), "corpus": str(corpus_dir), "split": "test", "beam": 4,
+              "max_sentences": 0, "tasks": [r.to_dict() for r in results], "buckets": bucket_averages(results)}
+    write_report(report, {t: hyps[t] for t in tasks}, run / "eval")
+    return run
+
+
+def system(refs, q, seed, vocab, tasks=TASKS):
+    rng = np.random.default_rng(seed)
+    return {t: corrupt(refs[t], q[t] if isinstance(q, dict) else q, rng, vocab) for t in tasks}
+
+
+@pytest.fixture(scope="module")
+def study(corpus, tmp_path_factory):
+    """base: q=0.5; better: q=0.3 on the high and low buckets, 0.5 on the medium ones; copy: the
+    base's outputs verbatim; noise: q=0.5 drawn afresh (the same system as base). 3 seeds each."""
+    corpus_dir, refs, vocab = corpus
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    better_q = {t: (0.5 if SIZES[t] in (900, 800) else 0.3) for t in TASKS}
+    for s in (1, 2, 3):
+        base_h = system(refs, 0.5, 100 + s, vocab)
+        runs[("base", s)] = make_run(root, "base", s, corpus_dir, base_h, refs=refs)
+        runs[("better", s)] = make_run(root, "better", s, corpus_dir, system(refs, better_q, 200 + s, vocab),
+                                       overrides=["reconcile.method=gradvac"], refs=refs)
+        runs[("copy", s)] = make_run(root, "copy", s, corpus_dir, base_h, overrides=["sampling.temperature=1.0"],
+                                     refs=refs)
+        runs[("noise", s)] = make_run(root, "noise", s, corpus_dir, system(refs, 0.5, 300 + s, vocab),
+                                      overrides=["sampling.temperature=2.0"], refs=refs)
+    return root, runs
+
+
+def test_intervals_cover_the_truth_at_the_nominal_rate():
+    """200 synthetic studies of 3 seeds: the t-interval covers the true mean, the Welch interval
+    the true difference, in 95 % of them within a binomial tolerance (3 sd: 181..199 of 200)."""
+    rng = np.random.default_rng(12)
+    cover_mean = cover_diff = 0
+    for _ in range(200):
+        a = rng.normal(20.0, 1.5, size=3)
+        b = rng.normal(18.5, 0.7, size=3)
+        _, lo, hi = t_interval(a)
+        cover_mean += lo <= 20.0 <= hi
+        _, lo, hi = welch_interval(a, b)
+        cover_diff += lo <= 1.5 <= hi
+    sd = np.sqrt(200 * 0.95 * 0.05)
+    assert abs(cover_mean - 190) <= 3 * sd, cover_mean
+    assert abs(cover_diff - 190) <= 3 * sd, cover_diff
+    # and a degenerate case: no seed variance, an interval of width zero
+    assert welch_interval([3, 3], [1, 1]) == (2.0, 2.0, 2.0)
+
+
+def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
+    root, runs = study
+    out = tmp_path / "cmp"
+    rc = cli.main(["compare", *map(str, runs.values()), "--baseline", "base", "--samples", "1000",
+                   "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "compare.json").read_text())
+    assert res["baseline"] == "base" and sorted(res["configs"]) == ["base", "better", "copy", "noise"]
+    assert res["configs"]["better"]["seeds"] == ["1", "2", "3"]
+    for t, row in res["tasks"].items():
+        better, copy, noise = (row["configs"][c]["bleu"] for c in ("better", "copy", "noise"))
+        if SIZES[t] in (900, 800):                       # same quality as the base on the medium bucket
+            assert better["verdict"] == "tie", (t, better)
+        else:
+            assert better["verdict"] == "win" and better["p"] < 0.01 and better["diff"]["low"] > 0, (t, better)
+        assert copy["p"] == 1.0 and copy["diff"]["mean"] == 0.0 and copy["diff"]["low"] < 0 < copy["diff"]["high"]
+        assert copy["verdict"] == "tie"
+        # the reported interval is the t-interval of the seeds' sacrebleu scores
+        assert better["per_seed"] == pytest.approx([score(
+            (runs[("better", s)] / "eval" / f"hyp.test.{t}.txt").read_text().splitlines(),
+            (res_refs := _refs(runs[("better", s)], t)), t.split("-")[1])[0] for s in (1, 2, 3)])
+        assert len(res_refs) == N_SENT
+        m, lo, hi = t_interval(better["per_seed"])
+        assert (better["mean"], better["low"], better["high"]) == pytest.approx((m, lo, hi))
+    # the same system drawn afresh: significant on at most one of 6 languages (5 % each)
+    assert sum(row["configs"]["noise"]["bleu"]["verdict"] != "tie" for row in res["tasks"].values()) <= 1
+    assert res["buckets"]["high"]["configs"]["better"]["bleu"]["win_tie_loss"] == [2, 0, 0]
+    assert res["buckets"]["medium"]["configs"]["better"]["bleu"]["win_tie_loss"] == [0, 2, 0]
+    assert res["buckets"]["all"]["configs"]["copy"]["chrf"]["win_tie_loss"] == [0, 6, 0]
+    md = (out / "compare.md").read_text()
+    assert "## better vs base" in md and "| high | 2 |" in md and "approximate randomisation" in md
+    assert "nrefs:1" in md and "ar:1000" in md
+    assert (out / "compare.png").stat().st_size > 10_000
+
+
+def _refs(run, task):
+    corpus = json.loads((run / "eval" / "results.json").read_text())["corpus"]
+    return (__import__("pathlib").Path(corpus) / f"test.{task}.{task.split('-')[1]}").read_text().splitlines()
+
+
+def _fails(capsys, args, *expected):
+    rc = cli.main(["compare", *map(str, args), "--samples", "100", "--out", str(args[0].parent / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    for e in expected:
+        assert str(e) in err, err
+    return err
+
+
+def _copy_config(runs, name, tmp_path):
+    out = []
+    for s in (1, 2, 3):
+        dst = tmp_path / f"{name}-s{s}"
+        shutil.copytree(runs[(name, s)], dst)
+        out.append(dst)
+    return out
+
+
+def test_run_without_evaluation_is_named(study, tmp_path, capsys):
+    root, runs = study
+    base = _copy_config(runs, "base", tmp_path)
+    shutil.rmtree(base[1] / "eval")
+    _fails(capsys, [*base, runs[("better", 1)], runs[("better", 2)], runs[("better", 3)]],
+           base[1], "not evaluated")
+    shutil.rmtree(base[1] / "model")
+    _fails(capsys, base, base[1], "training did not finish")
+    _fails(capsys, [tmp_path, *base], tmp_path, "no config.yaml")
+
+
+def test_other_test_set_is_named(study, corpus, tmp_path, capsys):
+    root, runs = study
+    corpus_dir, refs, vocab = corpus
+    other = tmp_path / "other-corpus"
+    shutil.copytree(corpus_dir, other)
+    new_refs = dict(refs)
+    new_refs["en-de"] = refs["en-de"][:-1] + ["a different last sentence"]
+    (other / "test.en-de.de").write_text("".join(r + "\n" for r in new_refs["en-de"]))
+    odd = make_run(tmp_path, "better", 3, other, system(refs, 0.3, 7, vocab), overrides=["reconcile.method=gradvac"],
+                   refs=new_refs)
+    err = _fails(capsys, [runs[("base", s)] for s in (1, 2, 3)] + [runs[("better", 1)], runs[("better", 2)], odd],
+                 odd, "different test set for en-de")
+    assert "sha256" in err
+    # a test set that changed after the evaluation: scores no longer match the hypotheses
+    changed = tmp_path / "changed"
+    shutil.copytree(runs[("base", 1)], changed)
+    report = json.loads((changed / "eval" / "results.json").read_text())
+    report["corpus"] = str(other)
+    (changed / "eval" / "results.json").write_text(json.dumps(report))
+    _fails(capsys, [changed, runs[("base", 2)], runs[("base", 3)]], changed, "does not match its hypotheses")
+
+
+def test_missing_seeds_mixed_tasks_and_duplicates_are_named(study, corpus, tmp_path, capsys):
+    root, runs = study
+    corpus_dir, refs, vocab = corpus
+    base = [runs[("base", s)] for s in (1, 2, 3)]
+    err = _fails(capsys, [*base, runs[("better", 1)], runs[("better", 2)]], "'better' has 2 seed(s)",
+                 runs[("better", 1)], runs[("better", 2)])
+    assert "at least 2" in err
+    _fails(capsys, [runs[("better", 1)], runs[("base", 1)], runs[("base", 2)]], "'better' has 1 seed(s)")
+    few = make_run(tmp_path, "base", 4, corpus_dir, system(refs, 0.5, 9, vocab, TASKS[:4]), tasks=TASKS[:4], refs=refs)
+    _fails(capsys, [*base, few], few, "tasks differ", "missing ['en-it', 'en-ja']")
+    twin = tmp_path / "twin"
+    shutil.copytree(runs[("base", 2)], twin)
+    _fails(capsys, [*base, twin], twin, "same configuration and seed 2")
+    _fails(capsys, [*base, runs[("better", 1)], runs[("better", 2)], runs[("better", 3)], "--baseline", "nope"],
+           "'nope'")
+    assert cli.main(["compare", *map(str, base), "--samples", "0"]) == 2
+    assert "--samples must be >= 1" in capsys.readouterr().err
+
+
+def test_run_compare_without_a_baseline_difference(study, tmp_path):
+    """One configuration alone: its intervals, no differences (and no error)."""
+    root, runs = study
+    res = run_compare([runs[("base", s)] for s in (1, 2, 3)], tmp_path / "one", samples=100)
+    assert list(res["configs"]) == ["base"] and "diff" not in res["tasks"]["en-fr"]["configs"]["base"]["bleu"]
+
+
+def test_labels_from_the_differing_fields_and_baseline_by_run(study, corpus, tmp_path):
+    """Configurations with one `name` are labelled by the fields in which they differ; a run path
+    names its configuration as the baseline."""
+    root, runs = study
+    corpus_dir, refs, vocab = corpus
+    made = {}
+    for s in (1, 2):
+        for label, q, over in (("a", 0.5, []), ("b", 0.5, ["optim.lr=0.001"])):
+            made[label, s] = make_run(tmp_path, label, s, corpus_dir, system(refs, q, 40 + s, vocab), overrides=over,
+                                      refs=refs, config_name="experiment")
+    res = run_compare(list(made.values()), tmp_path / "cmp", baseline=str(made["b", 2]), samples=100)
+    assert sorted(res["configs"]) == ["optim.lr=0.0005", "optim.lr=0.001"]
+    assert res["baseline"] == "optim.lr=0.001"
+    res = run_compare([runs[("base", s)] for s in (1, 2, 3)], tmp_path / "one", baseline=str(runs[("base", 3)]),
+                      samples=100)
+    assert res["baseline"] == "base"
