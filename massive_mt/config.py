@@ -6,6 +6,10 @@ executed (ZeRO stage, precision, communication). Fields that both could set
 (`gradient_accumulation_steps`, `gradient_clipping`, `train_micro_batch_size_per_gpu`,
 `optimizer`, `scheduler`) are derived from the experiment config; a ds_config that
 contradicts them is an error that names the field, never silently overridden.
+
+Each section is a pydantic model: typed fields with their bounds, unknown fields refused (with
+the new name of a renamed one); the rules between fields are in `check`. Every error is one
+ConfigError line naming the file and the field, e.g. `exp.yaml: field 'sampling.temperature': ...`.
 """
 from __future__ import annotations
 
