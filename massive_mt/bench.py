@@ -10,7 +10,8 @@ Methods (`--methods`):
   plain               the trainer without per-task capture (one accumulation boundary per step)
   bare                a bare DeepSpeed loop on the same engine and data: forward, backward, step
   sum, pcgrad[:G], gradvac[:G], cats
-                      the trainer with sharded reconciliation (G: granularity, default all_layer)
+                      the trainer with sharded reconciliation (G: granularity, default all_layer;
+                      any method registered in massive_mt/reconcile/methods.py)
   naive[:G]           GradVac on full per-task gradients gathered on every rank (for comparison
                       only, massive_mt/reconcile/naive.py)
 
@@ -44,7 +45,13 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = ["plain", "bare", "sum", "pcgrad", "gradvac:whole_model", "gradvac:all_layer", "cats", "naive"]
-RECONCILING = ("sum", "pcgrad", "gradvac", "cats")
+
+
+def method_names() -> list[str]:
+    """Every --methods name, in report order: the baselines, the registered reconcilers, cats, naive."""
+    from .reconcile.methods import METHODS
+
+    return ["plain", "bare", *METHODS, "cats", "naive"]
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -54,10 +61,9 @@ def parse_method(spec: str) -> tuple[str, list[str]]:
         if gran:
             raise ValueError(f"--methods: {spec!r}: {name} takes no granularity")
         return ("trainer" if name == "plain" else "bare"), ["reconcile.method=plain"]
-    if name not in RECONCILING + ("naive",):
+    if name not in method_names():
         hint = " (experiment overrides go before --methods, or after --)" if "=" in spec else ""
-        raise ValueError(f"--methods: unknown method {spec!r}; known: plain, bare, {', '.join(RECONCILING)}, "
-                         f"naive{hint}")
+        raise ValueError(f"--methods: unknown method {spec!r}; known: {', '.join(method_names())}{hint}")
     over = [f"reconcile.method={'gradvac' if name == 'naive' else name}",
             f"reconcile.granularity={gran or 'all_layer'}"]
     return ("naive" if name == "naive" else "trainer"), over

@@ -82,11 +82,13 @@ def summarise(records: list[dict]) -> list[dict]:
 
 
 def _method_order(method: str):
-    """plain, bare, sum, pcgrad, gradvac, cats, naive; granularities in order of coarseness."""
+    """The order of `massive-mt bench --methods` names (plain, bare, the registered methods, cats,
+    naive); granularities in order of coarseness."""
+    from .bench import method_names
     from .reconcile.groups import GRANULARITIES
 
     name, _, gran = method.partition(":")
-    names = ["plain", "bare", "sum", "pcgrad", "gradvac", "cats", "naive"]
+    names = method_names()
     return (names.index(name) if name in names else len(names),
             GRANULARITIES.index(gran) if gran in GRANULARITIES else -1, method)
 

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="image path (default RUN/similarity_GROUP.png)")
     s.set_defaults(fn=cmd_similarity)
 
-    w = sub.add_parser("task-weights", help="CATS task weights and lambda over training, and against data size")
+    w = sub.add_parser("task-weights", help="CATS task weights and the multiplier lam over training, and against data size")
     w.add_argument("--run", required=True, help="training output_dir of a reconcile.method: cats run")
     w.add_argument("--out", help="image path (default RUN/task_weights.png)")
     w.set_defaults(fn=cmd_task_weights)

@@ -118,7 +118,7 @@ class ReconcileTelemetry:
     per-group Grams; null where a pair did not meet in the interval), `cos_groups` (the same per
     parameter group, when n_groups * T * T is small enough to log), `fired_fraction` per group
     (corrections fired / pairs visited) and the step range. With CATS also `cats`: the task
-    weights alpha (T values, in the order of `tasks`) and the multiplier lambda at the end of the
+    weights alpha (T values, in the order of `tasks`) and the multiplier lam at the end of the
     interval, the mean curvature proxy over the interval's meta steps, their number, and the meta
     steps left out so far for non-finite statistics (`skipped_total`).
     """
@@ -187,7 +187,7 @@ class ReconcileTelemetry:
         if self.sum_groups is not None:
             rec["cos_groups"] = [mean(g) for g in self.sum_groups]
         if self.cats is not None:
-            rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats["alpha"]], "lambda": self.cats["lam"],
+            rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats["alpha"]], "lam": self.cats["lam"],
                            "proxy": self.proxy_sum / self.meta_steps if self.meta_steps else None,
                            "meta_steps": self.meta_steps, "skipped_total": self.cats["skipped"]}
         if self.file is None:
@@ -203,7 +203,7 @@ class ReconcileTelemetry:
                 if v > 0 and len(self.groups) <= 64:
                     self.tb.add_scalar(f"reconcile_fired_fraction/{name}", f / v, step)
             if self.cats is not None:
-                self.tb.add_scalar("cats/lambda", self.cats["lam"], step)
+                self.tb.add_scalar("cats/lam", self.cats["lam"], step)
                 if self.meta_steps:
                     self.tb.add_scalar("cats/proxy", self.proxy_sum / self.meta_steps, step)
                 for task, a in zip(self.tasks, self.cats["alpha"].tolist()):

@@ -129,7 +129,7 @@ def _save(fig, out: Path) -> Path:
 
 
 def task_weight_history(run_dir: Path):
-    """(tasks, steps, alpha [n_records, T], lambda [n_records], train sentences per task) of a CATS run."""
+    """(tasks, steps, alpha [n_records, T], lam [n_records], train sentences per task) of a CATS run."""
     run_dir = Path(run_dir)
     records = [r for r in read_jsonl(run_dir / "reconcile.jsonl") if "cats" in r]
     if not records:
@@ -140,13 +140,13 @@ def task_weight_history(run_dir: Path):
     tasks = records[0]["tasks"]
     sizes = np.array([start["train_sentences"][t] for t in tasks], dtype=float)
     alpha = np.array([r["cats"]["alpha"] for r in records], dtype=float)
-    lam = np.array([r["cats"]["lambda"] for r in records], dtype=float)
+    lam = np.array([r["cats"]["lam"] for r in records], dtype=float)
     return tasks, np.array([r["step"] for r in records]), alpha, lam, sizes
 
 
 def plot_task_weights(run_dir: Path, out: Path) -> Path:
     """CATS at a glance: each language's weight over training (coloured by its training-set size),
-    the multiplier lambda, and the final weights against training-set size (T * alpha: 1 = uniform)."""
+    the multiplier lam, and the final weights against training-set size (T * alpha: 1 = uniform)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,7 +162,7 @@ def plot_task_weights(run_dir: Path, out: Path) -> Path:
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(sizes.min(), max(sizes.max(), sizes.min() + 1)))
     fig.colorbar(sm, ax=a1, label="training sentences")
     a2.plot(steps, lam, color="tab:red")
-    a2.set(xlabel="step", ylabel="lambda", title="curvature multiplier")
+    a2.set(xlabel="step", ylabel="lam", title="curvature multiplier")
     a3.scatter(sizes, T * alpha[-1], c=colours, s=18)
     for t in range(T):
         a3.annotate(tasks[t].replace("en-", "").replace("-en", ""), (sizes[t], T * alpha[-1, t]), fontsize=6,

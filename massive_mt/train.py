@@ -87,18 +87,18 @@ class Trainer:
             from .reconcile.sharded import ShardedReconciler
             self.reconciler = (reconciler_cls or ShardedReconciler)(
                 self.engine, cfg.reconcile, self.tasks, self.train_sizes, cfg.sampling.seed, cfg.optim.clip_norm)
-            if self.reconciler.meta_data == "dev":
-                self.dev_sets, self.dev_batches = self.dev_data(data_bin, tasks)
+            if self.reconciler.meta_data == "valid":
+                self.valid_sets, self.valid_batches = self.valid_data(data_bin, tasks)
         self.step = 0
         self.meter = TaskMeter(self.tasks, self.device)
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
 
-    def dev_data(self, data_bin: Path, tasks: list[tuple[str, str]]):
-        """The valid split of every task, in token-budget micro-batches (CATS `meta_data: dev`)."""
+    def valid_data(self, data_bin: Path, tasks: list[tuple[str, str]]):
+        """The valid split of every task, in token-budget micro-batches (CATS `meta_data: valid`)."""
         c = self.cfg
-        max_tokens = c.reconcile.cats.dev_max_tokens or c.sampling.max_tokens
+        max_tokens = c.reconcile.cats.valid_max_tokens or c.sampling.max_tokens
         sets, batches = {}, {}
         for t in tasks:
             ds = TaskDataset(data_bin, t[0], t[1], split="valid", max_len=c.data.max_len)
@@ -140,8 +140,8 @@ class Trainer:
         per_task = self.reconciler is not None
         if per_task:
             self.reconciler.begin_step(len(plan))
-            if self.reconciler.needs_dev_statistics():      # CATS meta step on dev batches
-                self.dev_statistics([task for task, _ in plan])
+            if self.reconciler.needs_valid_statistics():    # CATS meta step on valid batches
+                self.valid_statistics([task for task, _ in plan])
         n_micro, done = sum(len(mbs) for _, mbs in plan), 0
         for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
             loss_sum = 0.0                                  # a device tensor after the first micro-batch
@@ -160,20 +160,20 @@ class Trainer:
         self.engine.step()                                   # overflow check, clipping, AdamW, schedule
         self.step += 1
 
-    def dev_statistics(self, tasks: list[str]) -> None:
-        """CATS with `meta_data: dev`: one dev micro-batch per step task on each rank (rank r takes
-        batch (meta_step * N + r) mod n of the task's n dev batches), forward/backward in eval mode
+    def valid_statistics(self, tasks: list[str]) -> None:
+        """CATS with `meta_data: valid`: one valid micro-batch per step task on each rank (rank r takes
+        batch (meta_step * N + r) mod n of the task's n valid batches), forward/backward in eval mode
         (no dropout, no random numbers drawn), its gradient partition captured apart. The buffers
         are cleared after each, so the training gradient of the step starts from zero."""
-        i = self.reconciler.dev_batch_index()
+        i = self.reconciler.valid_batch_index()
         self.engine.eval()
         for task in tasks:
-            batches = self.dev_batches[task]
-            batch = self.dev_sets[task].collate(batches[(i * self.world + self.rank) % len(batches)])
+            batches = self.valid_batches[task]
+            batch = self.valid_sets[task].collate(batches[(i * self.world + self.rank) % len(batches)])
             self.engine.set_gradient_accumulation_boundary(True)
             loss, _, _ = self.loss(batch)
             self.engine.backward(loss)
-            self.reconciler.capture_dev(len(tasks), loss.detach())
+            self.reconciler.capture_valid(len(tasks), loss.detach())
         self.engine.train()
 
     # ------------------------------------------------------------------ loop

@@ -23,7 +23,7 @@ Usage, per optimizer step (every rank runs the same task at the same micro-step)
     engine.set_gradient_accumulation_boundary(True)
     engine.step()
 
-Where the rank's gradient lives (``kind``):
+Where the rank's gradient lives (one backend class each; ``kind`` is its label in logs and tests):
 
 - ``"z0"``: ZeRO stage 0, fp32, plain torch optimizer. After a boundary backward DeepSpeed has
   all-reduced and averaged every ``p.grad``; each rank holds the full gradient.
@@ -82,6 +82,9 @@ def _offloaded(offload_cfg) -> bool:
 
 
 def _check_engine_config(engine) -> None:
+    """The engine's own settings. resolve_ds_config (massive_mt/config.py) refuses fp16 and offload in
+    a ds_config first, with the file's name; this guard covers engines built any other way
+    (GradShards is used on any DeepSpeed engine, e.g. by tests/dist/adapter_check.py)."""
     if engine.fp16_enabled():
         raise ConfigError("ds_config field 'fp16.enabled': fp16 with loss scaling is not supported by the "
                           "per-task gradient adapter; use bf16 with data_types.grad_accum_dtype = \"fp32\"")
@@ -99,10 +102,25 @@ def _check_engine_config(engine) -> None:
                           "gradient and would overwrite the reconciled one; keep it true (the default)")
 
 
-class _ZeRO0:
+class _Backend:
+    """What every layout provides; the defaults hold for the partitioned ZeRO optimizers."""
+
+    kind: str
+    partitioned = True       # each rank holds only its partition (stage 0: the full gradient)
+    clip_from_gram = False   # DeepSpeed's clipping is wrong after a write-back: the caller clips from the Gram
+
+    def begin_step(self) -> None:
+        pass
+
+    def gram_segments(self) -> list:
+        return self.segments()
+
+
+class _ZeRO0(_Backend):
     """Stage 0: after a boundary backward every p.grad is all-reduced and averaged."""
 
     kind = "z0"
+    partitioned = False
 
     def __init__(self, engine):
         named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
@@ -155,15 +173,12 @@ class _ZeRO0:
         return out
 
 
-class _ZeRO12:
+class _ZeRO12(_Backend):
     """DeepSpeedZeroOptimizer: partitions in averaged_gradients[i] (pieces + pads, or .flat_partition)."""
 
     kind = "z12"
 
     def __init__(self, opt, names):
-        if opt.cpu_offload:
-            raise ConfigError("ds_config field 'zero_optimization.offload_optimizer': optimizer offload is not "
-                              "supported by the per-task gradient adapter")
         self.opt = opt
         self.names = names
         self.sizes = [int(s) for s in opt.partition_size]
@@ -234,13 +249,12 @@ class _ZeRO12:
             base += size
         return sorted(out, key=lambda s: s.start)
 
-    gram_segments = segments
-
 
 class _BF16(_ZeRO12):
     """BF16_Optimizer: full averaged fp32 buffer per rank; the partition is a view into it."""
 
     kind = "bf16"
+    clip_from_gram = True    # its clipping norm covers the full local buffer, not what was written back
 
     def __init__(self, opt, names):
         if opt.clip_grad > 0:
@@ -278,15 +292,12 @@ class _BF16(_ZeRO12):
         return self.opt.bf16_groups
 
 
-class _ZeRO3:
+class _ZeRO3(_Backend):
     """DeepSpeedZeroOptimizer_Stage3: partitions of all params in grad_partitions_flat_buffer."""
 
     kind = "z3"
 
     def __init__(self, opt, names):
-        if opt.offload_optimizer or opt.offload_param:
-            raise ConfigError("ds_config field 'zero_optimization.offload_optimizer' / 'offload_param': "
-                              "offload is not supported by the per-task gradient adapter")
         self.opt = opt
         self.names = names
         self.numel = opt.grad_partitions_flat_buffer.numel()
@@ -326,16 +337,15 @@ class _ZeRO3:
                 off += n
         return out
 
-    gram_segments = segments
-
 
 class GradShards:
     """This rank's share of the data-parallel-averaged gradient of one task, as a flat fp32 vector.
 
-    Attributes: ``kind`` ("z0", "z12", "z3", "bf16"), ``numel`` (length of ``snapshot()``),
-    ``dp_group`` (group for the Gram all_reduce; None means the world), ``clip_from_gram``
-    (True where DeepSpeed's clipping must stay off and the caller scales the update by
-    ``min(1, clip / ||u||)`` with ``||u||^2 = w^T G w``).
+    Attributes: ``kind`` ("z0", "z12", "z3", "bf16"; a label), ``numel`` (length of ``snapshot()``),
+    ``dp_group`` (group for the Gram all_reduce; None means the world), ``partitioned`` (False
+    where every rank holds the full gradient: stage 0), ``clip_from_gram`` (True where DeepSpeed's
+    clipping must stay off and the caller scales the update by ``min(1, clip / ||u||)`` with
+    ``||u||^2 = w^T G w``).
 
     A non-finite Gram must make every rank skip the step (BF16_Optimizer decides overflow from
     its own rank's values only).
@@ -371,7 +381,8 @@ class GradShards:
         self.device = engine.device
         self.kind: str = impl.kind
         self.dp_group = impl.dp_group
-        self.clip_from_gram: bool = impl.kind == "bf16"
+        self.partitioned: bool = impl.partitioned
+        self.clip_from_gram: bool = impl.clip_from_gram
         segments = impl.segments()
         self._segments = segments
         self._gram_segments = impl.gram_segments()
@@ -383,8 +394,7 @@ class GradShards:
 
     def begin_step(self) -> None:
         """Call before the first backward of every optimizer step."""
-        if self.kind == "z3":
-            self._impl.begin_step()
+        self._impl.begin_step()
 
     def snapshot(self, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """fp32 copy of this rank's reduced, dp-averaged gradient; call right after a boundary backward.

@@ -19,7 +19,7 @@ KS = [2, 3]
 def bench_run(data_bin, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.jsonl"
     run_ranks(2, ["-m", "massive_mt.bench", "--data-bin", str(data_bin), f"data.langs={json.dumps(TEST_LANGS)}",
-                  "data.max_len=48", "reconcile.beta=0.5", "--preset", "test", "--max-tokens", "256",
+                  "data.max_len=48", "reconcile.ema_rate=0.5", "--preset", "test", "--max-tokens", "256",
                   "--steps", "3", "--warmup", "1", "--tasks-per-step", *map(str, KS), "--methods", *METHODS,
                   "--out", str(out)])
     return out, [json.loads(line) for line in out.read_text().splitlines()]

@@ -6,9 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massive_mt.reconcile import ReconcileConfig, make_state, reconcile, reference
+import reference     # tests/reference.py
+from massive_mt.reconcile import make_state, reconcile
 from massive_mt.reconcile.cats import (CATSConfig, CATSState, cats, check_state, corrected_gram, curvature,
-                                       meta_step, project_simplex, step_weights, task_weights)
+                                       is_meta_step, meta_step, project_simplex, step_weights, task_weights)
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -61,12 +62,12 @@ def problems(draw):
                 lr_alpha=draw(st.sampled_from([0.0, 0.05, 0.5])),
                 eps=draw(st.sampled_from([0.0, 5.0, 1e6])),
                 interval=draw(st.integers(1, 2)), warmup=draw(st.integers(0, 2)),
-                dev=draw(st.booleans()), steps=draw(st.integers(1, 5)),
+                valid=draw(st.booleans()), steps=draw(st.integers(1, 5)),
                 seed=draw(st.integers(0, 2**31 - 1)))
 
 
 def _run_both(p):
-    cfg = CATSConfig(lr_alpha=p["lr_alpha"], lr_lambda=0.05, eps=p["eps"], interval=p["interval"],
+    cfg = CATSConfig(lr_alpha=p["lr_alpha"], lr_lam=0.05, eps=p["eps"], interval=p["interval"],
                      warmup=p["warmup"], floor=p["floor"], proxy=p["proxy"], param=p["param"])
     T, K, g = p["n_tasks"], p["K"], gen(p["seed"])
     ours, ref = CATSState.uniform(T, p["param"]), CATSState.uniform(T, p["param"])
@@ -78,17 +79,17 @@ def _run_both(p):
         scale = float(torch.rand((), generator=g, dtype=F64)) * 3 + 0.5
         grads = [torch.randn(K, n, generator=g, dtype=F64) * scale for n in p["sizes"]]
         losses = torch.rand(K, generator=g, dtype=F64) * 5
-        dev = [torch.randn(K, n, generator=g, dtype=F64) for n in p["sizes"]] if p["dev"] else None
+        valid = [torch.randn(K, n, generator=g, dtype=F64) for n in p["sizes"]] if p["valid"] else None
         # ours: Gram form
         grams = torch.stack([x @ x.T for x in grads])
-        _, stats = reconcile(p["base"], grams, ids, base_ours, gen(step), ReconcileConfig(beta=0.5))
-        meta_gram = (torch.stack([x @ x.T for x in dev]).sum(0) if dev is not None
+        _, stats = reconcile(p["base"], grams, ids, base_ours, gen(step), ema_rate=0.5)
+        meta_gram = (torch.stack([x @ x.T for x in valid]).sum(0) if valid is not None
                      else corrected_gram(grams, stats["coef"]))
         weights, cstats = cats(stats["coef"], ids, ours, cfg, losses, meta_gram)
         got = [w @ x for w, x in zip(weights, grads)]
         # reference: explicit vectors
-        corrected, base_ref = reference.correct(p["base"], grads, ids, base_ref, gen(step), ReconcileConfig(beta=0.5))
-        vectors = torch.cat(dev if dev is not None else corrected, 1)
+        corrected, base_ref = reference.correct(p["base"], grads, ids, base_ref, gen(step), ema_rate=0.5)
+        vectors = torch.cat(valid if valid is not None else corrected, 1)
         beta, ref = reference.cats_step(ref, cfg, ids, losses, vectors)
         want = [K * beta @ c for c in corrected]
         history.append((got, want, cstats))
@@ -106,13 +107,13 @@ def test_gram_form_matches_full_vector_reference(p):
                           cfg.floor / p["n_tasks"] + (1 - cfg.floor) * torch.softmax(ref.values, 0), atol=1e-10)
     assert ours.lam == pytest.approx(ref.lam, rel=1e-9, abs=1e-12)
     assert (ours.steps, ours.meta_steps) == (ref.steps, ref.meta_steps) == (
-        p["steps"], sum(1 for s in range(p["steps"]) if s >= p["warmup"] and (s - p["warmup"]) % p["interval"] == 0))
+        p["steps"], sum(is_meta_step(CATSState(torch.zeros(1), steps=s), cfg) for s in range(p["steps"])))
 
 
 def test_reference_moves_on_the_tested_problems():
-    """The equivalence above is not vacuous: alpha and lambda move on a typical problem."""
+    """The equivalence above is not vacuous: alpha and lam move on a typical problem."""
     p = dict(n_tasks=4, K=3, sizes=[5, 7], base="gradvac", proxy="combined", param="simplex", floor=0.1,
-             lr_alpha=0.05, eps=0.0, interval=1, warmup=0, dev=False, steps=4, seed=3)
+             lr_alpha=0.05, eps=0.0, interval=1, warmup=0, valid=False, steps=4, seed=3)
     cfg, ours, _, _ = _run_both(p)
     assert ours.lam > 0 and float((task_weights(ours, cfg) - 0.25).abs().max()) > 1e-3
 
@@ -124,7 +125,7 @@ def test_reference_moves_on_the_tested_problems():
 @given(st.integers(2, 7), st.sampled_from(["simplex", "softmax"]), st.floats(0.0, 1.0), st.integers(0, 10**6))
 def test_alpha_stays_on_the_simplex_above_the_floor(T, param, floor, seed):
     floor = floor if param == "softmax" else max(floor, 1e-3)
-    cfg = CATSConfig(lr_alpha=2.0, lr_lambda=0.5, eps=0.1, floor=floor, param=param)
+    cfg = CATSConfig(lr_alpha=2.0, lr_lam=0.5, eps=0.1, floor=floor, param=param)
     state, g = CATSState.uniform(T, param), gen(seed)
     for _ in range(15):
         K = int(torch.randint(1, T + 1, (), generator=g))
@@ -137,11 +138,11 @@ def test_alpha_stays_on_the_simplex_above_the_floor(T, param, floor, seed):
         assert state.lam >= 0
 
 
-def test_lambda_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_holds():
+def test_lam_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_holds():
     T = 3
     V = torch.eye(T, dtype=F64) * 2.0                       # ||sum beta_i v_i||^2 = 4 ||beta||^2 >= 4 / 3
     losses = torch.ones(T, dtype=F64)
-    cfg = CATSConfig(lr_alpha=0.0, lr_lambda=0.1, eps=0.5)
+    cfg = CATSConfig(lr_alpha=0.0, lr_lam=0.1, eps=0.5)
     state = CATSState.uniform(T, "simplex")
     lams = []
     for _ in range(5):
@@ -150,7 +151,7 @@ def test_lambda_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_hold
         lams.append(state.lam)
     assert all(b > a for a, b in zip([0.0] + lams, lams))
     assert lams[0] == pytest.approx(0.1 * (4 / 3 - 0.5))
-    cfg.eps = 10.0                                           # the constraint holds: lambda decreases to 0
+    cfg.eps = 10.0                                           # the constraint holds: lam decreases to 0
     for _ in range(100):
         meta_step(state, cfg, [0, 1, 2], losses, V @ V.T)
     assert state.lam == 0.0
@@ -158,7 +159,7 @@ def test_lambda_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_hold
 
 def test_zero_learning_rate_is_plain_training():
     """lr_alpha = 0: alpha stays uniform, every weight is 1, the update is the plain sum."""
-    cfg = CATSConfig(lr_alpha=0.0, lr_lambda=1.0, eps=0.0)
+    cfg = CATSConfig(lr_alpha=0.0, lr_lam=1.0, eps=0.0)
     T, g = 5, gen(0)
     state = CATSState.uniform(T, "simplex")
     for _ in range(6):
@@ -175,7 +176,7 @@ def test_zero_learning_rate_is_plain_training():
 def test_descent_moves_weight_to_the_lower_loss_task_and_the_penalty_counteracts_it():
     """dJ/dbeta = L + 2 lam G beta: with lam = 0 weight moves to the task of lower loss; with a large
     lam, towards the task whose gradient contributes less curvature."""
-    cfg = CATSConfig(lr_alpha=0.1, lr_lambda=0.0, eps=0.0, floor=0.01)
+    cfg = CATSConfig(lr_alpha=0.1, lr_lam=0.0, eps=0.0, floor=0.01)
     G = torch.diag(torch.tensor([1.0, 100.0], dtype=F64))
     s = CATSState.uniform(2, "simplex")
     meta_step(s, cfg, [0, 1], torch.tensor([2.0, 1.0], dtype=F64), G)
@@ -187,7 +188,7 @@ def test_descent_moves_weight_to_the_lower_loss_task_and_the_penalty_counteracts
 
 
 def test_only_the_step_tasks_move_and_keep_their_mass():
-    cfg = CATSConfig(lr_alpha=0.3, lr_lambda=0.0)
+    cfg = CATSConfig(lr_alpha=0.3, lr_lam=0.0)
     s = CATSState.uniform(5, "simplex")
     meta_step(s, cfg, [1, 3], torch.tensor([3.0, 1.0], dtype=F64), torch.eye(2, dtype=F64))
     assert torch.equal(s.values[[0, 2, 4]], torch.full((3,), 0.2, dtype=F64))

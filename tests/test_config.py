@@ -13,9 +13,11 @@ def write(tmp_path, name, text):
 
 
 def test_defaults_and_overrides(tmp_path):
-    p = write(tmp_path, "exp.yaml", "name: x\nsampling:\n  temperature: 1\n  tasks_per_step: 3\n")
-    cfg = load_config(str(p), ["train.max_steps=7", "sampling.temperature=inf", "data.langs=[fr, de]"])
-    assert cfg.name == "x" and cfg.train.max_steps == 7 and cfg.sampling.tasks_per_step == 3
+    p = write(tmp_path, "exp.yaml", "model:\nsampling:\n  temperature: 1\n  tasks_per_step: 3\n")
+    cfg = load_config(str(p), ["train.max_steps=7", "sampling.temperature=inf", "data.langs=[fr, de]",
+                               "optim.lr=3e-3", "reconcile.method=gradvac", "reconcile.ema_rate=0.5"])
+    assert cfg.train.max_steps == 7 and cfg.sampling.tasks_per_step == 3 and cfg.model.preset == "tiny"
+    assert cfg.optim.lr == 3e-3 and cfg.reconcile.ema_rate == 0.5
     assert math.isinf(cfg.sampling.temperature)
     assert cfg.data.langs == ["fr", "de"]
     assert isinstance(cfg.sampling.temperature, float)
@@ -32,19 +34,44 @@ def test_defaults_and_overrides(tmp_path):
     ("data.direction=sideways", "data.direction"),
     ("train.tensorboard=maybe", "train.tensorboard"),
     ("model.from_pretrained=/nonexistent", "model.from_pretrained"),
-    ("sampling.nonsense=1", "nonsense"),
+    ("sampling.nonsense=1", "sampling.nonsense"),
+    ("data.tasks=[enfr]", "data.tasks"),
+    ("train.stop_signals=[KILL]", "train.stop_signals"),
+    ("reconcile=3", "reconcile"),
 ])
 def test_bad_values_name_the_field(tmp_path, override, field):
-    p = write(tmp_path, "exp.yaml", "name: x\n")
+    p = write(tmp_path, "exp.yaml", "train:\n  max_steps: 5\n")
     with pytest.raises(ConfigError) as e:
         load_config(str(p), [override])
-    assert field in str(e.value) and str(p) in str(e.value)
+    assert f"field '{field}" in str(e.value) and str(p) in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("name: demo", "known: data, sampling"),                  # removed: nothing read it
+    ("eval:\n  beam: 4", "known: data, sampling"),            # removed: `massive-mt evaluate` takes options
+    ("reconcile:\n  beta: 0.5", "renamed to 'reconcile.ema_rate'"),
+    ("reconcile:\n  cats:\n    lr_lambda: 0.5", "renamed to 'reconcile.cats.lr_lam'"),
+    ("reconcile:\n  cats:\n    dev_max_tokens: 64", "renamed to 'reconcile.cats.valid_max_tokens'"),
+])
+def test_removed_and_renamed_keys_are_unknown_fields(tmp_path, key, hint):
+    p = write(tmp_path, "old.yaml", key + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    assert "unknown field" in str(e.value) and hint in str(e.value) and "\n" not in str(e.value)
+
+
+def test_meta_data_dev_is_now_valid():
+    with pytest.raises(ConfigError, match=r"field 'reconcile.cats.meta_data'.*use reconcile.cats.meta_data=valid"):
+        load_config(None, ["reconcile.method=cats", "reconcile.cats.meta_data=dev"])
+    assert load_config(None, ["reconcile.method=cats", "reconcile.cats.meta_data=valid"]).reconcile.cats.meta_data \
+        == "valid"
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "nope.yaml"))
-    p = write(tmp_path, "bad.yaml", "name: [unclosed\n")
+    p = write(tmp_path, "bad.yaml", "data: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(str(p))
     p = write(tmp_path, "list.yaml", "- 1\n- 2\n")
@@ -111,13 +138,14 @@ def test_shipped_ds_configs_resolve():
     (["reconcile.method=cats", "reconcile.cats.lr_alpha=-1"], "reconcile.cats.lr_alpha"),
     (["reconcile.method=cats", "reconcile.cats.meta_data=test"], "reconcile.cats.meta_data"),
     (["reconcile.method=cats", "reconcile.vaccinate=[en-fr]"], "reconcile.vaccinate"),
-    (["reconcile.method=cats", "reconcile.cats.nonsense=1"], "nonsense"),
+    (["reconcile.method=cats", "reconcile.cats.nonsense=1"], "reconcile.cats.nonsense"),
+    (["reconcile.method=gradvac", "reconcile.ema_rate=1.5"], "reconcile.ema_rate"),
     (["reconcile.method=cats", "sampling.tasks_per_step=1"], "sampling.tasks_per_step"),
 ])
 def test_cats_options_are_checked(overrides, field):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
-    assert field in str(e.value)
+    assert f"field '{field}'" in str(e.value)
 
 
 def test_cats_options_load():

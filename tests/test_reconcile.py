@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massive_mt.reconcile import (METHODS, GradVacState, NoState, ReconcileConfig, make_state, reconcile,
+import reference     # tests/reference.py
+from massive_mt.reconcile import (METHODS, Corrections, GradVacState, NoState, make_state, reconcile, register,
                                   update_norm_sq)
-from massive_mt.reconcile import reference
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -43,11 +43,11 @@ def cos(x, y):
 def problems(draw):
     n_tasks = draw(st.integers(1, 6))
     return dict(
-        method=draw(st.sampled_from(METHODS)),
+        method=draw(st.sampled_from(tuple(METHODS))),
         n_tasks=n_tasks,
         K=draw(st.integers(1, n_tasks)),
         sizes=draw(st.lists(st.integers(4, 12), min_size=1, max_size=3)),
-        beta=draw(st.sampled_from([0.01, 0.3, 1.0])),
+        ema_rate=draw(st.sampled_from([0.01, 0.3, 1.0])),
         vaccinated=draw(st.none() | st.frozensets(st.integers(0, n_tasks - 1))),
         steps=draw(st.integers(1, 3)),
         zero_prob=draw(st.sampled_from([0.0, 0.2])),
@@ -60,7 +60,7 @@ def problems(draw):
 def test_gram_form_matches_full_vector_reference(p):
     data = gen(p["seed"])
     n_groups, K = len(p["sizes"]), p["K"]
-    config = ReconcileConfig(beta=p["beta"], vaccinated=p["vaccinated"])
+    options = dict(ema_rate=p["ema_rate"], vaccinated=p["vaccinated"])
     state = make_state(p["method"], n_groups, p["n_tasks"])
     if p["method"] == "gradvac":  # start from non-trivial targets
         state.load_state_dict({"phi_hat": torch.rand(n_groups, p["n_tasks"], p["n_tasks"],
@@ -73,8 +73,8 @@ def test_gram_form_matches_full_vector_reference(p):
             scale = 10 ** (torch.rand(K, 1, generator=data, dtype=F64) * 4 - 2)
             keep = (torch.rand(K, 1, generator=data) >= p["zero_prob"]).to(F64)
             grads.append(torch.randn(K, n, generator=data, dtype=F64) * scale * keep)
-        weights, stats = reconcile(p["method"], grams_of(grads), task_ids, state, gen(step), config)
-        ref_updates, ref_state = reference.reconcile(p["method"], grads, task_ids, ref_state, gen(step), config)
+        weights, stats = reconcile(p["method"], grams_of(grads), task_ids, state, gen(step), **options)
+        ref_updates, ref_state = reference.reconcile(p["method"], grads, task_ids, ref_state, gen(step), **options)
         for u, r, g in zip(updates_of(grads, weights), ref_updates, grads):
             scale = max(float(r.norm()), float(g.norm(dim=1).sum()))
             assert float((u - r).norm()) <= 1e-9 * scale
@@ -89,17 +89,17 @@ def test_gram_form_matches_full_vector_reference(p):
 
 @FAST
 @given(st.integers(0, 2**31 - 1), st.floats(-0.95, 0.95), st.sampled_from([0.01, 0.5]))
-def test_gradvac_correction_reaches_target(seed, target, beta):
+def test_gradvac_correction_reaches_target(seed, target, ema_rate):
     g = torch.randn(2, 5, generator=gen(seed), dtype=F64)
     phi = cos(g[0], g[1])
     state = make_state("gradvac", 1, 3)
     state.phi_hat[0, 2, 0] = target
     _, stats = reconcile("gradvac", grams_of([g]), [2, 0], state, gen(0),
-                         ReconcileConfig(beta=beta, vaccinated={2}))
+                         ema_rate=ema_rate, vaccinated={2})
     assert bool(stats["fired"][0, 0, 1]) == (phi < target)
     g0 = corrected([g], stats, 0)[0]
     assert math.isclose(cos(g0, g[1]), target if phi < target else phi, abs_tol=1e-9)
-    assert math.isclose(float(state.phi_hat[0, 2, 0]), (1 - beta) * target + beta * phi, abs_tol=1e-12)
+    assert math.isclose(float(state.phi_hat[0, 2, 0]), (1 - ema_rate) * target + ema_rate * phi, abs_tol=1e-12)
     assert float(state.phi_hat[0, 0, 2]) == 0.0  # task 0 is not vaccinated: never visited
 
 
@@ -119,7 +119,7 @@ def test_gradvac_ema_updates_on_every_visit():
     state = make_state("gradvac", 1, 2)
     for step in range(3):
         before = state.phi_hat.clone()
-        weights, stats = reconcile("gradvac", grams_of([g]), [0, 1], state, gen(step), ReconcileConfig(beta=0.25))
+        weights, stats = reconcile("gradvac", grams_of([g]), [0, 1], state, gen(step), ema_rate=0.25)
         assert torch.equal(weights, torch.ones(1, 2, dtype=F64))
         assert int(stats["n_fired"][0]) == 0
         expected = before * 0.75 + 0.25 * 0.6
@@ -131,7 +131,7 @@ def test_gradvac_target_of_one_is_guarded():
     g = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=F64)
     state = make_state("gradvac", 1, 2)
     state.phi_hat.fill_(1.0)
-    weights, stats = reconcile("gradvac", grams_of([g]), [0, 1], state, gen(0), ReconcileConfig(beta=0.5))
+    weights, stats = reconcile("gradvac", grams_of([g]), [0, 1], state, gen(0), ema_rate=0.5)
     assert torch.equal(weights, torch.ones(1, 2, dtype=F64))
     assert torch.isfinite(state.phi_hat).all()
     assert math.isclose(float(state.phi_hat[0, 0, 1]), 0.5 + 0.5 * math.sqrt(0.5), abs_tol=1e-15)
@@ -170,9 +170,9 @@ def test_same_seed_same_result_other_seed_can_differ():
         for seed in range(8):
             state = make_state(method, 2, 4)
             results[method, seed], _ = reconcile(method, grams_of(grads), [0, 1, 2, 3], state, gen(seed),
-                                                 ReconcileConfig(beta=0.5))
+                                                 ema_rate=0.5)
             state2 = make_state(method, 2, 4)
-            again, _ = reconcile(method, grams_of(grads), [0, 1, 2, 3], state2, gen(seed), ReconcileConfig(beta=0.5))
+            again, _ = reconcile(method, grams_of(grads), [0, 1, 2, 3], state2, gen(seed), ema_rate=0.5)
             assert torch.equal(again, results[method, seed])
             assert state.state_dict().keys() == state2.state_dict().keys()
             for key, value in state.state_dict().items():
@@ -184,7 +184,7 @@ def test_same_seed_same_result_other_seed_can_differ():
 # ---------------------------------------------------------------------------------------------
 # trivial cases
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_single_task_is_identity(method):
     grads = [torch.randn(1, 5, generator=gen(3), dtype=F64)]
     state = make_state(method, 1, 3)
@@ -240,12 +240,12 @@ def test_zero_norm_task_is_skipped(method):
         assert (state.phi_hat[1] != 0).sum() == 6
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_non_finite_task_takes_no_part(method):
     grads = [torch.randn(3, 4, generator=gen(k), dtype=F64) for k in range(2)]
     grads[1][2, 0] = math.inf
     state = make_state(method, 2, 3)
-    weights, stats = reconcile(method, grams_of(grads), [0, 1, 2], state, gen(0), ReconcileConfig(beta=0.5))
+    weights, stats = reconcile(method, grams_of(grads), [0, 1, 2], state, gen(0), ema_rate=0.5)
     assert torch.isfinite(weights).all()
     assert stats["nonfinite"].tolist() == [False, True]
     assert float(weights[1, 2]) == 1.0
@@ -260,7 +260,7 @@ def test_non_finite_task_takes_no_part(method):
         assert state.phi_hat[1, 0, 1] != 0 and state.phi_hat[1, 1, 0] != 0
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_whole_gram_non_finite_gives_plain_update(method, bad):
     grams = torch.full((1, 3, 3), bad, dtype=F64)
@@ -314,4 +314,26 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         reconcile("gradvac", grams, [0, 5], make_state("gradvac", 1, 3), gen(0))
     with pytest.raises(ValueError):
-        reconcile("gradvac", grams, [0, 1], make_state("gradvac", 1, 3), gen(0), {"beta": 2.0})
+        reconcile("gradvac", grams, [0, 1], make_state("gradvac", 1, 3), gen(0), ema_rate=2.0)
+
+
+def test_a_registered_method_is_dispatched_with_its_state_and_options():
+    """Adding a method = one registered function: reconcile() and make_state() find it by name."""
+    seen = {}
+
+    @register("halve", make_state=lambda n_groups, n_tasks: {"calls": 0}, options=("factor",))
+    def halve(grams, task_ids, state, generator, factor=0.5):
+        state["calls"] += 1
+        seen["options"] = factor
+        n_groups, K, _ = grams.shape
+        z = torch.zeros(n_groups, K, K, dtype=torch.bool)
+        return Corrections(factor * torch.eye(K, dtype=F64).expand(n_groups, K, K), z, z, z[:, 0, 0])
+
+    try:
+        state = make_state("halve", 2, 4)
+        weights, stats = reconcile("halve", torch.eye(3, dtype=F64).expand(2, 3, 3), [0, 2, 3], state, gen(0),
+                                   factor=0.25, ema_rate=0.3)      # ema_rate is GradVac's: not passed on
+        assert torch.equal(weights, torch.full((2, 3), 0.25, dtype=F64))
+        assert state == {"calls": 1} and seen["options"] == 0.25 and list(METHODS)[-1] == "halve"
+    finally:
+        del METHODS["halve"]

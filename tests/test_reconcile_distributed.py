@@ -5,8 +5,8 @@ real trainer equal those of a one-process replay with full per-task gradients an
 (full-vector) reconcilers, within 1e-6 relative. The runs use AdamW with eps=1e-3: with Adam's
 default 1e-8, a gradient element that is zero up to rounding gets a full-size, sign-dependent
 update, which would turn last-bit summation-order differences into visible ones. GradVac runs
-with beta=1 here (the target is the pair's previous cosine), so that corrections fire whenever a
-pair's similarity drops between visits, on any data; the EMA with beta < 1 over several steps is
+with ema_rate=1 here (the target is the pair's previous cosine), so that corrections fire whenever a
+pair's similarity drops between visits, on any data; the EMA with ema_rate < 1 over several steps is
 checked against the reference in test_reconcile.py and through the resume test below.
 """
 import json
@@ -19,19 +19,19 @@ from conftest import REPO, TEST_LANGS, dist_result, read_metrics, run_ranks, tra
 pytestmark = pytest.mark.distributed
 
 # CATS: softmax alpha with the combined proxy on training statistics, and projected alpha with the
-# diagonal proxy on dev statistics over GradVac's corrected gradients, after one warm-up step.
-# eps = 0 keeps the constraint active: lambda grows and its curvature term moves alpha. (A loss-driven
+# diagonal proxy on valid statistics over GradVac's corrected gradients, after one warm-up step.
+# eps = 0 keeps the constraint active: lam grows and its curvature term moves alpha. (A loss-driven
 # alpha step inherits the fp32 rounding of the trainer's losses, ~1e-7 relative, times lr_alpha per
 # meta step; the curvature-driven set-up keeps the comparison well inside 1e-6.)
-CATS = ["cats+param=softmax+lr_alpha=3+lr_lambda=10+eps=0",
-        "cats:all_layer+base=gradvac+proxy=diagonal+meta_data=dev+warmup=1+lr_alpha=0.15+lr_lambda=10+eps=0"]
+CATS = ["cats+param=softmax+lr_alpha=3+lr_lam=10+eps=0",
+        "cats:all_layer+base=gradvac+proxy=diagonal+meta_data=valid+warmup=1+lr_alpha=0.15+lr_lam=10+eps=0"]
 METHODS = ["plain", "sum", "pcgrad:all_layer", "gradvac:whole_model", "gradvac:all_layer"] + CATS
 
 
 def overrides(data_bin, out, *extra):
     return [f"data.data_bin={data_bin}", f"data.langs={json.dumps(TEST_LANGS)}", "data.max_len=48",
             "model.preset=test", "model.dropout=0.0", "sampling.tasks_per_step=4", "sampling.max_tokens=256",
-            "optim.lr=1e-2", "optim.warmup_steps=1", "optim.eps=1e-3", "reconcile.beta=1.0",
+            "optim.lr=1e-2", "optim.warmup_steps=1", "optim.eps=1e-3", "reconcile.ema_rate=1.0",
             "train.tensorboard=false", f"train.output_dir={out}", *extra]
 
 
@@ -60,7 +60,7 @@ def test_sharded_equals_unsharded_fp32(data_bin, tmp_path, world, stage):
     for spec, warmup in zip(CATS, (0, 1)):
         m = r["methods"][spec]
         assert m["meta_steps"] == m["ref_meta_steps"] == 5 - warmup, (spec, m)
-        assert m["ranks_agree"], (spec, m)            # alpha, lambda and counters identical on all ranks
+        assert m["ranks_agree"], (spec, m)            # alpha, lam and counters identical on all ranks
         assert m["lam"] > 0 and m["lam_rel_diff"] <= 1e-6, (spec, m)
         assert max(abs(4 * a - 1) for a in m["alpha"]) > 0.05, (spec, m)  # the weights really moved
         assert m["alpha_rel_diff"] <= 1e-6, (spec, m)
@@ -70,9 +70,9 @@ def test_sharded_equals_unsharded_fp32(data_bin, tmp_path, world, stage):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_cats_with_fewer_tasks_per_step_than_tasks(data_bin, tmp_path, stage):
     """K = 2 of T = 4 tasks: the step renormalises alpha over its tasks, the projected meta step keeps
-    their mass (softmax moves all logits); parameters, alpha and lambda equal the reference."""
-    specs = ["cats+lr_alpha=0.1+lr_lambda=10+eps=0",
-             "cats:all_layer+base=pcgrad+param=softmax+floor=0.3+meta_data=dev+lr_alpha=3+lr_lambda=10+eps=0"]
+    their mass (softmax moves all logits); parameters, alpha and lam equal the reference."""
+    specs = ["cats+lr_alpha=0.1+lr_lam=10+eps=0",
+             "cats:all_layer+base=pcgrad+param=softmax+floor=0.3+meta_data=valid+lr_alpha=3+lr_lam=10+eps=0"]
     r = equivalence(2, f"zero{stage}.json", 5, ["plain"] + specs, data_bin, tmp_path / "run",
                     "sampling.tasks_per_step=2")
     assert r["world_size"] == 2
@@ -84,16 +84,16 @@ def test_cats_with_fewer_tasks_per_step_than_tasks(data_bin, tmp_path, stage):
 
 
 def test_cats_with_zero_learning_rate_is_plain_training(data_bin, tmp_path):
-    """lr_alpha = 0: CATS equals plain training, with training statistics and with dev statistics;
-    the dev forward/backward passes (and the multiplier's updates) leave the training gradient alone."""
-    specs = ["cats+lr_alpha=0+lr_lambda=0.1+eps=0", "cats+meta_data=dev+lr_alpha=0+lr_lambda=0.1+eps=0"]
+    """lr_alpha = 0: CATS equals plain training, with training statistics and with valid statistics;
+    the valid forward/backward passes (and the multiplier's updates) leave the training gradient alone."""
+    specs = ["cats+lr_alpha=0+lr_lam=0.1+eps=0", "cats+meta_data=valid+lr_alpha=0+lr_lam=0.1+eps=0"]
     r = equivalence(2, "zero2.json", 3, ["plain"] + specs, data_bin, tmp_path / "run")
     assert r["world_size"] == 2
-    train, dev = (r["methods"][s] for s in specs)
-    for m in (train, dev):
+    train, valid = (r["methods"][s] for s in specs)
+    for m in (train, valid):
         assert m["vs_plain"] <= 1e-6 and m["meta_steps"] == 3 and m["lam"] > 0, m
         assert m["alpha"] == pytest.approx([0.25] * 4, abs=1e-12)
-    assert abs(train["lam"] - dev["lam"]) > 1e-6 * train["lam"]   # dev statistics were really computed apart
+    assert abs(train["lam"] - valid["lam"]) > 1e-6 * train["lam"]   # valid statistics were really computed apart
 
 
 @pytest.mark.parametrize("ds_config", ["zero2_bf16.json", "zero1_bf16.json"])
@@ -101,7 +101,7 @@ def test_sharded_equals_unsharded_bf16(data_bin, tmp_path, ds_config):
     """bf16 weights and activations against the fp64 reference: within 2e-2 of the largest parameter
     after 3 steps (bf16 keeps 8 bits of mantissa); ZeRO-1 + bf16 runs DeepSpeed's BF16_Optimizer,
     where the update is clipped from the Gram matrix instead of by DeepSpeed."""
-    cats = "cats+meta_data=dev+lr_alpha=0.1+lr_lambda=10+eps=0"
+    cats = "cats+meta_data=valid+lr_alpha=0.1+lr_lam=10+eps=0"
     r = equivalence(2, ds_config, 3, ["gradvac:all_layer", cats], data_bin, tmp_path / "run")
     assert r["world_size"] == 2
     for m in r["methods"].values():
@@ -117,12 +117,12 @@ def _client_state(run_dir, step):
 
 
 def test_cats_state_survives_resume(data_bin, tmp_path):
-    """alpha, lambda and the counters are in the checkpoint and restored exactly: 3 + 3 steps with a
-    resume in between end with the state and parameters of 6 uninterrupted steps (dev statistics,
-    so the dev batch index after the resume is checked too). Telemetry and the plot render."""
+    """alpha, lam and the counters are in the checkpoint and restored exactly: 3 + 3 steps with a
+    resume in between end with the state and parameters of 6 uninterrupted steps (valid statistics,
+    so the valid batch index after the resume is checked too). Telemetry and the plot render."""
     full, part = tmp_path / "full", tmp_path / "part"
-    args = ("zero2.json", "reconcile.method=cats", "reconcile.cats.meta_data=dev", "reconcile.cats.lr_alpha=0.5",
-            "reconcile.cats.eps=0", "reconcile.cats.lr_lambda=0.1", "train.save_interval=3", "train.log_interval=1")
+    args = ("zero2.json", "reconcile.method=cats", "reconcile.cats.meta_data=valid", "reconcile.cats.lr_alpha=0.5",
+            "reconcile.cats.eps=0", "reconcile.cats.lr_lam=0.1", "train.save_interval=3", "train.log_interval=1")
     run_ranks(2, train_args(data_bin, full, *args, "train.max_steps=6"))
     run_ranks(2, train_args(data_bin, part, *args, "train.max_steps=3"))
     run_ranks(2, train_args(data_bin, part, *args, "train.max_steps=6"))
@@ -136,7 +136,7 @@ def test_cats_state_survives_resume(data_bin, tmp_path):
     assert all(torch.allclose(pa[k], pb[k], rtol=1e-5, atol=1e-7) for k in pa)
     recs = [json.loads(l) for l in (full / "reconcile.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6] and all(len(r["cats"]["alpha"]) == 4 for r in recs)
-    assert recs[-1]["cats"]["lambda"] == pytest.approx(a["lam"])
+    assert recs[-1]["cats"]["lam"] == pytest.approx(a["lam"])
     from massive_mt import cli
     assert cli.main(["task-weights", "--run", str(full), "--out", str(tmp_path / "w.png")]) == 0
     assert (tmp_path / "w.png").stat().st_size > 10_000
@@ -148,7 +148,7 @@ def test_cats_state_survives_resume(data_bin, tmp_path):
 
 def test_reconciler_state_survives_resume(data_bin, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    args = ("zero2.json", "reconcile.method=gradvac", "reconcile.granularity=all_layer", "reconcile.beta=0.5",
+    args = ("zero2.json", "reconcile.method=gradvac", "reconcile.granularity=all_layer", "reconcile.ema_rate=0.5",
             "sampling.tasks_per_step=3", "train.save_interval=3")
     run_ranks(2, train_args(data_bin, full, *args, "train.max_steps=6"))
     run_ranks(2, train_args(data_bin, part, *args, "train.max_steps=3"))

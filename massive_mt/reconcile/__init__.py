@@ -1,18 +1,17 @@
-"""Multi-task gradient reconciliation (sum, PCGrad, GradVac) from per-group Gram matrices."""
+"""Multi-task gradient reconciliation (sum, PCGrad, GradVac; CATS on top) from per-group Gram matrices."""
 from .methods import (
     METHODS,
     Corrections,
     GradVacState,
+    Method,
     NoState,
-    ReconcileConfig,
     cosines,
-    gradvac,
     make_state,
-    pcgrad,
     reconcile,
-    sum_method,
+    register,
+    step_generator,
     update_norm_sq,
 )
 
-__all__ = ["METHODS", "Corrections", "GradVacState", "NoState", "ReconcileConfig", "cosines", "gradvac",
-           "make_state", "pcgrad", "reconcile", "sum_method", "update_norm_sq"]
+__all__ = ["METHODS", "Corrections", "GradVacState", "Method", "NoState", "cosines", "make_state", "reconcile",
+           "register", "step_generator", "update_norm_sq"]

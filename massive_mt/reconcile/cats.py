@@ -18,7 +18,7 @@ Meta step (every `interval` steps once `warmup` steps are done), on the step tas
              beta - lr_alpha * dJ/dbeta, with m = sum(alpha[task_ids]); alpha[task_ids] = m * beta
              (the step tasks keep their total mass; the other tasks' weights do not move)
     softmax: alpha = floor / T + (1 - floor) * softmax(theta); theta <- theta - lr_alpha * dJ/dtheta
-    lam   <- max(0, lam + lr_lambda * (c(new beta) - eps))          (ascent on the multiplier)
+    lam   <- max(0, lam + lr_lam * (c(new beta) - eps))             (ascent on the multiplier)
 
 The meta step runs after the step's weights are taken: it shapes the next steps. Everything
 is float64 on the CPU and identical on every rank (same all-reduced inputs, same state).
@@ -27,38 +27,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor
 
+from .methods import METHODS
+
 F64 = torch.float64
-PROXIES = ("combined", "diagonal")
-PARAMS = ("simplex", "softmax")
 
 
-@dataclass
-class CATSConfig:
-    lr_alpha: float = 0.01      # meta learning rate of the task weights
-    lr_lambda: float = 0.01     # ascent rate of the multiplier
-    eps: float = 1.0            # curvature budget, in units of the squared update norm
-    interval: int = 1           # steps between meta steps
-    warmup: int = 0             # steps before the first meta step
-    floor: float = 0.1          # alpha_n >= floor / T (1: alpha fixed at uniform; 0 only with softmax)
-    proxy: str = "combined"     # combined (beta^T G beta) | diagonal (sum beta_i^2 ||g_i||^2)
-    param: str = "simplex"      # simplex (projected descent on alpha) | softmax (descent on logits)
+class CATSConfig(BaseModel):
+    """CATS options: the `reconcile.cats` section of the experiment config (reconcile.method: cats)."""
 
-    def __post_init__(self):
-        if self.proxy not in PROXIES:
-            raise ValueError(f"CATS proxy must be one of {PROXIES}, got {self.proxy!r}")
-        if self.param not in PARAMS:
-            raise ValueError(f"CATS param must be one of {PARAMS}, got {self.param!r}")
-        if not 0.0 <= self.floor <= 1.0 or (self.param == "simplex" and self.floor == 0.0):
-            raise ValueError(f"CATS floor must be in (0, 1] (or [0, 1] with param softmax), got {self.floor}: "
-                             f"a task at weight 0 in the simplex could never come back")
-        if self.interval < 1 or self.warmup < 0:
-            raise ValueError(f"CATS interval must be >= 1 and warmup >= 0, got {self.interval}, {self.warmup}")
-        if self.lr_alpha < 0 or self.lr_lambda < 0 or self.eps < 0:
-            raise ValueError("CATS lr_alpha, lr_lambda and eps must be >= 0")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # which gradients CATS scales: sum (plain CATS) | pcgrad | gradvac (the corrected gradients)
+    base: Literal[tuple(METHODS)] = "sum"
+    # meta losses + Gram from: train (this step's micro-batches, free) | valid (a valid-split micro-batch)
+    meta_data: Literal["train", "valid"] = "train"
+    proxy: Literal["combined", "diagonal"] = "combined"   # combined (beta^T G beta) | diagonal (sum beta_i^2 G_ii)
+    param: Literal["simplex", "softmax"] = "simplex"      # simplex (projected descent on alpha) | softmax (on logits)
+    lr_alpha: float = Field(0.01, ge=0)     # meta learning rate of the task weights
+    lr_lam: float = Field(0.01, ge=0)       # ascent rate of the multiplier lam
+    eps: float = Field(1.0, ge=0)           # curvature budget, in units of the squared update norm
+    interval: int = Field(1, ge=1)          # steps between meta steps
+    warmup: int = Field(0, ge=0)            # steps before the first meta step
+    floor: float = Field(0.1, ge=0, le=1)   # alpha_n >= floor / T (1: alpha fixed at uniform; 0 only with softmax)
+    valid_max_tokens: int = Field(0, ge=0)  # token budget of a valid micro-batch (0 = sampling.max_tokens)
+
+    @field_validator("floor")
+    @classmethod
+    def _floor(cls, floor: float, info: ValidationInfo) -> float:
+        if floor == 0.0 and info.data.get("param") != "softmax":
+            raise ValueError("must be in (0, 1] (0 only with param softmax): a task at weight 0 in the "
+                             "simplex could never come back")
+        return floor
 
 
 @dataclass
@@ -119,6 +124,8 @@ def step_weights(alpha: Tensor, task_ids: list[int]) -> Tensor:
 
 
 def is_meta_step(state: CATSState, cfg: CATSConfig) -> bool:
+    """Whether this step (state.steps reconciled before it) takes a meta step: every `interval`
+    steps once `warmup` steps are done."""
     return state.steps >= cfg.warmup and (state.steps - cfg.warmup) % cfg.interval == 0
 
 
@@ -178,7 +185,7 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
         state.values = state.values - cfg.lr_alpha * grad_theta
         beta = step_weights(task_weights(state, cfg), task_ids)
     c = float(curvature(beta, G, cfg.proxy))
-    state.lam = max(0.0, state.lam + cfg.lr_lambda * (c - cfg.eps))
+    state.lam = max(0.0, state.lam + cfg.lr_lam * (c - cfg.eps))
     state.meta_steps += 1
     return {"meta": True, "proxy": c}
 

@@ -24,25 +24,49 @@ part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the st
 caller can decide (DeepSpeed's overflow check skips the step anyway).
 
 Everything is float64 on the CPU; the scalar recurrences run on Python floats (IEEE double).
+
+Registry. Each method is one function `correct(grams, task_ids, state, generator, **options)`
+returning its Corrections, registered by name with `@register(name, make_state=..., options=...)`;
+`reconcile()` and `make_state()` dispatch on the name, and the experiment config
+(`reconcile.method`, `reconcile.cats.base`) and `massive-mt bench --methods` take their names
+from METHODS. Adding a method is one registered function here and its test.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-METHODS = ("sum", "pcgrad", "gradvac")
 F64 = torch.float64
+EMA_RATE = 0.01     # GradVac's default EMA rate of the targets phi_hat (algorithms.md §3)
 
 
-@dataclass
-class ReconcileConfig:
-    beta: float = 0.01                      # GradVac EMA rate of the targets phi_hat
-    vaccinated: Optional[frozenset] = None  # global task ids GradVac corrects; None: all tasks
+@dataclass(frozen=True)
+class Method:
+    """A reconciler: `correct(grams, task_ids, state, generator, **options) -> Corrections`, a pure
+    function of the step's Gram matrices (float64, CPU) that may update its own `state`;
+    `make_state(n_groups, n_tasks)` gives a fresh state for `n_tasks` tasks in the run; `options`:
+    the keyword options `correct` takes (from the `reconcile` config section)."""
+
+    name: str
+    correct: Callable
+    make_state: Callable
+    options: tuple = ()
+
+
+METHODS: dict[str, Method] = {}     # name -> Method, in the order of registration
+
+
+def register(name: str, make_state: Optional[Callable] = None, options: tuple = ()):
+    """Decorator: register `correct` as reconcile method `name` (config, CLI and bench take their
+    names from METHODS)."""
+    def deco(correct: Callable) -> Callable:
+        METHODS[name] = Method(name, correct, make_state or (lambda n_groups, n_tasks: NoState()), tuple(options))
+        return correct
+    return deco
 
 
 @dataclass
@@ -61,7 +85,7 @@ class NoState:
 class GradVacState:
     """phi_hat[k, a, b]: EMA target of cos(g'_a, g_b) in group k, by GLOBAL task ids a, b."""
 
-    phi_hat: Tensor  # [n_groups, n_tasks, n_tasks] float64, starts at 0
+    phi_hat: Tensor  # [n_groups, n_tasks, n_tasks] float64 over the run's n_tasks tasks, starts at 0
 
     @classmethod
     def zeros(cls, n_groups: int, n_tasks: int) -> "GradVacState":
@@ -80,10 +104,15 @@ class GradVacState:
         self.phi_hat = phi_hat
 
 
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown reconcile method {name!r}; one of {tuple(METHODS)}")
+    return METHODS[name]
+
+
 def make_state(method: str, n_groups: int, n_tasks: int):
     """Fresh state of `method` for `n_groups` parameter groups and `n_tasks` tasks in the run."""
-    _check_method(method)
-    return GradVacState.zeros(n_groups, n_tasks) if method == "gradvac" else NoState()
+    return get_method(method).make_state(n_groups, n_tasks)
 
 
 class Corrections(NamedTuple):
@@ -160,7 +189,8 @@ def _add(G, c, r, a, j) -> None:
 # ---------------------------------------------------------------------------------------------
 # methods
 
-def sum_method(grams: Tensor) -> Corrections:
+@register("sum")
+def sum_method(grams: Tensor, task_ids: list[int], state, generator: torch.Generator) -> Corrections:
     """Plain training: update = sum_i g_i (C = I, w = 1)."""
     n_groups, K, _ = grams.shape
     z = torch.zeros(n_groups, K, K, dtype=torch.bool)
@@ -168,7 +198,8 @@ def sum_method(grams: Tensor) -> Corrections:
                        ~torch.isfinite(grams).flatten(1).all(1))
 
 
-def pcgrad(grams: Tensor, generator: torch.Generator) -> Corrections:
+@register("pcgrad")
+def pcgrad(grams: Tensor, task_ids: list[int], state, generator: torch.Generator) -> Corrections:
     """PCGrad (docs/algorithms.md#pcgrad), every task i, j in random order:
     if g'_i . g_j < 0:  g'_i <- g'_i - (g'_i . g_j / ||g_j||^2) g_j   (g_j ORIGINAL),
     i.e. C[i, j] -= (C G)[i, j] / G[j, j]."""
@@ -189,18 +220,26 @@ def pcgrad(grams: Tensor, generator: torch.Generator) -> Corrections:
     return _run(grams, generator, range(K), solve)
 
 
-def gradvac(grams: Tensor, task_ids: list[int], phi_hat: Tensor, generator: torch.Generator,
-            beta: float = 0.01, vaccinated=None) -> tuple[Corrections, Tensor]:
+@register("gradvac", make_state=GradVacState.zeros, options=("ema_rate", "vaccinated"))
+def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: torch.Generator,
+            ema_rate: float = EMA_RATE, vaccinated=None) -> Corrections:
     """GradVac, Algorithm 1 of Wang et al. 2021 (docs/algorithms.md#gradvac). Per group k, for each
     vaccinated task i, for j != i in random order, with T = phi_hat[k, task_ids[i], task_ids[j]]:
         phi = cos(g'_i, g_j)                          (g'_i corrected so far, g_j ORIGINAL)
         if phi < T:  g'_i += ||g'_i|| (T sqrt(1-phi^2) - phi sqrt(1-T^2)) / (||g_j|| sqrt(1-T^2)) g_j
-        T <- (1 - beta) T + beta phi                  (every visit, after the test)
+        T <- (1 - ema_rate) T + ema_rate phi          (every visit, after the test)
     After a correction cos(g'_i, g_j) = T. A correction is left out when sqrt(1-T^2) = 0.
-    Returns the corrections and the new phi_hat (the input is not modified)."""
+    vaccinated: the global task ids to correct (None: all). state.phi_hat is replaced by the new
+    targets."""
+    if not 0.0 <= ema_rate <= 1.0:
+        raise ValueError(f"GradVac ema_rate must be in [0, 1], got {ema_rate}")
+    n_groups, n_tasks = state.phi_hat.shape[:2]
+    if n_groups != grams.shape[0] or not all(0 <= t < n_tasks for t in task_ids):
+        raise ValueError(f"GradVac state is for {n_groups} groups and {n_tasks} tasks; got grams "
+                         f"{tuple(grams.shape)} and task_ids {task_ids}")
     ids = torch.tensor(task_ids, dtype=torch.long)
     rows = [i for i, t in enumerate(task_ids) if vaccinated is None or t in vaccinated]
-    phi_hat = phi_hat.clone()
+    phi_hat = state.phi_hat.clone()
 
     def solve(k, G, usable, orders, C, fired, skipped):
         target = phi_hat[k][ids][:, ids].tolist()
@@ -220,27 +259,16 @@ def gradvac(grams: Tensor, task_ids: list[int], phi_hat: Tensor, generator: torc
                     if math.isfinite(a):
                         _add(G, c, r, a, j)
                         fired[i][j] = True
-                target[i][j] = (1.0 - beta) * t + beta * phi
+                target[i][j] = (1.0 - ema_rate) * t + ema_rate * phi
         phi_hat[k, ids[:, None], ids[None, :]] = torch.tensor(target, dtype=F64)
 
-    return _run(grams, generator, rows, solve), phi_hat
+    out = _run(grams, generator, rows, solve)
+    state.phi_hat = phi_hat
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # entry points
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown reconcile method {method!r}; one of {METHODS}")
-
-
-def _option(config, name: str, default):
-    if config is None:
-        return default
-    if isinstance(config, Mapping):
-        return config.get(name, default)
-    return getattr(config, name, default)
-
 
 def cosines(grams: Tensor) -> Tensor:
     """[n_groups, K, K] cos(g_i, g_j) from the Gram; 0 where a norm is zero or not finite."""
@@ -253,20 +281,21 @@ def cosines(grams: Tensor) -> Tensor:
 
 
 def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator: torch.Generator,
-              config=None) -> tuple[Tensor, dict]:
+              **options) -> tuple[Tensor, dict]:
     """Weights w [n_groups, K] of the update `update_k = sum_j w[k, j] g_jk`, and stats.
 
     grams: [n_groups, K, K] Gram matrices of the step's task gradients (any float dtype/device;
     computed in float64 on the CPU). task_ids: global task index of each step-local task.
     state: from `make_state(method, n_groups, n_tasks)`; GradVac's state object is updated.
-    generator: seeded identically on every rank; see the module docstring for the draw order.
-    config: ReconcileConfig, a mapping or any object with `beta` / `vaccinated` (defaults apply).
+    generator: seeded identically on every rank (`step_generator`); see the module docstring for
+    the draw order. options: the method's keyword options (GradVac: `ema_rate`, `vaccinated` as
+    global task ids); the options other methods take are ignored.
 
     stats (all on the CPU): cos [n_groups, K, K] cosines of the original gradients; coef
     [n_groups, K, K] the matrix C (w = coef.sum(1)); fired / skipped [n_groups, K, K] bool per
     visit (i, j); n_fired / n_skipped [n_groups] int64; nonfinite [n_groups] bool.
     """
-    _check_method(method)
+    m = get_method(method)
     grams = grams.detach().to("cpu", F64)
     if grams.dim() != 3 or grams.shape[1] != grams.shape[2]:
         raise ValueError(f"grams must be [n_groups, K, K], got {tuple(grams.shape)}")
@@ -274,21 +303,7 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     if len(task_ids) != grams.shape[1] or len(set(task_ids)) != len(task_ids):
         raise ValueError(f"task_ids {task_ids} must be {grams.shape[1]} distinct task indices")
 
-    if method == "sum":
-        out = sum_method(grams)
-    elif method == "pcgrad":
-        out = pcgrad(grams, generator)
-    else:
-        beta = float(_option(config, "beta", 0.01))
-        vaccinated = _option(config, "vaccinated", None)
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"GradVac beta must be in [0, 1], got {beta}")
-        n_groups, n_tasks = state.phi_hat.shape[:2]
-        if n_groups != grams.shape[0] or not all(0 <= t < n_tasks for t in task_ids):
-            raise ValueError(f"GradVac state is for {n_groups} groups and {n_tasks} tasks; got grams "
-                             f"{tuple(grams.shape)} and task_ids {task_ids}")
-        out, state.phi_hat = gradvac(grams, task_ids, state.phi_hat, generator, beta,
-                                     None if vaccinated is None else {int(t) for t in vaccinated})
+    out = m.correct(grams, task_ids, state, generator, **{k: v for k, v in options.items() if k in m.options})
 
     coef, nonfinite = out.coef, out.nonfinite.clone()
     weights = coef.sum(1)
@@ -301,6 +316,11 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
              "n_fired": out.fired.flatten(1).sum(1), "n_skipped": out.skipped.flatten(1).sum(1),
              "nonfinite": nonfinite}
     return weights, stats
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of step `step`'s visiting orders: seeded identically on every rank."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
 def update_norm_sq(grams: Tensor, weights: Tensor) -> Tensor:

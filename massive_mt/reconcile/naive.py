@@ -32,10 +32,10 @@ from .sharded import ShardedReconciler
 class NaiveReconciler(ShardedReconciler):
     def __init__(self, engine, cfg, tasks, train_sizes, seed, clip_norm):
         super().__init__(engine, cfg, tasks, train_sizes, seed, clip_norm)
-        if self.shards.kind == "z0":
+        if not self.shards.partitioned:
             raise ConfigError("the naive baseline gathers ZeRO partitions: use a ds_config with "
                               "zero_optimization.stage 1, 2 or 3 (stage 0 already holds full gradients)")
-        if self.meta_data == "dev":
+        if self.meta_data != "train":
             raise ConfigError("the naive baseline supports reconcile.cats.meta_data: train only")
         group = self.shards.dp_group
         self.rank, self.world = dist.get_rank(group=group), dist.get_world_size(group=group)

@@ -10,16 +10,15 @@ Memory: K * (P / N) fp32 values per rank. Extra communication: n_groups * K * K 
 step (the Grams and each task's summed micro-batch losses and counts, in the same all-reduce).
 
 CATS (method `cats`) scales the base method's corrected gradients with its task weights and
-takes its meta step from the same all-reduced statistics. With `cats.meta_data: dev` it also
-captures, at each meta step, one dev micro-batch per task and rank into a second [K, P / N]
-buffer before the training micro-batches start (`capture_dev`); their whole-model Gram and
-losses ride in the same all-reduce (K * K + 2 K more values).
+takes its meta step from the same all-reduced statistics. With `cats.meta_data: valid` it also
+captures, at each meta step, one valid-split micro-batch per task and rank into a second
+[K, P / N] buffer before the training micro-batches start (`capture_valid`); their whole-model
+Gram and losses ride in the same all-reduce (K * K + 2 K more values).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import fields
 from typing import Optional
 
 import numpy as np
@@ -31,7 +30,7 @@ from ..zero_adapter import GradShards
 from .cats import CATSConfig, CATSState, check_state, corrected_gram, is_meta_step
 from .cats import cats as cats_weights
 from .groups import ShardGroups
-from .methods import ReconcileConfig, make_state, reconcile, update_norm_sq
+from .methods import make_state, reconcile, step_generator, update_norm_sq
 
 
 def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
@@ -57,25 +56,24 @@ class ShardedReconciler:
         self.shards = GradShards(engine)
         names = [n for n, _ in engine.module.named_parameters()]
         self.groups = ShardGroups(names, cfg.granularity, self.shards.segments(), self.shards.gram_segments())
-        self.config = ReconcileConfig(beta=cfg.beta, vaccinated=vaccinated_ids(
-            cfg.vaccinate, self.tasks, train_sizes, cfg.low_resource_quantile))
+        self.options = {"ema_rate": cfg.ema_rate,      # the base method's options (METHODS[base].options)
+                        "vaccinated": vaccinated_ids(cfg.vaccinate, self.tasks, train_sizes, cfg.low_resource_quantile)}
         # the method that corrects the task gradients; CATS then scales the corrected ones
         self.base = cfg.cats.base if self.method == "cats" else self.method
         self.state = make_state(self.base, len(self.groups), len(self.tasks))
         self.cats: Optional[CATSConfig] = None
         self.meta_data = "train"
         if self.method == "cats":
-            c = cfg.cats
-            self.cats = CATSConfig(**{f.name: getattr(c, f.name) for f in fields(CATSConfig)})
-            self.cats_state = CATSState.uniform(len(self.tasks), c.param)
-            self.meta_data = c.meta_data
+            self.cats = cfg.cats
+            self.cats_state = CATSState.uniform(len(self.tasks), self.cats.param)
+            self.meta_data = self.cats.meta_data
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
         self.row_numel = self.shards.numel            # values per task snapshot: this rank's partition
         self.buffer: Optional[torch.Tensor] = None   # [K, row_numel] fp32: the K task snapshots
-        self.dev_buffer: Optional[torch.Tensor] = None
+        self.valid_buffer: Optional[torch.Tensor] = None
         self.losses = torch.zeros(0, 2, dtype=torch.float64)      # per task: summed loss, micro-batches
-        self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
-        self.k = self.k_dev = 0
+        self.valid_losses = torch.zeros(0, 2, dtype=torch.float64)
+        self.k = self.k_valid = 0               # task rows captured so far this step
         self.allreduce_bytes = 0              # size of the last step's collective
         self.last_weights: Optional[torch.Tensor] = None      # [n_groups, K] of the last step
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
@@ -83,19 +81,20 @@ class ShardedReconciler:
 
     @property
     def snapshot_bytes(self) -> int:
-        """Bytes of the per-task snapshot buffers on this rank (the dev buffer included, once allocated)."""
-        return sum(b.numel() * b.element_size() for b in (self.buffer, self.dev_buffer) if b is not None)
+        """Bytes of the per-task snapshot buffers on this rank (the valid buffer included, once allocated)."""
+        return sum(b.numel() * b.element_size() for b in (self.buffer, self.valid_buffer) if b is not None)
 
-    def _buffer(self, buf: Optional[torch.Tensor], n_tasks: int) -> torch.Tensor:
-        if buf is None or buf.shape[0] != n_tasks:
-            buf = torch.empty(n_tasks, self.row_numel, dtype=torch.float32, device=self.engine.device)
+    def _buffer(self, buf: Optional[torch.Tensor], K: int) -> torch.Tensor:
+        if buf is None or buf.shape[0] != K:
+            buf = torch.empty(K, self.row_numel, dtype=torch.float32, device=self.engine.device)
         return buf
 
-    def begin_step(self, n_tasks: int) -> None:
-        self.buffer = self._buffer(self.buffer, n_tasks)
-        self.losses = torch.zeros(n_tasks, 2, dtype=torch.float64, device=self.engine.device)
-        self.dev_losses = torch.zeros(0, 2, dtype=torch.float64)
-        self.k = self.k_dev = 0
+    def begin_step(self, K: int) -> None:
+        """Before the first backward of a step of K tasks."""
+        self.buffer = self._buffer(self.buffer, K)
+        self.losses = torch.zeros(K, 2, dtype=torch.float64, device=self.engine.device)
+        self.valid_losses = torch.zeros(0, 2, dtype=torch.float64)
+        self.k = self.k_valid = 0
         self.shards.begin_step()
 
     def capture(self, last: bool, loss_sum, n_micro: int) -> None:
@@ -113,26 +112,26 @@ class ShardedReconciler:
     def _snapshot(self, row: torch.Tensor) -> None:
         self.shards.snapshot(out=row)
 
-    def dev_batch_index(self) -> int:
-        """Which dev micro-batch this meta step uses (the trainer takes batch index * N + rank)."""
+    def valid_batch_index(self) -> int:
+        """Which valid micro-batch this meta step uses (the trainer takes batch index * N + rank)."""
         return self.cats_state.meta_steps
 
-    def needs_dev_statistics(self) -> bool:
-        """CATS with dev meta data, at a meta step: the trainer runs `capture_dev` for each step task
-        before the training micro-batches."""
-        return self.meta_data == "dev" and is_meta_step(self.cats_state, self.cats)
+    def needs_valid_statistics(self) -> bool:
+        """CATS with valid meta data, at a meta step: the trainer runs `capture_valid` for each step
+        task before the training micro-batches."""
+        return self.meta_data == "valid" and is_meta_step(self.cats_state, self.cats)
 
-    def capture_dev(self, n_tasks: int, loss) -> None:
-        """Keep the dev gradient just back-propagated (one micro-batch) and clear the buffers, so the
-        training gradient of the step starts from zero."""
+    def capture_valid(self, K: int, loss) -> None:
+        """Keep the valid-split gradient just back-propagated (one micro-batch of one of the step's K
+        tasks) and clear the buffers, so the training gradient of the step starts from zero."""
         t0 = time.perf_counter()
-        if self.k_dev == 0:
-            self.dev_buffer = self._buffer(self.dev_buffer, n_tasks)
-            self.dev_losses = torch.zeros(n_tasks, 2, dtype=torch.float64, device=self.engine.device)
-        self.shards.snapshot(out=self.dev_buffer[self.k_dev])
-        self.dev_losses[self.k_dev, 0] = loss
-        self.dev_losses[self.k_dev, 1] = 1.0
-        self.k_dev += 1
+        if self.k_valid == 0:
+            self.valid_buffer = self._buffer(self.valid_buffer, K)
+            self.valid_losses = torch.zeros(K, 2, dtype=torch.float64, device=self.engine.device)
+        self.shards.snapshot(out=self.valid_buffer[self.k_valid])
+        self.valid_losses[self.k_valid, 0] = loss
+        self.valid_losses[self.k_valid, 1] = 1.0
+        self.k_valid += 1
         self.shards.reset()
         self.timings["capture_s"] += time.perf_counter() - t0
 
@@ -141,8 +140,8 @@ class ShardedReconciler:
         t0 = t()
         S = self.buffer[:self.k]                                          # [K, local numel]
         parts = [self.groups.local_grams(S), self.losses]                 # [n_groups, K, K] partial, [K, 2]
-        if self.k_dev:
-            parts += [self.groups.local_grams(self.dev_buffer[:self.k_dev]).sum(0), self.dev_losses]
+        if self.k_valid:
+            parts += [self.groups.local_grams(self.valid_buffer[:self.k_valid]).sum(0), self.valid_losses]
         t1 = t()
         parts = self._all_reduce(parts, S.device)                         # the ONE collective
         grams, losses = parts[0], parts[1]
@@ -155,13 +154,12 @@ class ShardedReconciler:
             self.timings[k] += dt
         return self._finish(stats, grams, weights)
 
-    def _weights(self, grams: torch.Tensor, losses: torch.Tensor, step_tasks: list[str], step: int, dev: list):
+    def _weights(self, grams: torch.Tensor, losses: torch.Tensor, step_tasks: list[str], step: int, valid: list):
         """[n_groups, K] weights from the global statistics: identical on every rank."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         ids = [self.task_index[x] for x in step_tasks]
-        weights, stats = reconcile(self.base, grams, ids, self.state, gen, self.config)
+        weights, stats = reconcile(self.base, grams, ids, self.state, step_generator(self.seed, step), **self.options)
         if self.cats is not None:
-            weights, stats["cats"] = self._cats(stats["coef"], grams, losses, ids, dev)
+            weights, stats["cats"] = self._cats(stats["coef"], grams, losses, ids, valid)
         if self.clip_norm > 0:                                            # ||update||^2 = sum_g w^T G w
             norm = math.sqrt(max(float(update_norm_sq(grams, weights).sum()), 0.0))
             weights = weights * min(1.0, self.clip_norm / (norm + 1e-6))
@@ -174,12 +172,12 @@ class ShardedReconciler:
         self.last_weights = weights
         return stats
 
-    def _cats(self, coef: torch.Tensor, grams: torch.Tensor, losses: torch.Tensor, ids: list[int], dev: list):
+    def _cats(self, coef: torch.Tensor, grams: torch.Tensor, losses: torch.Tensor, ids: list[int], valid: list):
         """CATS weights and meta step. Units: the captured gradient of a task is
         (1 / (N * gas)) * (sum of its micro-batch loss gradients over all ranks), and its mean loss
         L_i averages n_i micro-batches, so grad L_i = (N * gas / n_i) * captured. The meta Gram is
-        that of the corrected training gradients, or of the dev gradients (`cats.meta_data: dev`)."""
-        gram, losses = (dev[0], dev[1]) if dev else (corrected_gram(grams, coef), losses)
+        that of the corrected training gradients, or of the valid gradients (`cats.meta_data: valid`)."""
+        gram, losses = (valid[0], valid[1]) if valid else (corrected_gram(grams, coef), losses)
         n_gas = dist.get_world_size(group=self.shards.dp_group) * self.engine.gradient_accumulation_steps()
         scale = n_gas / losses[:, 1]
         meta_gram = gram * scale[:, None] * scale[None, :]

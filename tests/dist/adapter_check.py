@@ -121,7 +121,7 @@ def run(args):
     ds_clip = args.clip if not (bf16 and args.stage == 1) else 0.0     # BF16_Optimizer: clip from the Gram
     engine = make_engine(model, ds_config(args.stage, args.dtype, ds_clip))
     shards = GradShards(engine)
-    assert shards.clip_from_gram == (shards.kind == "bf16")
+    assert shards.clip_from_gram == (shards.kind == "bf16") and shards.partitioned == (shards.kind != "z0")
 
     ref_named = list(ref.named_parameters())
     names = [n for n, _ in ref_named]
@@ -140,7 +140,7 @@ def run(args):
     clipped = False
 
     segs, gsegs = shards.segments(), shards.gram_segments()
-    if shards.kind == "z0":
+    if not shards.partitioned:
         assert [(s.name, s.numel) for s in segs] == [(n, numels[n]) for n in names], segs
     else:
         assert segs == gsegs
@@ -192,7 +192,7 @@ def run(args):
                 pieces[s.name].append(gathered[r][:, s.start:s.start + s.numel])
         full = torch.cat([torch.cat(pieces[n], dim=1) for n in names], dim=1)
         errors["grad"] = max(errors["grad"], rel_err(full, R))
-        if shards.kind == "z0":     # segments(): the whole gradient on every rank
+        if not shards.partitioned:  # segments(): the whole gradient on every rank
             for s in segs:
                 errors["grad"] = max(errors["grad"], rel_err(S[:, s.start:s.start + s.numel],
                                                              R[:, offs[s.name]:offs[s.name] + s.numel]))

@@ -3,16 +3,17 @@
 For each method the real Trainer (ZeRO stage from the ds_config, N ranks) trains a few steps.
 Rank 0 then replays the same steps in one process with plain PyTorch: full per-task gradients
 g_k = (1 / (N * gas)) * sum over every rank's micro-batches of task k, the textbook
-full-vector reconciler of massive_mt.reconcile.reference, DeepSpeed's clipping rule, AdamW and
-the inverse-sqrt schedule. CATS: the reference takes each task's mean loss and the explicit
-gradient vectors of the mean losses (of the training micro-batches, or of the dev micro-batches
-at meta steps, with `cats.meta_data: dev`) into reference.cats_step. Prints `RESULT {json}`
-with the relative parameter differences (and, for CATS, those of alpha and lambda).
+full-vector reconciler of tests/reference.py, DeepSpeed's clipping rule, AdamW and the
+inverse-sqrt schedule. CATS: the reference takes each task's mean loss and the explicit
+gradient vectors of the mean losses (of the training micro-batches, or of the valid micro-batches
+at meta steps, with `cats.meta_data: valid`) into reference.cats_step. Prints `RESULT {json}`
+with the relative parameter differences (and, for CATS, those of alpha and lam).
 
 usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY][+CATS_FIELD=VALUE...] [...] -- OVERRIDES...
-e.g. `cats:all_layer+base=gradvac+meta_data=dev` (CATS fields go to reconcile.cats.*)
+e.g. `cats:all_layer+base=gradvac+meta_data=valid` (CATS fields go to reconcile.cats.*)
 """
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,13 +24,15 @@ from massive_mt.data.sampler import TaskStepSampler
 from massive_mt.distributed import init_distributed
 from massive_mt.model import build_model
 from massive_mt.optim import build_optimizer, label_smoothed_loss
-from massive_mt.reconcile import make_state, reference
-from massive_mt.reconcile.cats import CATSState, task_weights
+from massive_mt.reconcile import make_state, step_generator
+from massive_mt.reconcile.cats import CATSState, is_meta_step, task_weights
 from massive_mt.reconcile.groups import assign_groups
-from massive_mt.reconcile.methods import ReconcileConfig
 from massive_mt.train import Trainer
 
 from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import reference     # noqa: E402  tests/reference.py
 
 
 def reference_run(cfg, trainer: Trainer, world: int, steps: int):
@@ -52,8 +55,8 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
     if method == "cats":
         ccfg = trainer.reconciler.cats
         cats_state = CATSState.uniform(len(trainer.tasks), ccfg.param)
-    rc = ReconcileConfig(beta=cfg.reconcile.beta, vaccinated=trainer.reconciler.config.vaccinated
-                         if trainer.reconciler is not None else None)
+    rc = {"ema_rate": cfg.reconcile.ema_rate,
+          "vaccinated": trainer.reconciler.options["vaccinated"] if trainer.reconciler is not None else None}
     gas = s.tasks_per_step * s.micro_batches_per_task
     for step in range(steps):
         plans = [smp.plan(step) for smp in samplers]
@@ -71,16 +74,15 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
                 total += float(loss)
             return [q.grad.detach().clone() for q in params], total / len(batches)
 
-        dev = None
-        if method == "cats" and trainer.reconciler.meta_data == "dev" and \
-                cats_state.steps >= ccfg.warmup and (cats_state.steps - ccfg.warmup) % ccfg.interval == 0:
-            model.eval()                           # one dev micro-batch per task and rank, no dropout
-            dev = []
+        valid = None
+        if method == "cats" and trainer.reconciler.meta_data == "valid" and is_meta_step(cats_state, ccfg):
+            model.eval()                           # one valid micro-batch per task and rank, no dropout
+            valid = []
             for task in tasks:
-                bs = trainer.dev_batches[task]
+                bs = trainer.valid_batches[task]
                 mbs = [bs[(cats_state.meta_steps * world + r) % len(bs)] for r in range(world)]
-                g, l = grad_and_loss(mbs, trainer.dev_sets[task], 1.0 / world)
-                dev.append((torch.cat([x.reshape(-1) for x in g]), l))
+                g, l = grad_and_loss(mbs, trainer.valid_sets[task], 1.0 / world)
+                valid.append((torch.cat([x.reshape(-1) for x in g]), l))
             model.train()
         task_grads, losses = [], []
         for k, task in enumerate(tasks):
@@ -92,17 +94,17 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
         else:
             per_group = [torch.stack([torch.cat([g[i].reshape(-1) for i, n in enumerate(names) if groups[n] == gn])
                                       for g in task_grads]) for gn in group_names]
-            gen = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+            gen = step_generator(s.seed, step)
             ids = [trainer.tasks.index(t) for t in tasks]
             if method == "cats":       # vectors in units of the mean losses' gradients: K * captured
-                corrected, state = reference.correct(base, per_group, ids, state, gen, rc)
-                vectors, meta_losses = (torch.stack([v for v, _ in dev]), [l for _, l in dev]) if dev else \
+                corrected, state = reference.correct(base, per_group, ids, state, gen, **rc)
+                vectors, meta_losses = (torch.stack([v for v, _ in valid]), [l for _, l in valid]) if valid else \
                     (s.tasks_per_step * torch.cat(corrected, 1), losses)
                 beta, cats_state = reference.cats_step(cats_state, ccfg, ids, torch.tensor(meta_losses, dtype=torch.float64),
                                                        vectors.double())
                 upd = [s.tasks_per_step * beta @ c for c in corrected]
             else:
-                upd, state = reference.reconcile(method, per_group, ids, state, gen, rc)
+                upd, state = reference.reconcile(method, per_group, ids, state, gen, **rc)
             update, offs = [None] * len(params), {gn: 0 for gn in group_names}
             for i, n in enumerate(names):
                 gn = groups[n]

@@ -5,8 +5,9 @@ bisection projection), independently of the Gram-form code in `cats.py`.
 
 Written the obvious way: the corrected vectors g'_i are updated in place and every cosine is
 a dot product of actual vectors. Random visiting order and state layout are those of
-`methods`: per group, per corrected task i (ascending), one randperm(K - 1) over the other
-tasks; phi_hat[k, task_ids[i], task_ids[j]].
+`massive_mt.reconcile.methods`: per group, per corrected task i (ascending), one randperm(K - 1)
+over the other tasks; phi_hat[k, task_ids[i], task_ids[j]]. The CATS schedule (which steps take
+a meta step) is the package's `is_meta_step`.
 """
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ import math
 import torch
 from torch import Tensor
 
+from massive_mt.reconcile.cats import is_meta_step
+from massive_mt.reconcile.methods import EMA_RATE
+
 
 def reconcile(method: str, grads: list[Tensor], task_ids: list[int], state, generator: torch.Generator,
-              config=None) -> tuple[list[Tensor], object]:
+              **options) -> tuple[list[Tensor], object]:
     """grads: per group a [K, n_k] tensor of the task gradients. Returns the per-group updates
     [n_k] and the new state (the given state is not modified)."""
-    corrected, state = correct(method, grads, task_ids, state, generator, config)
+    corrected, state = correct(method, grads, task_ids, state, generator, **options)
     return [g.sum(0) for g in corrected], state
 
 
 def correct(method: str, grads: list[Tensor], task_ids: list[int], state, generator: torch.Generator,
-            config=None) -> tuple[list[Tensor], object]:
+            ema_rate: float = EMA_RATE, vaccinated=None) -> tuple[list[Tensor], object]:
     """Per group the [K, n_k] corrected task gradients g'_i, and the new state."""
-    beta = getattr(config, "beta", 0.01) if config is not None else 0.01
-    vaccinated = getattr(config, "vaccinated", None) if config is not None else None
     state = copy.deepcopy(state)
     K = len(task_ids)
     corrected = []
@@ -65,7 +67,7 @@ def correct(method: str, grads: list[Tensor], task_ids: list[int], state, genera
                     coef = (ni * (target * math.sqrt(1 - phi ** 2) - phi * math.sqrt(1 - target ** 2))
                             / (nj * math.sqrt(1 - target ** 2)))
                     new[i] = gi + coef * gj
-                state.phi_hat[k, a_, b_] = (1 - beta) * target + beta * phi
+                state.phi_hat[k, a_, b_] = (1 - ema_rate) * target + ema_rate * phi
         corrected.append(torch.stack(new))
     return corrected, state
 
@@ -101,7 +103,7 @@ def cats_step(state, cfg, task_ids: list[int], losses: Tensor, vectors: Tensor):
 
     a = alpha_of(state.values)
     beta = a[task_ids] / a[task_ids].sum()
-    if state.steps >= cfg.warmup and (state.steps - cfg.warmup) % cfg.interval == 0:
+    if is_meta_step(state, cfg):
         x = (beta if cfg.param == "simplex" else state.values).clone().requires_grad_(True)
         with torch.enable_grad():
             b = x if cfg.param == "simplex" else alpha_of(x)[task_ids] / alpha_of(x)[task_ids].sum()
@@ -114,7 +116,7 @@ def cats_step(state, cfg, task_ids: list[int], losses: Tensor, vectors: Tensor):
         else:
             state.values = state.values - cfg.lr_alpha * grad
             new = alpha_of(state.values)[task_ids] / alpha_of(state.values)[task_ids].sum()
-        state.lam = max(0.0, state.lam + cfg.lr_lambda * (float(proxy(new)) - cfg.eps))
+        state.lam = max(0.0, state.lam + cfg.lr_lam * (float(proxy(new)) - cfg.eps))
         state.meta_steps += 1
     state.steps += 1
     return beta, state
