@@ -19,6 +19,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .distributed import COLLECTIVE_TIMEOUT_S
 from .errors import ConfigError
 from .model import PRESETS as MODEL_PRESETS
 from .preemption import parse_signals
@@ -83,6 +84,7 @@ class TrainConfig:
     tensorboard: bool = True
     seed: int = 1                       # model initialisation
     stop_signals: list = field(default_factory=lambda: ["USR1", "TERM"])  # checkpoint, exit 75 (massive_mt/preemption.py)
+    collective_timeout_s: int = COLLECTIVE_TIMEOUT_S   # a rank waiting longer for its peers fails (docs/failures.md)
 
 
 @dataclass
@@ -286,6 +288,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(t.save_interval >= 0, "train.save_interval", f"must be >= 0, got {t.save_interval}")
     _require(t.keep_last >= 1, "train.keep_last", f"must be >= 1, got {t.keep_last}")
     parse_signals(t.stop_signals)
+    _require(t.collective_timeout_s >= 1, "train.collective_timeout_s", f"must be >= 1, got {t.collective_timeout_s}")
     _require(e.beam >= 1, "eval.beam", f"must be >= 1, got {e.beam}")
     _require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
     _require(e.max_sentences >= 0, "eval.max_sentences", f"must be >= 0, got {e.max_sentences}")

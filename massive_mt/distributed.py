@@ -158,8 +158,15 @@ def _check_against_slurm(d: Discovery, env) -> None:
             f"with --ntasks-per-node=1")
 
 
-def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
-    """Discover this rank, initialise torch.distributed through DeepSpeed; returns (rank, world_size)."""
+COLLECTIVE_TIMEOUT_S = 1800    # default of train.collective_timeout_s: torch.distributed's own default
+
+
+def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
+    """Discover this rank, initialise torch.distributed through DeepSpeed; returns (rank, world_size).
+
+    `timeout_s` bounds the rendezvous and every collective: a rank that waits longer for a
+    stopped or wedged peer raises (gloo: "Timed out waiting ...ms"; NCCL: the watchdog aborts),
+    exits non-zero, and the launcher ends the other ranks."""
     from datetime import timedelta
 
     import deepspeed
@@ -168,7 +175,7 @@ def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
     d = discover()
     os.environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
                       MASTER_ADDR=d.master_addr, MASTER_PORT=str(d.master_port))
-    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))
+    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     if (rank, world) != (d.rank, d.world_size):
         raise ConfigError(f"{d.source} rank discovery gave rank {d.rank} of {d.world_size} but the process "
