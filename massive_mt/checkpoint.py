@@ -40,7 +40,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -70,15 +70,6 @@ def step_tags(ckpt_dir: Path) -> list[tuple[int, str]]:
     if not d.is_dir():
         return []
     return sorted((int(m.group(1)), p.name) for p in d.iterdir() if p.is_dir() and (m := TAG_RE.match(p.name)))
-
-
-def latest_tag(ckpt_dir: Path) -> Optional[str]:
-    """The tag `latest` names, when it names an existing directory."""
-    f = Path(ckpt_dir) / LATEST
-    if not f.is_file():
-        return None
-    tag = f.read_text().strip()
-    return tag if tag and (Path(ckpt_dir) / tag).is_dir() else None
 
 
 # ----------------------------------------------------------------------------- files and marker
@@ -255,21 +246,21 @@ def _say(msg: str) -> None:
         print(f"[massive_mt] checkpoint: {msg}", file=sys.stderr, flush=True)
 
 
-def select(ckpt_dir: Path, check: Callable[[Path], Optional[str]] = None) -> tuple[Optional[str], Optional[dict]]:
+def select(ckpt_dir: Path) -> tuple[Optional[str], Optional[dict]]:
     """Collective: (tag, marker) of the newest complete, verified, finite checkpoint of ckpt_dir;
     (None, None) when there is no checkpoint at all; CheckpointError when none of those present qualifies."""
     ckpt_dir = Path(ckpt_dir)
-    check = check or verify_all
-    found = step_tags(ckpt_dir)
     latest_file = ckpt_dir / LATEST
-    named = latest_file.read_text().strip() if latest_file.is_file() else None
+    seen = [(step_tags(ckpt_dir), latest_file.read_text().strip() if latest_file.is_file() else None)]
+    dist.broadcast_object_list(seen, src=0)        # rank 0's view: every rank checks the same tags
+    found, named = seen[0]
     if named == "":
         _say(f"{latest_file} is empty; looking for the newest complete checkpoint")
     elif named is not None and not (ckpt_dir / named).is_dir():
         _say(f"{latest_file} names {named}, which does not exist; looking for the newest complete checkpoint")
     skipped = []
     for step, tag in reversed(found):
-        problem = check(ckpt_dir / tag)
+        problem = verify_all(ckpt_dir / tag)
         if problem is None:
             marker = read_marker(ckpt_dir / tag)
             if marker.get("finite"):

@@ -59,13 +59,14 @@ def _describe(holder: dict) -> str:
 
 
 class OutputDirLock:
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: int, created_dir: bool):
+        self.path, self.fd, self.created_dir = path, fd, created_dir
 
     @classmethod
     def acquire(cls, output_dir) -> "OutputDirLock":
         """Create output_dir if needed and lock it, or raise LockError naming the holder."""
         path = Path(output_dir) / LOCK_NAME
+        created_dir = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -93,7 +94,7 @@ class OutputDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         os.fsync(fd)
-        return cls(path, fd)
+        return cls(path, fd, created_dir)
 
     @staticmethod
     def _read(fd: int) -> dict:
@@ -131,6 +132,11 @@ class OutputDirLock:
             pass
         os.close(self.fd)
         self.fd = None
+        if self.created_dir:                        # a run refused at start leaves nothing behind
+            try:
+                self.path.parent.rmdir()            # only when empty
+            except OSError:
+                pass
 
 
 def take(output_dir, rank: int) -> Optional[OutputDirLock]:

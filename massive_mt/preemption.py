@@ -79,7 +79,9 @@ class LauncherWatch:
         self.parent = os.getppid()
         self.runner = None
         if "deepspeed.launcher.launch" in _cmdline(self.parent):
-            self.runner = _ppid_of(self.parent)
+            runner = _ppid_of(self.parent)
+            if runner is not None and "deepspeed" in _cmdline(runner):     # not a shell that ran launch itself
+                self.runner = runner
 
     @classmethod
     def if_launched(cls, env=os.environ) -> Optional["LauncherWatch"]:
@@ -98,10 +100,10 @@ class StopSignals:
     """Records the first of `names` this process receives, and watches the launcher; `agreed()`
     shares both among the ranks."""
 
-    def __init__(self, names, launcher: Optional[LauncherWatch] = None):
+    def __init__(self, names):
         self.received: Optional[int] = None
         self.agreed_signal: Optional[int] = None
-        self.launcher = launcher if launcher is not None else LauncherWatch.if_launched()
+        self.launcher = LauncherWatch.if_launched()
         self.orphaned = False
         for sig in parse_signals(names):
             signal.signal(sig, self._record)

@@ -279,7 +279,11 @@ def test_refused_resume_change_names_the_field(data_bin, base, tmp_path, change,
 # ----------------------------------------------------------------------------- lock, launcher, hangs
 
 def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path, capsys):
+    fresh = tmp_path / "fresh"                     # a directory the lock created goes with it when left empty
+    OutputDirLock.acquire(fresh).release()
+    assert not fresh.exists()
     out = tmp_path / "run"
+    out.mkdir()
     first = OutputDirLock.acquire(out)
     holder = subprocess.run([sys.executable, "-c", "from massive_mt.lock import OutputDirLock; "
                              f"OutputDirLock.acquire({str(out)!r})"], capture_output=True, text=True,
