@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .distributed import COLLECTIVE_TIMEOUT_S
 from .errors import ConfigError
 from .model import PRESETS
 from .preemption import parse_signals
@@ -110,6 +111,7 @@ class TrainConfig(Section):
     tensorboard: bool = True
     seed: int = 1                           # model initialisation
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)
+    collective_timeout_s: int = Field(COLLECTIVE_TIMEOUT_S, ge=1)   # a rank waiting longer for its peers fails (docs/failures.md)
 
 
 class ReconcileConfig(Section):

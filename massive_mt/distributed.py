@@ -158,17 +158,31 @@ def _check_against_slurm(d: Discovery, env) -> None:
             f"with --ntasks-per-node=1")
 
 
-def init_distributed(timeout_minutes: int = 30) -> tuple[int, int]:
-    """Discover this rank, initialise torch.distributed through DeepSpeed; returns (rank, world_size)."""
+COLLECTIVE_TIMEOUT_S = 1800    # default of train.collective_timeout_s: torch.distributed's own default
+
+
+def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
+    """Discover this rank, initialise torch.distributed through DeepSpeed; returns (rank, world_size).
+
+    `timeout_s` bounds the rendezvous and every collective: a rank that waits longer for a
+    stopped or wedged peer raises (gloo: "Timed out waiting ...ms"; NCCL: the watchdog aborts),
+    exits non-zero, and the launcher ends the other ranks. It applies to every process group,
+    the ones DeepSpeed creates for ZeRO (`new_group` without a timeout) included: torch's default
+    group timeout is set to it before any group is created."""
     from datetime import timedelta
 
     import deepspeed
     import deepspeed.comm as dist
+    import torch.distributed.distributed_c10d as c10d
 
     d = discover()
     os.environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
                       MASTER_ADDR=d.master_addr, MASTER_PORT=str(d.master_port))
-    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes))
+    timeout = timedelta(seconds=timeout_s)
+    c10d.default_pg_timeout = timeout                # read by new_group(timeout=None) for gloo
+    if c10d.default_pg_nccl_timeout is not None:     # and for NCCL where it is compiled in
+        c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     if (rank, world) != (d.rank, d.world_size):
         raise ConfigError(f"{d.source} rank discovery gave rank {d.rank} of {d.world_size} but the process "

@@ -38,6 +38,12 @@ def atomic_write_texts(files: Mapping[str | os.PathLike, str]) -> None:
                 os.fsync(f.fileno())
         for tmp, path in temps:
             os.replace(tmp, path)
+        for parent in {path.parent for _, path in temps}:    # the renames themselves survive a crash
+            fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)

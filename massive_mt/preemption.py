@@ -8,9 +8,17 @@ step even when only some received the signal; they write a checkpoint (DeepSpeed
 `latest` file last, so an interrupted save leaves the previous checkpoint the one resumed) and
 the process exits with status 75 (EX_TEMPFAIL). The sbatch templates in slurm/ requeue the job
 on that status, and the next start resumes from the latest checkpoint (`train.resume: auto`).
+
+The launcher's death is a stop request too. A rank started by a launcher (torchrun, the
+`deepspeed` launcher: RANK and LOCAL_RANK set) records its parent at start; when the parent is
+gone (`kill -9` of torchrun) or, under the `deepspeed` launcher, the runner above the per-node
+`deepspeed.launcher.launch` is gone (SIGTERM to `deepspeed` does not reach the ranks), the ranks
+agree on it at the next step boundary like on a signal: checkpoint, stop, exit status 75,
+`"signal": "launcher exit"` in metrics.jsonl. Without this the ranks trained on as orphans.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Optional
@@ -44,12 +52,59 @@ def parse_signals(names, where: str = "train.stop_signals") -> list[signal.Signa
     return out
 
 
+LAUNCHER_EXIT = "launcher exit"       # the stop reason recorded when the launcher is gone
+
+
+def _ppid_of(pid: int) -> Optional[int]:
+    """The parent of another process (Linux /proc); None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class LauncherWatch:
+    """Notices that the launcher that started this rank is gone (see the module doc)."""
+
+    def __init__(self):
+        self.parent = os.getppid()
+        self.runner = None
+        if "deepspeed.launcher.launch" in _cmdline(self.parent):
+            runner = _ppid_of(self.parent)
+            if runner is not None and "deepspeed" in _cmdline(runner):     # not a shell that ran launch itself
+                self.runner = runner
+
+    @classmethod
+    def if_launched(cls, env=os.environ) -> Optional["LauncherWatch"]:
+        return cls() if "RANK" in env and "LOCAL_RANK" in env else None
+
+    def gone(self) -> Optional[str]:
+        """Why the launcher is gone, or None while it lives."""
+        if os.getppid() != self.parent:
+            return f"the launcher (pid {self.parent}) exited"
+        if self.runner is not None and _ppid_of(self.parent) not in (self.runner, None):
+            return f"the deepspeed runner (pid {self.runner}) exited"
+        return None
+
+
 class StopSignals:
-    """Records the first of `names` this process receives; `agreed()` shares it among the ranks."""
+    """Records the first of `names` this process receives, and watches the launcher; `agreed()`
+    shares both among the ranks."""
 
     def __init__(self, names):
         self.received: Optional[int] = None
         self.agreed_signal: Optional[int] = None
+        self.launcher = LauncherWatch.if_launched()
+        self.orphaned = False
         for sig in parse_signals(names):
             signal.signal(sig, self._record)
 
@@ -64,12 +119,18 @@ class StopSignals:
         import torch
         import deepspeed.comm as dist
 
-        flag = torch.tensor([self.received or 0], dtype=torch.int32, device=device)
+        gone = self.launcher.gone() if self.launcher is not None else None
+        if gone and not self.orphaned:
+            print(f"[massive_mt] {gone}: checkpoint and stop after this step", file=sys.stderr, flush=True)
+        flag = torch.tensor([self.received or 0, int(gone is not None)], dtype=torch.int32, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if int(flag.item()):
-            self.agreed_signal = int(flag.item())
-        return self.agreed_signal is not None
+        if int(flag[0]):
+            self.agreed_signal = int(flag[0])
+        self.orphaned = self.orphaned or bool(flag[1])
+        return self.agreed_signal is not None or self.orphaned
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.agreed_signal).name if self.agreed_signal else ""
+        if self.agreed_signal:
+            return signal.Signals(self.agreed_signal).name
+        return LAUNCHER_EXIT if self.orphaned else ""

@@ -28,6 +28,7 @@ from .data.spm import Tokenizer
 from .data.tasks import resolve_tasks, task_name
 from .distributed import init_distributed
 from .errors import ConfigError, MassiveMTError
+from .lock import take as take_lock
 from .metrics import MetricsWriter, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from .model import build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss
@@ -183,7 +184,7 @@ class Trainer:
 
         self.maybe_resume()
         self.log_start()
-        max_steps = self.cfg.train.max_steps
+        max_steps, start = self.cfg.train.max_steps, self.step
         bar = tqdm(total=max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True,
                    desc="train", file=sys.stderr, mininterval=1.0)
         last = {}
@@ -198,8 +199,8 @@ class Trainer:
             if stop is not None and self.step < max_steps and stop.agreed(self.device):
                 break
         bar.close()
-        if not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0:
-            self.save()
+        if self.step > start and (not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0):
+            self.save()                                      # (a resume with nothing left to train keeps its tag)
         if self.step < max_steps:
             self.writer.write(self.step, {"event": "stopped", "signal": stop.name, "exit_status": REQUEUE_EXIT})
         else:
@@ -242,25 +243,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def client_state(self) -> dict:
+        e = self.engine
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "tasks": self.tasks,
-                 "config": self.cfg.to_dict()}
+                 "config": self.cfg.to_dict(), "world_size": self.world, "zero_stage": e.zero_optimization_stage(),
+                 "precision": "bf16" if e.bfloat16_enabled() else "fp16" if e.fp16_enabled() else "fp32"}
         if self.reconciler is not None:
             state["reconciler"] = self.reconciler.state_dict()
         return {"massive_mt": state}
 
     def save(self) -> None:
-        checkpoint.save(self.engine, self.ckpt_dir, self.step, self.client_state(), self.cfg.train.keep_last)
+        state = self.client_state()
+        run = {k: state["massive_mt"][k] for k in ("world_size", "zero_stage", "precision", "config", "tasks")}
+        checkpoint.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.train.keep_last, run)
 
     def maybe_resume(self) -> None:
+        """Resume from the newest complete checkpoint (or the one train.resume names), after checking
+        that this run changes nothing a resume may not change (checkpoint.check_resume)."""
         r = self.cfg.train.resume
         if r == "never":
             return
-        ckpt_dir, tag = (self.ckpt_dir, None) if r == "auto" else (Path(r).parent, Path(r).name)
-        if r != "auto" and not Path(r).is_dir():
-            raise ConfigError(f"field 'train.resume': checkpoint {r!r} not found")
+        if r == "auto":
+            ckpt_dir = self.ckpt_dir
+            tag, marker = checkpoint.select(ckpt_dir)
+            if tag is None:
+                return
+        else:
+            if not Path(r).is_dir():
+                raise ConfigError(f"field 'train.resume': checkpoint {r!r} not found")
+            ckpt_dir, tag = Path(r).parent, Path(r).name
+            marker = checkpoint.require(Path(r))
+        checkpoint.check_resume(marker["run"], self.client_state()["massive_mt"], ckpt_dir / tag)
         state = checkpoint.load(self.engine, ckpt_dir, tag)
-        if state is None:
-            return
         s = state["massive_mt"]
         if s["tasks"] != self.tasks:
             raise ConfigError(f"field 'train.resume': checkpoint in {ckpt_dir} was trained on other tasks "
@@ -295,17 +308,22 @@ def run(args) -> dict:
     cfg = load_config(args.config, args.overrides)
     stop = StopSignals(cfg.train.stop_signals)       # before the slow start-up: a signal must not kill it
     ds_raw = load_ds_config(args.ds_config)
-    rank, world = init_distributed()
-    ds = resolve_ds_config(ds_raw, cfg, world, where=args.ds_config)
-    trainer = Trainer(cfg, ds, rank, world)
-    if rank == 0:
-        save_resolved(cfg.train.output_dir, cfg, ds)
-    result = trainer.fit(stop)
-    if rank == 0 and trainer.step == cfg.train.max_steps:
-        print(json.dumps({"final": result}, default=float), flush=True)
-    import deepspeed.comm as dist
-    dist.barrier()
-    dist.destroy_process_group()
+    rank, world = init_distributed(cfg.train.collective_timeout_s)
+    lock = take_lock(cfg.train.output_dir, rank)       # rank 0 holds output_dir for the run; before any write
+    try:
+        ds = resolve_ds_config(ds_raw, cfg, world, where=args.ds_config)
+        trainer = Trainer(cfg, ds, rank, world)
+        if rank == 0:
+            save_resolved(cfg.train.output_dir, cfg, ds)
+        result = trainer.fit(stop)
+        if rank == 0 and trainer.step == cfg.train.max_steps:
+            print(json.dumps({"final": result}, default=float), flush=True)
+        import deepspeed.comm as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    finally:
+        if lock is not None:
+            lock.release()
     if trainer.step < cfg.train.max_steps:
         raise StopRequested(stop.name, trainer.step)
     return result
