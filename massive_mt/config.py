@@ -21,6 +21,7 @@ import yaml
 
 from .errors import ConfigError
 from .model import PRESETS as MODEL_PRESETS
+from .model import check_attn_implementation
 from .preemption import parse_signals
 from .reconcile.cats import PARAMS as CATS_PARAMS
 from .reconcile.cats import CATSConfig
@@ -53,11 +54,13 @@ class SamplingConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"                # test | tiny | base | big
+    preset: str = "tiny"                # test | tiny | small | base | big | large (massive_mt/model.py)
     from_pretrained: Optional[str] = None  # local HF directory (e.g. an M2M100 checkpoint); overrides preset
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
+    attn_implementation: str = "sdpa"   # sdpa | eager | flash_attention_2 (needs flash-attn)
+    activation_checkpointing: bool = False  # recompute each Transformer layer in the backward pass
 
 
 @dataclass
@@ -269,6 +272,7 @@ def validate(cfg: ExperimentConfig) -> None:
     for name in ("dropout", "attention_dropout", "activation_dropout"):
         v = getattr(m, name)
         _require(0.0 <= v < 1.0, f"model.{name}", f"must be in [0, 1), got {v}")
+    check_attn_implementation(m.attn_implementation)
     if m.from_pretrained is not None:
         _require(Path(m.from_pretrained, "config.json").is_file(), "model.from_pretrained",
                  f"{m.from_pretrained!r} is not a local Hugging Face model directory (no config.json)")
