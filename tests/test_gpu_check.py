@@ -22,11 +22,10 @@ def test_dry_run_checks_benchmarks_and_reports(data_bin, tmp_path):
     p = run("--data-bin", str(data_bin), "--out", str(out), "--dry-run")
     assert p.returncode == 0, p.stderr[-4000:]
     checks = [json.loads(l) for l in (out / "checks.jsonl").read_text().splitlines()]
-    assert [c["check"] for c in checks] == ["adapter-zero2-fp32", "equivalence-zero2-fp32-checkpointing"]
-    for c in checks:
-        assert c["ok"] and c["result"]["world_size"] == 1, c
-    eq = checks[1]["result"]["methods"]
-    assert set(eq) == {"plain", "gradvac:all_layer", "cats+lr_alpha=3+lr_lambda=10+eps=0"}
+    [c] = checks
+    assert c["check"] == "equivalence-zero2-fp32-checkpointing" and c["ok"] and c["result"]["world_size"] == 1, c
+    eq = c["result"]["methods"]
+    assert set(eq) == {"plain", "sum", "gradvac:all_layer"}
     assert all(m["checkpointed_layers"] == 4 and m["rel_diff"] <= 1e-6 for m in eq.values()), eq
     records = [json.loads(l) for l in (out / "bench.jsonl").read_text().splitlines()]
     assert sorted((r["zero_stage"], r["method"]) for r in records) == sorted((z, m) for z in (2, 3) for m in METHODS)
