@@ -54,3 +54,16 @@ def test_without_a_gpu_the_device_check_refuses(data_bin, tmp_path):
     p = run("--data-bin", str(data_bin), "--out", str(tmp_path / "x"), timeout=300, env=env)
     assert p.returncode == 1 and "no usable CUDA accelerator" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "x" / "bench.jsonl").exists()
+
+
+def test_a_spent_budget_skips_and_says_so(data_bin, tmp_path):
+    """Checks stop at half of --budget-s, benchmarks at the budget less the report's share; the
+    summary names what was not measured and the exit status is 1."""
+    out = tmp_path / "check"
+    p = run("--data-bin", str(data_bin), "--out", str(out), "--dry-run", "--budget-s", "10", timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    [c] = [json.loads(l) for l in (out / "checks.jsonl").read_text().splitlines()]
+    assert c["check"].endswith("(skipped: budget)") and c["ok"] is False
+    summary = (out / "summary.md").read_text()
+    assert "0 of 10 configurations measured" in summary and "test/ZeRO-3/K=2/naive" in summary
+    assert not (out / "bench.jsonl").exists()
