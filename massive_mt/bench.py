@@ -23,11 +23,15 @@ each operation, so that step is not timed). Rank 0 appends one JSON line per con
 peak memory per rank during the timed steps (CUDA: max allocated; CPU: peak resident set size,
 reset through /proc/self/clear_refs) and its increase over the memory in use before the
 configuration's trainer was built (freed memory returned to the system first), snapshot bytes against K*P/N*4, bytes per collective per
-step, the last step's task weights, and the machine, versions and configuration.
+step, the last step's task weights, and the machine, versions and configuration; the model
+FLOPs of the timed steps (massive_mt.model.train_flops over the sentence pairs every rank
+trained on) and the accelerator's dense bf16 peak (`--peak-tflops`, or from PEAK_BF16_TFLOPS by
+GPU name), from which bench-report derives the model FLOPs utilisation.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
@@ -52,6 +56,15 @@ def method_names() -> list[str]:
     from .reconcile.methods import METHODS
 
     return ["plain", "bare", *METHODS, "cats", "naive"]
+
+
+# dense bf16 peak per GPU (vendor data sheets, without sparsity); the first name contained in
+# torch.cuda.get_device_name() wins
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
+
+
+def peak_tflops(gpu_name: Optional[str]) -> Optional[float]:
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu_name and k in gpu_name), None)
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
@@ -125,6 +138,20 @@ def bare_step(trainer, step: int) -> int:
     return tokens
 
 
+def step_flops(trainer, sampler, steps: int) -> float:
+    """Model FLOPs of this rank's micro-batches in the next `steps` steps of `sampler` (a copy of the
+    trainer's, taken before the timed steps), counted without padding."""
+    from .model import train_flops
+
+    total = 0.0
+    for _ in range(steps):
+        for task, micro_batches in sampler.plan(sampler.step):
+            ds = trainer.datasets[task]
+            for indices in micro_batches:
+                total += train_flops(trainer.engine.module.config, ds.sizes_src[indices], ds.sizes_tgt[indices])
+    return total
+
+
 def comm_per_step(run_step) -> dict:
     """{op: {"calls", "bytes"}} of one step on this rank, from DeepSpeed's comms logger (message
     sizes as it logs them: the tensor of an all-reduce, each rank's input of an all-gather)."""
@@ -175,7 +202,7 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
     trainer.meter.reset()
     gc.collect()
     memory.reset()
-    times, bare_tokens = [], 0
+    times, bare_tokens, sampler = [], 0, copy.deepcopy(trainer.sampler)
     for _ in range(steps):
         dist.barrier()
         t0 = time.perf_counter()
@@ -183,8 +210,8 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
         dist.barrier()
         times.append(time.perf_counter() - t0)
     peak = memory.peak()
-    local = torch.tensor([float(bare_tokens), float(start), float(peak)], dtype=torch.float64,
-                         device=trainer.device)                  # NCCL gathers device tensors
+    local = torch.tensor([float(bare_tokens), float(start), float(peak), step_flops(trainer, sampler, steps)],
+                         dtype=torch.float64, device=trainer.device)             # NCCL gathers device tensors
     per_rank = [torch.zeros_like(local) for _ in range(world)]
     dist.all_gather(per_rank, local)
     per_rank = torch.stack(per_rank).cpu()
@@ -202,7 +229,8 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
                       "peak_bytes": [int(x) for x in per_rank[:, 2]],
                       "peak_above_start": [int(x) for x in per_rank[:, 2] - per_rank[:, 1]]},
            "comm_per_step": comm,
-           "comm_bytes_per_step": sum(v["bytes"] for v in comm.values())}
+           "comm_bytes_per_step": sum(v["bytes"] for v in comm.values()),
+           "model_flops": float(per_rank[:, 3].sum())}
     if rec is not None:
         K = cfg.sampling.tasks_per_step
         out.update({"reconcile_s_per_step": {k: v / steps for k, v in rec.timings.items()},
@@ -242,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     p.add_argument("--repeats", type=int, default=1, help="rounds over all configurations (interleaved)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the accelerator's dense bf16 peak per rank, for the FLOPs utilisation (default: "
+                        "from the GPU name: " + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()) + ")")
     p.add_argument("--out", default="bench.jsonl")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
     p.add_argument("overrides", nargs="*", help="experiment overrides, e.g. data.max_len=64")
@@ -276,6 +307,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta = {"run_id": f"{int(run_id.item()):x}", "world_size": world, "preset": a.preset,
                 "ds_config": a.ds_config, "max_tokens": a.max_tokens, "steps": a.steps, "warmup": a.warmup,
                 "overrides": a.overrides, "machine": machine_info(),
+                "peak_tflops": a.peak_tflops or peak_tflops(torch.cuda.get_device_name()
+                                                            if torch.cuda.is_available() else None),
                 "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
                              "python": platform.python_version()}}
         for rep in range(a.repeats):

@@ -68,6 +68,10 @@ def summarise(records: list[dict]) -> list[dict]:
         for k in ("snapshot_bytes", "kpn_bytes", "local_numel", "n_groups", "allreduce_bytes", "gather_bytes"):
             if k in r0:
                 row[k] = r0[k]
+        if all("model_flops" in r for r in recs):     # model FLOPs per second and utilisation of the peak
+            row["flops_per_s"] = sum(r["model_flops"] for r in recs) / sum(sum(r["step_s"]) for r in recs)
+            peak = r0.get("peak_tflops")
+            row["mfu"] = row["flops_per_s"] / key[2] / (peak * 1e12) if peak else None
         if "reconcile_s_per_step" in r0:
             row["split_ms"] = {k: 1000 * statistics.mean(r["reconcile_s_per_step"][k] for r in recs)
                                for k in r0["reconcile_s_per_step"]}
@@ -178,6 +182,26 @@ def tables(rows: list[dict]) -> str:
         for p, b in pairs:
             out.append(f"| {p['preset']} | {p['N']} | {p['zero']} | {p['K']} | {p['tokens_per_s']:,.0f} | "
                        f"{b['tokens_per_s']:,.0f} | {p['tokens_per_s'] / b['tokens_per_s']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
+def utilisation(rows: list[dict]) -> str:
+    """Throughput per rank and model FLOPs utilisation (rows with model FLOPs recorded)."""
+    sel = [r for r in rows if "flops_per_s" in r]
+    if not sel:
+        return ""
+    out = ["", "## Throughput per rank and model FLOPs utilisation", "",
+           "Target tokens/s and model TFLOP/s per rank over the timed steps; MFU: that rate over the "
+           "accelerator's dense bf16 peak (`massive-mt bench --peak-tflops`, or the GPU's data-sheet value; "
+           "empty where none is known, e.g. on CPU). Model FLOPs: `massive_mt.model.train_flops`, 3 x the "
+           "forward matrix products of the encoder on source tokens and of the decoder and output "
+           "projection on target tokens, attention scores included, padding and recomputation excluded.", "",
+           "| preset | N | ZeRO | K | method | target tok/s per rank | model TFLOP/s per rank | MFU |",
+           "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in sel:
+        out.append(f"| {r['preset']} | {r['N']} | {r['zero']} | {r['K']} | {r['method']} | "
+                   f"{r['tokens_per_s'] / r['N']:,.0f} | {r['flops_per_s'] / r['N'] / 1e12:.3g} | "
+                   f"{_f(r['mfu'], '{:.1%}')} |")
     return "\n".join(out) + "\n"
 
 
@@ -317,7 +341,7 @@ def report(paths, out_dir) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     figs = [plot_overhead(rows, out_dir / "overhead_vs_k.png"), plot_memory(rows, out_dir / "memory_vs_n.png"),
             plot_step_time(rows, out_dir / "step_time_vs_n.png")]
-    text = header(records, paths) + pivot(rows) + tables(rows) + "\n## Figures\n\n" + "".join(
+    text = header(records, paths) + pivot(rows) + tables(rows) + utilisation(rows) + "\n## Figures\n\n" + "".join(
         f"![{f.stem}]({f.name})\n\n" for f in figs)
     path = out_dir / "report.md"
     tmp = path.with_name(".tmp-report.md")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .distributed import COLLECTIVE_TIMEOUT_S
 from .errors import ConfigError
-from .model import PRESETS
+from .model import ATTN_IMPLEMENTATIONS, PRESETS, check_attn_implementation
 from .preemption import parse_signals
 from .reconcile.cats import CATSConfig
 from .reconcile.groups import GRANULARITIES
@@ -81,6 +81,8 @@ class ModelConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     attention_dropout: float = Field(0.0, ge=0, lt=1)
     activation_dropout: float = Field(0.0, ge=0, lt=1)
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"   # flash_attention_2 needs flash-attn
+    activation_checkpointing: bool = False  # recompute each Transformer layer in the backward pass
 
     @field_validator("from_pretrained")
     @classmethod
@@ -231,6 +233,7 @@ def _require(cond: bool, field_name: str, msg: str):
 def check(cfg: ExperimentConfig) -> None:
     """The rules between fields (each field's own type and bounds are checked on construction)."""
     parse_signals(cfg.train.stop_signals)
+    check_attn_implementation(cfg.model.attn_implementation)
     r = cfg.reconcile
     gradvac = r.method == "gradvac" or (r.method == "cats" and r.cats.base == "gradvac")
     _require(r.vaccinate is None or gradvac, "reconcile.vaccinate",

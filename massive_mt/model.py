@@ -4,12 +4,20 @@ M2M100 conventions: shared source/target/output embeddings, a language tag token
 language (`__fr__`), source = [src_tag] + tokens + [</s>], target = [tgt_tag] + tokens + [</s>],
 decoding starts from </s> with the target tag forced as the first generated token.
 Models are saved with `save_pretrained` and load back with `from_pretrained`.
+
+Large-model options (`build_model`): `attn_implementation` is transformers' attention kernel
+(`sdpa`: torch's scaled_dot_product_attention, `eager`: the reference matmul/softmax,
+`flash_attention_2`: the flash-attn package); `activation_checkpointing` recomputes each encoder
+and decoder layer in the backward pass (torch.utils.checkpoint, non-reentrant, RNG state
+preserved so dropout masks are replayed).
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from transformers import M2M100Config, M2M100ForConditionalGeneration
 
 from .errors import ConfigError
@@ -21,7 +29,19 @@ PRESETS = {
     "small": dict(d_model=512, ffn=2048, heads=8, enc=3, dec=3),    # base width, half its depth
     "base": dict(d_model=512, ffn=2048, heads=8, enc=6, dec=6),     # Transformer-base (Vaswani et al.)
     "big": dict(d_model=1024, ffn=4096, heads=16, enc=6, dec=6),    # Transformer-big
+    # the shape of M2M-100 418M and NLLB-200-distilled-600M (Fan et al. 2020; NLLB Team 2022)
+    "large": dict(d_model=1024, ffn=4096, heads=16, enc=12, dec=12),
 }
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_implementation(name: str) -> None:
+    """ConfigError naming `model.attn_implementation` for an unknown or unavailable kernel."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"field 'model.attn_implementation': must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("field 'model.attn_implementation': flash_attention_2 needs the flash-attn package "
+                          "(pip install flash-attn; CUDA GPUs only), which is not importable here; use sdpa")
 
 
 def preset_config(preset: str, vocab_size: int, max_len: int, pad_id: int = 1, bos_id: int = 0,
@@ -44,17 +64,29 @@ def preset_config(preset: str, vocab_size: int, max_len: int, pad_id: int = 1, b
 
 
 def build_model(preset: str, vocab_size: int, max_len: int, from_pretrained: Optional[str] = None,
+                attn_implementation: str = "sdpa", activation_checkpointing: bool = False,
                 **dropouts) -> M2M100ForConditionalGeneration:
     """A fresh model from a preset, or a local HF checkpoint directory (nothing is downloaded)."""
+    check_attn_implementation(attn_implementation)
     if from_pretrained is not None:
         if not Path(from_pretrained, "config.json").is_file():
             raise ConfigError(f"field 'model.from_pretrained': {from_pretrained!r} has no config.json")
-        model = M2M100ForConditionalGeneration.from_pretrained(from_pretrained, local_files_only=True)
+        model = M2M100ForConditionalGeneration.from_pretrained(from_pretrained, local_files_only=True,
+                                                               attn_implementation=attn_implementation)
         if model.config.vocab_size < vocab_size:
             raise ConfigError(f"field 'model.from_pretrained': {from_pretrained} has vocab_size "
                               f"{model.config.vocab_size} < the tokenizer's {vocab_size}")
-        return model
-    return M2M100ForConditionalGeneration(preset_config(preset, vocab_size, max_len, **dropouts))
+    else:
+        config = preset_config(preset, vocab_size, max_len, **dropouts)
+        config._attn_implementation = attn_implementation
+        model = M2M100ForConditionalGeneration(config)
+    if activation_checkpointing:
+        kwargs = {"use_reentrant": False}      # reentrant checkpointing breaks ZeRO's gradient hooks
+        if hasattr(model, "activation_checkpointing_enable"):           # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
 
 
 def count_parameters(model) -> int:
@@ -65,3 +97,26 @@ def count_parameters(model) -> int:
             seen.add(id(p))
             n += getattr(p, "ds_numel", p.numel())
     return n
+
+
+def train_flops(config, src_lens, tgt_lens) -> float:
+    """Model FLOPs of one training pass (forward + backward = 3 x forward) over sentence pairs with
+    source lengths `src_lens` and target lengths `tgt_lens` (tokens incl. tag and </s>, no padding).
+
+    Forward FLOPs = 2 x multiply-adds of the matrix products; per source token, each encoder layer
+    costs 8d^2 (Q, K, V, O) + 4d*ffn, plus 4d^2 per decoder layer (the cross-attention K, V
+    projections of the encoder output); per target token, each decoder layer costs 8d^2 (self
+    Q, K, V, O) + 4d^2 (cross Q, O) + 4d*ffn, plus 2dV for the output projection; attention
+    scores and their weighted sum add 4*s^2*d per encoder layer and 4*t^2*d (self, full matrix
+    as computed) + 4*t*s*d (cross) per decoder layer and sentence. Embedding look-ups, layer
+    norms, softmax and biases are left out (as in the 6N rule, which this reduces to for the
+    linear layers: 3 x 2 x their parameters per token they act on).
+    """
+    s = np.asarray(src_lens, dtype=np.float64)
+    t = np.asarray(tgt_lens, dtype=np.float64)
+    d, V = config.d_model, config.vocab_size
+    le, ld, fe, fd = config.encoder_layers, config.decoder_layers, config.encoder_ffn_dim, config.decoder_ffn_dim
+    S, T = s.sum(), t.sum()
+    enc = le * (S * (8 * d * d + 4 * d * fe) + 4 * d * (s * s).sum())
+    dec = ld * (T * (12 * d * d + 4 * d * fd) + S * 4 * d * d + 4 * d * ((t * t).sum() + (t * s).sum()))
+    return float(3 * (enc + dec + T * 2 * d * V))

@@ -69,6 +69,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
         model = build_model(m.preset, self.tokenizer.vocab_size, cfg.data.max_len, m.from_pretrained,
+                            attn_implementation=m.attn_implementation,
+                            activation_checkpointing=m.activation_checkpointing,
                             dropout=m.dropout, attention_dropout=m.attention_dropout,
                             activation_dropout=m.activation_dropout)
         self.n_params = count_parameters(model)
@@ -215,6 +217,8 @@ class Trainer:
         info = {"event": "start", "world_size": self.world, "parameters": self.n_params,
                 "zero_stage": self.engine.zero_optimization_stage(), "bf16": self.engine.bfloat16_enabled(),
                 "optimizer_wrapper": type(self.engine.optimizer).__name__,
+                "attn_implementation": self.engine.module.config._attn_implementation,
+                "activation_checkpointing": self.cfg.model.activation_checkpointing,
                 "tasks": self.tasks, "train_sentences": self.train_sizes,
                 "sampling_probs": {t: round(float(p), 6) for t, p in zip(self.tasks, self.probs)},
                 "truncated": {t: int(getattr(ds, "n_truncated", 0)) for t, ds in self.datasets.items()},

@@ -139,7 +139,9 @@ def main():
         got = full_params(trainer.engine)
         finals[spec] = got
         res = {"moved": float((got - start).abs().max()), "stage": trainer.engine.zero_optimization_stage(),
-               "wrapper": type(trainer.engine.optimizer).__name__}
+               "wrapper": type(trainer.engine.optimizer).__name__,
+               "checkpointed_layers": sum(bool(getattr(x, "gradient_checkpointing", False))   # model.activation_checkpointing
+                                          for x in trainer.engine.module.modules())}
         if trainer.reconciler is not None:
             res["groups"] = len(trainer.reconciler.groups)
             res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
