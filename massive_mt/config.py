@@ -109,7 +109,7 @@ class TrainConfig(Section):
     log_interval: int = Field(10, ge=1)
     save_interval: int = Field(0, ge=0)     # 0: only at the end
     keep_last: int = Field(2, ge=1)         # DeepSpeed checkpoints kept (older ones deleted after a save completes)
-    resume: str = "auto"                    # auto: from output_dir/checkpoints/latest if present | never | <path>
+    resume: str = "auto"                    # auto: the newest complete checkpoint in output_dir/checkpoints | never | <path>
     tensorboard: bool = True
     seed: int = 1                           # model initialisation
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)

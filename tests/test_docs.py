@@ -105,3 +105,26 @@ def test_docs_cited_in_the_code_exist():
             if why:
                 problems.append(f"{src.relative_to(REPO)}: {file_part}{anchor}: {why}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_extension_guides_toy_method_registers_and_passes_its_test():
+    """docs/extending.md's example method and its test, run as written: adding a method is one
+    registered function, found by name by the reconcile dispatch."""
+    import torch
+
+    from massive_mt.reconcile import methods
+
+    guide = (DOCS / "extending.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    method = next(b for b in blocks if '@register("mean")' in b)
+    test = next(b for b in blocks if "def test_mean" in b)
+    scope = {"torch": torch, "Tensor": torch.Tensor, "F64": methods.F64, "register": methods.register,
+             "Corrections": methods.Corrections, "reconcile": methods.reconcile, "make_state": methods.make_state,
+             "gen": lambda seed: torch.Generator().manual_seed(seed)}
+    try:
+        exec(method, scope)
+        assert "mean" in methods.METHODS
+        exec(test, scope)
+        scope["test_mean_weights_every_task_one_over_k"]()
+    finally:
+        methods.METHODS.pop("mean", None)
