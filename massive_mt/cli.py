@@ -1,5 +1,6 @@
 """`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
-bench-report, demo, compare, study, relatedness."""
+bench-report, demo, compare, study, relatedness. Every command reports bad input and refused file
+operations in one line with exit status 2 (`run_command`)."""
 from __future__ import annotations
 
 import argparse
@@ -47,16 +48,6 @@ def cmd_prepare(a) -> int:
                           seed=a.seed)
         encode_corpus(a.corpus, model, tmp, workers=a.workers)
     print(f"{a.out}: SentencePiece model and token arrays written")
-    return 0
-
-
-def cmd_evaluate(a) -> int:
-    from .evaluate import evaluate, markdown_table
-
-    report = evaluate(a.model, a.corpus, tasks=a.tasks, split=a.split, beam=a.beam, batch_size=a.batch_size,
-                      max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens, device=a.device,
-                      out_dir=a.out or Path(a.model).parent / "eval")
-    print(markdown_table(report))
     return 0
 
 
@@ -108,8 +99,8 @@ def cmd_relatedness(a) -> int:
 
 
 def launch_env(nproc: int) -> dict:
-    """The environment of local training ranks: DeepSpeed's CPU accelerator when there is no GPU,
-    and the cores split between the ranks instead of oversubscribed."""
+    """The environment of `nproc` local ranks: the CPU accelerator without a GPU, the cores split
+    between the ranks instead of oversubscribed."""
     env = dict(os.environ)
     try:
         import torch
@@ -121,16 +112,16 @@ def launch_env(nproc: int) -> dict:
     return env
 
 
-def launch_command(launcher: str, nproc: int, args: list[str]) -> list[str]:
-    """The command that starts `nproc` local ranks of massive_mt.train."""
+def launch_command(launcher: str, nproc: int, args: list[str], module: str = "massive_mt.train") -> list[str]:
+    """The command that starts `nproc` local ranks of `module` (massive_mt.train, massive_mt.evaluate)."""
     if launcher == "deepspeed":
         exe = shutil.which("deepspeed")
         if exe is None:
             raise MassiveMTError("the 'deepspeed' launcher is not on PATH; use --launcher torchrun")
-        return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "massive_mt.train"] + args
+        return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", module] + args
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(free_port()), "-m", "massive_mt.train"] + args
+                "--master_port", str(free_port()), "-m", module] + args
     raise MassiveMTError(f"--launcher must be deepspeed or torchrun, got {launcher!r}")
 
 
@@ -222,18 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train (one process per rank; see `massive-mt train --help`)")
 
-    e = sub.add_parser("evaluate", help="beam search + sacrebleu BLEU/chrF per task")
-    e.add_argument("--model", required=True, help="model directory written by training (run/model)")
-    e.add_argument("--corpus", required=True, help="corpus directory in the {split}.{src}-{tgt}.{lang} layout")
-    e.add_argument("--tasks", nargs="*", help="tasks such as en-fr (default: the model's training tasks)")
-    e.add_argument("--split", default="test")
-    e.add_argument("--beam", type=int, default=4)
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--max-sentences", type=int, default=0, help="per task, 0 = all")
-    e.add_argument("--max-new-tokens", type=int, default=128)
-    e.add_argument("--device")
-    e.add_argument("--out", help="where results.json/results.md go (default: next to the model)")
-    e.set_defaults(fn=cmd_evaluate)
+    sub.add_parser("evaluate", help="beam search + sacrebleu BLEU/chrF per task, data-parallel over ranks "
+                                    "(see `massive-mt evaluate --help`)")
 
     s = sub.add_parser("similarity", help="language-by-language gradient-similarity heatmaps over training")
     s.add_argument("--run", required=True, help="training output_dir (holds reconcile.jsonl)")
@@ -310,11 +291,29 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:
         from . import bench
         return bench.main(argv[1:])
+    if argv[:1] == ["evaluate"]:         # its own parser: it may run as a rank of a launcher
+        from . import evaluate
+        return evaluate.main(argv[1:])
     args = build_parser().parse_args(argv)
+    return run_command(args.command, getattr(args, "out", None), args.fn, args)
+
+
+def error_message(e: BaseException, output=None) -> str:
+    """One line for a user-facing error: an OSError as `path: reason` (a failed write names no file:
+    then the command's `output`), a MassiveMTError as its message."""
+    if isinstance(e, OSError) and e.strerror:
+        paths = [p for p in (e.filename, e.filename2) if p is not None] or ([output] if output else [])
+        return f"{' -> '.join(map(str, paths))}: {e.strerror}" if paths else e.strerror
+    return str(e)
+
+
+def run_command(command: str, output, fn, *args) -> int:
+    """The error boundary of a command writing to `output`: bad input (MassiveMTError) and a file system
+    that refuses (OSError: read-only, full, not a directory) give one line and exit status 2."""
     try:
-        return args.fn(args)
-    except MassiveMTError as e:
-        print(f"massive-mt {args.command}: error: {e}", file=sys.stderr)
+        return fn(*args)
+    except (MassiveMTError, OSError) as e:
+        print(f"massive-mt {command}: error: {error_message(e, output)}", file=sys.stderr, flush=True)
         return 2
 
 

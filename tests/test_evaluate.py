@@ -1,9 +1,11 @@
 """Evaluation: beam search with the forced target tag, sacrebleu scores and signatures, reports."""
 import json
+from pathlib import Path
 
 import pytest
 
 from massive_mt import cli
+from massive_mt.errors import ConfigError
 from massive_mt.evaluate import Translator, evaluate, markdown_table, resource_buckets, score
 
 
@@ -59,3 +61,179 @@ def test_evaluate_other_direction_and_missing_files(trained_run, real_corpus, tm
     assert rc == 2 and "en-xx" in capsys.readouterr().err
     rc = cli.main(["evaluate", "--model", str(tmp_path), "--corpus", str(real_corpus)])
     assert rc == 2 and "config.json" in capsys.readouterr().err
+
+
+def test_results_identify_the_test_set(trained_run, real_corpus, tmp_path):
+    """results.json says which files were evaluated (paths, sha256, sentences, split) for comparisons."""
+    import hashlib
+
+    rep = evaluate(trained_run / "model", real_corpus, tasks=["ja-en", "en-fr"], max_sentences=3, beam=1,
+                   max_new_tokens=4, progress=False, out_dir=tmp_path / "e")
+    assert rep == json.loads((tmp_path / "e" / "results.json").read_text())
+    ja_en, en_fr = (r["test_set"] for r in rep["tasks"])
+    assert ja_en["split"] == en_fr["split"] == "test" and ja_en["sentences"] == en_fr["sentences"] == 3
+    assert ja_en["reference"] == str((real_corpus / "test.en-ja.en").resolve())    # reversed pair file
+    assert ja_en["source"] == str((real_corpus / "test.en-ja.ja").resolve())
+    assert en_fr["reference"] == str((real_corpus / "test.en-fr.fr").resolve())
+    for t in (ja_en, en_fr):
+        for side in ("source", "reference"):
+            with open(t[side], "rb") as f:
+                assert t[f"{side}_sha256"] == hashlib.file_digest(f, "sha256").hexdigest()
+    assert rep["speed"]["world_size"] == 1 and rep["speed"]["sentences"] == 6 == sum(rep["speed"]["rank_sentences"])
+
+
+def test_batches_are_token_bounded_and_in_input_order(trained_run, monkeypatch):
+    tr = Translator(trained_run / "model", device="cpu")
+    sentences = ["Save", "Delete this item permanently from the list of saved items?", "Cancel", "Sign in",
+                 "Your e-mail address has been confirmed", "OK", "Sign in"]
+    encoded = tr.encode(sentences, "en")
+    batches = []
+
+    def echo(self, rows, tgt, *args, **kwargs):           # the hypothesis of a row: its own token ids
+        batches.append([len(e) for e in rows])
+        return [" ".join(map(str, e)) for e in rows]
+
+    monkeypatch.setattr(Translator, "generate", echo)
+    out = tr.translate(sentences, "en", "fr", beam=2, max_new_tokens=8, batch_size=3, max_tokens=40)
+    assert out == [" ".join(map(str, e)) for e in encoded]          # every sentence once, in the input order
+    assert all(len(b) <= 3 and len(b) * max(b) <= 40 for b in batches) and len(batches) >= 3
+    assert all(max(a) <= min(b) for a, b in zip(batches, batches[1:]))  # length-sorted
+    with pytest.raises(ConfigError, match="--max-tokens 5 is below the longest source sentence"):
+        tr.translate(sentences, "en", "fr", max_tokens=5)
+
+
+def test_deal_balances_and_is_deterministic():
+    from massive_mt.evaluate import deal
+
+    costs = [50, 10, 40, 30, 20, 20]
+    owner = deal(costs, 2)
+    assert owner == deal(costs, 2) and deal(costs, 1) == [0] * 6
+    loads = [sum(c for c, r in zip(costs, owner) if r == k) for k in (0, 1)]
+    assert sorted(loads) == [80, 90]
+    assert sorted(deal([5, 5, 5], 4)) == [0, 1, 2]    # more ranks than jobs: some ranks idle
+
+
+@pytest.fixture()
+def model_copy(trained_run, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(trained_run / "model", tmp_path / "model"))
+
+
+def _evaluate_cli(model, corpus, *extra, out=None):
+    return cli.main(["evaluate", "--model", str(model), "--corpus", str(corpus), "--max-sentences", "2",
+                     "--beam", "1", "--max-new-tokens", "4", "--no-progress", *extra]
+                    + (["--out", str(out)] if out is not None else []))
+
+
+def test_model_without_weights_or_truncated_names_them(model_copy, real_corpus, tmp_path, capsys):
+    weights = model_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert _evaluate_cli(model_copy, real_corpus, out=tmp_path / "e") == 2
+    err = capsys.readouterr().err
+    assert f"massive-mt evaluate: error: {weights}: cannot load the model weights" in err and "Traceback" not in err
+    weights.unlink()
+    assert _evaluate_cli(model_copy, real_corpus, out=tmp_path / "e") == 2
+    assert f"error: {model_copy}: no model weights (model.safetensors)" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_non_finite_model_is_refused(model_copy, real_corpus, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    weights = model_copy / "model.safetensors"
+    state = load_file(weights)
+    name = next(n for n in sorted(state) if n.endswith("final_layer_norm.weight"))   # not a tied tensor
+    state[name][0] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    assert _evaluate_cli(model_copy, real_corpus, out=tmp_path / "e") == 2
+    err = capsys.readouterr().err
+    assert f"error: {weights}: the model is non-finite: NaN or inf in 1 of" in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_bad_task_names_and_flags(trained_run, real_corpus, tmp_path, capsys):
+    model = trained_run / "model"
+    assert _evaluate_cli(model, real_corpus, "--tasks", "en-pt-BR", out=tmp_path / "e") == 2
+    err = capsys.readouterr().err
+    assert "task 'en-pt-BR'" in err and "language codes use '_'" in err and "pt_BR" in err
+    for flag, value in (("--beam", "0"), ("--max-sentences", "-1"), ("--batch-size", "0"), ("--max-tokens", "0"),
+                        ("--nproc", "0")):
+        with pytest.raises(SystemExit) as e:
+            _evaluate_cli(model, real_corpus, flag, value, out=tmp_path / "e")
+        assert e.value.code == 2 and f"argument {flag}: must be >= " in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--max-sentences must be an integer >= 0, got -1"):
+        evaluate(model, real_corpus, max_sentences=-1)
+    assert not (tmp_path / "e").exists()
+
+
+def test_unwritable_out_is_refused_before_translating(trained_run, real_corpus, tmp_path, capsys, monkeypatch):
+    from transformers import M2M100ForConditionalGeneration
+
+    calls = []
+    monkeypatch.setattr(M2M100ForConditionalGeneration, "generate", lambda *a, **k: calls.append(1))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert _evaluate_cli(trained_run / "model", real_corpus, out=blocker / "eval") == 2
+    assert capsys.readouterr().err == f"massive-mt evaluate: error: {blocker / 'eval'}: Not a directory\n"
+    assert calls == []
+
+
+def _read_only_mount_available() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o ro none /mnt"], capture_output=True).returncode == 0
+
+
+def _in_mount_namespace(mount: str, target, cmd: list[str]):
+    """Run ``cmd`` with a tmpfs mounted (``mount`` options) on ``target`` in a private mount namespace."""
+    import subprocess
+
+    from conftest import dist_env
+
+    return subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o {mount} none "{target}" && exec "$@"',
+                           "sh", *cmd], capture_output=True, text=True, env=dist_env(), timeout=300)
+
+
+@pytest.mark.skipif(not _read_only_mount_available(), reason="needs `unshare -rm` and tmpfs mounts (user namespaces)")
+@pytest.mark.parametrize("command", ["evaluate", "prepare", "build-corpus"])
+def test_read_only_file_system_gives_one_line(command, real_corpus, tmp_path, request):
+    """The command line's error boundary on a really read-only file system (a tmpfs mounted ro in a
+    private mount namespace): EROFS in one line, exit 2; evaluate refuses before translating."""
+    import sys
+
+    from conftest import TEST_WHEEL
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    out = ro / "out"
+    if command == "evaluate":
+        args = ["--model", str(request.getfixturevalue("trained_run") / "model"), "--corpus", str(real_corpus),
+                "--out", str(out), "--max-sentences", "2", "--no-progress"]
+    else:
+        args = {"prepare": ["--corpus", str(real_corpus), "--out", str(out), "--vocab-size", "4000", "--workers", "1"],
+                "build-corpus": ["--out", str(out), "--wheels", TEST_WHEEL, "--min-pairs", "100"]}[command]
+    p = _in_mount_namespace("ro", ro, [sys.executable, "-m", "massive_mt.cli", command, *args])
+    assert p.returncode == 2, p.stderr
+    line = p.stderr.splitlines()[-1]    # `out`, or the directory staged beside it (prepare, build-corpus)
+    assert line.startswith(f"massive-mt {command}: error: {ro}/") and line.endswith(": Read-only file system")
+    assert line == f"massive-mt {command}: error: {out}: Read-only file system" or command != "evaluate"
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(not _read_only_mount_available(), reason="needs `unshare -rm` and tmpfs mounts (user namespaces)")
+def test_full_disk_gives_one_line_and_leaves_nothing(real_corpus, tmp_path):
+    import sys
+
+    full = tmp_path / "full"
+    full.mkdir()
+    script = (f'"$@"; rc=$?; ls -A "{full}"; exit $rc')    # what the failed command left on the small disk
+    p = _in_mount_namespace("size=64k", full, ["sh", "-c", script, "sh", sys.executable, "-m", "massive_mt.cli",
+                                               "prepare", "--corpus", str(real_corpus), "--out", str(full / "bin"),
+                                               "--vocab-size", "4000", "--workers", "1"])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.splitlines()[-1] == f"massive-mt prepare: error: {full / 'bin'}: No space left on device"
+    assert "Traceback" not in p.stderr and p.stdout == ""   # staged directory removed: the disk is empty

@@ -208,6 +208,37 @@ def test_corrupt_index_names_the_file(data_bin, tmp_path):
         IndexedTokens(tmp_path / "x")
 
 
+def test_out_of_range_token_ids_name_the_file(data_bin, tmp_path):
+    bad = tmp_path / "data-bin"
+    shutil.copytree(data_bin, bad)
+    manifest = load_data_bin(bad)
+    path = bad / "train.en-fr.fr.bin"
+    tokens = np.fromfile(path, dtype=manifest["dtype"])
+    data = IndexedTokens(bad / "train.en-fr.fr", manifest["dtype"])
+    tokens[int(data.offsets[6]) + 1] = manifest["vocab_size"] + 7  # sentence 7, its second token
+    tokens.tofile(path)
+    with pytest.raises(DataError, match=rf"train\.en-fr\.fr\.bin: token id {manifest['vocab_size'] + 7} "
+                                         rf"in sentence 7 .*vocabulary of {manifest['vocab_size']}"):
+        TaskDataset(bad, "en", "fr", max_len=64)
+    TaskDataset(bad, "en", "pt_BR", max_len=64)  # the other files are fine
+
+
+def test_empty_valid_file_is_an_error(corpus, spm_model, tmp_path):
+    """Empty files are errors (docs/data.md), also for a split the training may not read."""
+    bad = tmp_path / "corpus"
+    shutil.copytree(corpus, bad)
+    (bad / "manifest.json").unlink()  # scanned: an empty file must not pass as an absent split
+    for lang in ("en", "fr"):
+        (bad / f"valid.en-fr.{lang}").write_bytes(b"")
+    with pytest.raises(DataError, match=r"valid\.en-fr\.en: file is empty"):
+        load_corpus(bad)
+    with pytest.raises(DataError, match=r"valid\.en-fr\.en: file is empty"):
+        encode_corpus(bad, spm_model, tmp_path / "out", workers=1)
+    (bad / "valid.en-fr.en").write_text("the cat\n", encoding="utf-8")  # one side empty
+    with pytest.raises(DataError, match=r"valid\.en-fr\.fr: file is empty"):
+        load_corpus(bad)
+
+
 def test_load_data_bin_errors(data_bin, tmp_path):
     with pytest.raises(DataError, match="manifest.json: not found"):
         load_data_bin(tmp_path)

@@ -12,7 +12,8 @@ their sizes and the provenance of the data::
      "sources": [...]}
 
 Without a manifest the directory is scanned, so any TED/WMT/OPUS-100 files named
-this way can be used directly. A split with no data has no files and size 0.
+this way can be used directly. A split with no data has no files and size 0; an empty file is an
+error.
 """
 
 from __future__ import annotations
@@ -281,6 +282,8 @@ def _scan(root: Path) -> dict[tuple[str, str, str], set[str]]:
             _check_code(code, str(path))
         if lang not in (src, tgt):
             raise DataError(f"{path}: language {lang!r} is neither side of the pair {src}-{tgt}")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: file is empty (a split without sentences has no files)")
         found.setdefault((split, src, tgt), set()).add(lang)
     return found
 

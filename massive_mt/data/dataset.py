@@ -59,8 +59,8 @@ class TaskDataset:
         name = f"{split}.{pair}"
         if f"{name}.{src_lang}" not in manifest["files"]:
             raise DataError(f"{mpath}: split {split!r} of pair {pair} was not encoded")
-        self.src = IndexedTokens(self.data_dir / f"{name}.{src_lang}", manifest["dtype"])
-        self.tgt = IndexedTokens(self.data_dir / f"{name}.{tgt_lang}", manifest["dtype"])
+        self.src = IndexedTokens(self.data_dir / f"{name}.{src_lang}", manifest["dtype"], manifest["vocab_size"])
+        self.tgt = IndexedTokens(self.data_dir / f"{name}.{tgt_lang}", manifest["dtype"], manifest["vocab_size"])
         if len(self.src) != len(self.tgt):
             raise DataError(
                 f"{self.src.idx_path} has {len(self.src)} sentences but {self.tgt.idx_path} has {len(self.tgt)}"

@@ -11,9 +11,14 @@ from massive_mt.errors import DataError
 
 
 class IndexedTokens:
-    """Memory-mapped token sequences: ``{prefix}.bin`` (flat ids) + ``{prefix}.idx.npy`` (offsets)."""
+    """Memory-mapped token sequences: ``{prefix}.bin`` (flat ids) + ``{prefix}.idx.npy`` (offsets).
 
-    def __init__(self, prefix: str | os.PathLike, dtype: str | np.dtype = "uint16"):
+    With ``vocab_size``, every id is checked to be below it (one pass over the map), so that a
+    corrupt or foreign ``.bin`` is refused at load, naming the file and sentence, instead of
+    failing later inside the embedding lookup.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, dtype: str | np.dtype = "uint16", vocab_size: int | None = None):
         self.bin_path = Path(f"{prefix}.bin")
         self.idx_path = Path(f"{prefix}.idx.npy")
         self.dtype = np.dtype(dtype)
@@ -40,6 +45,19 @@ class IndexedTokens:
         self.offsets = offsets
         # np.memmap cannot map an empty file.
         self.tokens = np.memmap(self.bin_path, dtype=self.dtype, mode="r") if n_tokens else np.zeros(0, self.dtype)
+        if vocab_size is not None and n_tokens:
+            self._check_ids(vocab_size)
+
+    def _check_ids(self, vocab_size: int) -> None:
+        # int32 files could hold negative ids; uint16 ones cannot
+        if int(self.tokens.max()) < vocab_size and int(self.tokens.min()) >= 0:
+            return
+        pos = int(np.argmax((self.tokens >= vocab_size) | (self.tokens < 0)))
+        sentence = int(np.searchsorted(self.offsets, pos, side="right"))  # 1-based
+        raise DataError(
+            f"{self.bin_path}: token id {int(self.tokens[pos])} in sentence {sentence} is out of range for "
+            f"the vocabulary of {vocab_size} ids; the file is corrupt or was encoded with another model"
+        )
 
     def __len__(self) -> int:
         return self.sizes.size

@@ -19,7 +19,9 @@ def parse_task(name: str) -> tuple[str, str]:
     """``"en-fr"`` -> ``("en", "fr")``; ConfigError unless the name is two languages joined by one '-'."""
     parts = name.split("-") if isinstance(name, str) else []
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"task {name!r}: expected 'src-tgt' such as 'en-fr'")
+        hint = (" (language codes use '_' between subtags, such as pt_BR or zh_Hans: '-' only separates "
+                "the source from the target)" if len(parts) > 2 else "")
+        raise ConfigError(f"task {name!r}: expected 'src-tgt' such as 'en-fr'{hint}")
     return parts[0], parts[1]
 
 
