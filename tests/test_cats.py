@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference     # tests/reference.py
+from massive_mt.config import load_config
+from massive_mt.errors import ConfigError
 from massive_mt.reconcile import make_state, reconcile
 from massive_mt.reconcile.cats import (CATSConfig, CATSState, LookAhead, cats, check_state, corrected_gram, curvature,
                                        is_meta_step, lookahead_gradient, meta_step, project_simplex, step_weights,
@@ -236,8 +238,10 @@ def test_lookahead_lowers_the_weight_of_a_task_that_opposes_the_valid_gradients(
 
 
 def test_lookahead_needs_valid_statistics_and_the_update():
-    with pytest.raises(ValueError, match="objective(.|\n)*meta_data: valid"):
-        CATSConfig(objective="lookahead")
+    with pytest.raises(ConfigError, match=r"^config: field 'reconcile.cats.objective': lookahead needs meta_data: valid"):
+        load_config(None, ["reconcile.method=cats", "reconcile.cats.objective=lookahead"])
+    assert load_config(None, ["reconcile.method=cats", "reconcile.cats.objective=lookahead",
+                              "reconcile.cats.meta_data=valid"]).reconcile.cats.objective == "lookahead"
     cfg = CATSConfig(objective="lookahead", meta_data="valid")
     with pytest.raises(ValueError, match="LookAhead"):
         cats(torch.eye(2, dtype=F64)[None], [0, 1], CATSState.uniform(2, "simplex"), cfg, torch.ones(2, dtype=F64),
