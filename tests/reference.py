@@ -1,7 +1,8 @@
 """Textbook reconcilers on explicit full gradient vectors, one process (the tests' reference).
 
-CATS here works on the vectors themselves (autograd through ||sum_i beta_i v_i||^2, a
-bisection projection), independently of the Gram-form code in `cats.py`.
+CATS here works on the vectors themselves (autograd through ||sum_i beta_i v_i||^2 and, for the
+look-ahead objective, through the first-order valid loss after the clipped update; a bisection
+projection), independently of the Gram-form code in `cats.py`.
 
 Written the obvious way: the corrected vectors g'_i are updated in place and every cosine is
 a dot product of actual vectors. Random visiting order and state layout are those of
@@ -84,11 +85,16 @@ def _project(v: Tensor, lower: float, total: float = 1.0) -> Tensor:
     return (v - (lo + hi) / 2).clamp_min(lower)
 
 
-def cats_step(state, cfg, task_ids: list[int], losses: Tensor, vectors: Tensor):
+def cats_step(state, cfg, task_ids: list[int], losses: Tensor, vectors: Tensor, update=None, lr: float = 0.0,
+              clip_norm: float = 0.0):
     """One CATS step. vectors: [K, P] the (corrected) gradients of the step tasks' mean losses, the
-    whole model as one vector; losses [K]. Returns this step's beta [K] and the new state."""
+    whole model as one vector; losses [K]. Objective `lookahead`: losses and vectors are the valid
+    ones, update [K, P] the (corrected) task gradients as they enter the update u = K sum_i beta_i
+    update_i, lr the step's learning rate, clip_norm the clipping threshold (0: none); the meta
+    objective's first term is sum_n L_n + (-lr * clip * u) . sum_n vectors_n, the first-order valid
+    loss after the step. Returns this step's beta [K] and the new state."""
     state = copy.deepcopy(state)
-    T = state.values.numel()
+    T, K = state.values.numel(), len(task_ids)
 
     def alpha_of(values):
         if cfg.param == "simplex":
@@ -101,13 +107,20 @@ def cats_step(state, cfg, task_ids: list[int], losses: Tensor, vectors: Tensor):
             return u @ u
         return (b * b * (vectors * vectors).sum(1)).sum()
 
+    def first(b):
+        if cfg.objective == "loss":
+            return b @ losses
+        u = K * (b @ update)
+        clip = torch.clamp(clip_norm / (torch.linalg.vector_norm(u) + 1e-6), max=1.0) if clip_norm > 0 else 1.0
+        return losses.sum() - lr * clip * u @ vectors.sum(0)
+
     a = alpha_of(state.values)
     beta = a[task_ids] / a[task_ids].sum()
     if is_meta_step(state, cfg):
         x = (beta if cfg.param == "simplex" else state.values).clone().requires_grad_(True)
         with torch.enable_grad():
             b = x if cfg.param == "simplex" else alpha_of(x)[task_ids] / alpha_of(x)[task_ids].sum()
-            J = b @ losses + state.lam * proxy(b)
+            J = first(b) + state.lam * proxy(b)
             (grad,) = torch.autograd.grad(J, x)
         if cfg.param == "simplex":
             mass = a[task_ids].sum()

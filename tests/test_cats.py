@@ -7,9 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference     # tests/reference.py
+from massive_mt.config import load_config
+from massive_mt.errors import ConfigError
 from massive_mt.reconcile import make_state, reconcile
-from massive_mt.reconcile.cats import (CATSConfig, CATSState, cats, check_state, corrected_gram, curvature,
-                                       is_meta_step, meta_step, project_simplex, step_weights, task_weights)
+from massive_mt.reconcile.cats import (CATSConfig, CATSState, LookAhead, cats, check_state, corrected_gram, curvature,
+                                       is_meta_step, lookahead_gradient, meta_step, project_simplex, step_weights,
+                                       task_weights)
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -67,8 +70,12 @@ def problems(draw):
 
 
 def _run_both(p):
-    cfg = CATSConfig(lr_alpha=p["lr_alpha"], lr_lam=0.05, eps=p["eps"], interval=p["interval"],
-                     warmup=p["warmup"], floor=p["floor"], proxy=p["proxy"], param=p["param"])
+    """Gram form and reference over p["steps"] steps; objective `lookahead` (p["objective"]) with the
+    step's learning rate rising linearly to p["lr"] (a warm-up) and clipping at p["clip_norm"]."""
+    look = p.get("objective") == "lookahead"
+    cfg = CATSConfig(lr_alpha=p["lr_alpha"], lr_lam=0.05, eps=p["eps"], interval=p.get("interval", 1),
+                     warmup=p["warmup"], floor=p["floor"], proxy=p["proxy"], param=p["param"],
+                     **(dict(objective="lookahead", meta_data="valid") if look else {}))
     T, K, g = p["n_tasks"], p["K"], gen(p["seed"])
     ours, ref = CATSState.uniform(T, p["param"]), CATSState.uniform(T, p["param"])
     base_ours = make_state(p["base"], len(p["sizes"]), T)
@@ -79,18 +86,21 @@ def _run_both(p):
         scale = float(torch.rand((), generator=g, dtype=F64)) * 3 + 0.5
         grads = [torch.randn(K, n, generator=g, dtype=F64) * scale for n in p["sizes"]]
         losses = torch.rand(K, generator=g, dtype=F64) * 5
-        valid = [torch.randn(K, n, generator=g, dtype=F64) for n in p["sizes"]] if p["valid"] else None
-        # ours: Gram form
+        valid = [torch.randn(K, n, generator=g, dtype=F64) for n in p["sizes"]] if look or p["valid"] else None
+        lr = p["lr"] * (step + 1) / p["steps"] if look else 0.0
+        # ours: Gram form (with `lookahead`, also the training-valid cross Grams)
         grams = torch.stack([x @ x.T for x in grads])
         _, stats = reconcile(p["base"], grams, ids, base_ours, gen(step), ema_rate=0.5)
         meta_gram = (torch.stack([x @ x.T for x in valid]).sum(0) if valid is not None
                      else corrected_gram(grams, stats["coef"]))
-        weights, cstats = cats(stats["coef"], ids, ours, cfg, losses, meta_gram)
+        la = LookAhead(torch.stack([x @ v.T for x, v in zip(grads, valid)]), grams, lr, p["clip_norm"]) if look else None
+        weights, cstats = cats(stats["coef"], ids, ours, cfg, losses, meta_gram, la)
         got = [w @ x for w, x in zip(weights, grads)]
-        # reference: explicit vectors
+        # reference: explicit vectors (autograd)
         corrected, base_ref = reference.correct(p["base"], grads, ids, base_ref, gen(step), ema_rate=0.5)
         vectors = torch.cat(valid if valid is not None else corrected, 1)
-        beta, ref = reference.cats_step(ref, cfg, ids, losses, vectors)
+        extra = dict(update=torch.cat(corrected, 1), lr=lr, clip_norm=p["clip_norm"]) if look else {}
+        beta, ref = reference.cats_step(ref, cfg, ids, losses, vectors, **extra)
         want = [K * beta @ c for c in corrected]
         history.append((got, want, cstats))
     return cfg, ours, ref, history
@@ -99,6 +109,10 @@ def _run_both(p):
 @FAST
 @given(problems())
 def test_gram_form_matches_full_vector_reference(p):
+    _assert_gram_form_matches_reference(p)
+
+
+def _assert_gram_form_matches_reference(p):
     cfg, ours, ref, history = _run_both(p)
     for got, want, _ in history:
         for a, b in zip(got, want):
@@ -116,6 +130,123 @@ def test_reference_moves_on_the_tested_problems():
              lr_alpha=0.05, eps=0.0, interval=1, warmup=0, valid=False, steps=4, seed=3)
     cfg, ours, _, _ = _run_both(p)
     assert ours.lam > 0 and float((task_weights(ours, cfg) - 0.25).abs().max()) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# the look-ahead objective: Gram form == autograd through the first-order valid loss after the step
+
+@st.composite
+def lookahead_problems(draw):
+    n_tasks = draw(st.integers(2, 6))
+    return dict(n_tasks=n_tasks, K=draw(st.sampled_from([n_tasks, draw(st.integers(2, n_tasks))])),
+                sizes=draw(st.lists(st.integers(3, 9), min_size=1, max_size=3)),
+                base=draw(st.sampled_from(["gradvac", "gradvac", "sum", "pcgrad"])),
+                proxy=draw(st.sampled_from(["combined", "diagonal"])),
+                param=draw(st.sampled_from(["simplex", "softmax"])),
+                floor=draw(st.sampled_from([0.05, 0.3])), lr_alpha=draw(st.sampled_from([0.05, 0.5])), valid=True,
+                eps=draw(st.sampled_from([0.0, 1e6])), lr=draw(st.sampled_from([0.01, 0.3])),
+                clip_norm=draw(st.sampled_from([0.0, 1.0, 1e4])), warmup=draw(st.integers(0, 1)),
+                steps=draw(st.integers(2, 5)), seed=draw(st.integers(0, 2**31 - 1)), objective="lookahead")
+
+
+@FAST
+@given(lookahead_problems())
+def test_lookahead_gram_form_matches_autograd_reference(p):
+    _assert_gram_form_matches_reference(p)
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 0.5])
+@pytest.mark.parametrize("K", [3, 5])
+def test_lookahead_reference_moves_over_several_meta_steps(K, clip_norm):
+    """Not vacuous: with GradVac as base, K = T and K < T, clipping off and active, the weights move
+    by far more than the tolerance over several meta steps, and the Gram form follows them."""
+    p = dict(n_tasks=5, K=K, sizes=[5, 7], base="gradvac", proxy="combined", param="simplex", floor=0.1,
+             lr_alpha=0.5, eps=1e6, lr=0.3, clip_norm=clip_norm, warmup=0, steps=5, seed=11, objective="lookahead")
+    cfg, ours, ref, history = _run_both(p)
+    assert float((task_weights(ours, cfg) - 0.2).abs().max()) > 1e-2
+    assert torch.allclose(task_weights(ours, cfg), ref.values, atol=1e-10)
+    if clip_norm:        # the clipping really applied: the update is longer than the threshold
+        assert all(float(sum((w ** 2).sum() for w in want)) > clip_norm ** 2 for _, want, _ in history)
+
+
+def test_lookahead_gradient_by_finite_differences():
+    """-lr * clip(beta) * u(beta) . sum_n v_n with the clipping factor's dependence on beta."""
+    g = gen(4)
+    K, sizes = 3, [4, 6]
+    grads = [torch.randn(K, n, generator=g, dtype=F64) for n in sizes]
+    valid = [torch.randn(K, n, generator=g, dtype=F64) for n in sizes]
+    coef = torch.randn(2, K, K, generator=g, dtype=F64) * 0.3 + torch.eye(K, dtype=F64)
+    look = LookAhead(torch.stack([x @ v.T for x, v in zip(grads, valid)]), torch.stack([x @ x.T for x in grads]),
+                     0.2, 0.7)
+    vsum = torch.cat(valid, 1).sum(0)
+
+    def f(b):
+        u = K * torch.cat([b @ c @ x for c, x in zip(coef, grads)])
+        return float(-look.lr * min(1.0, look.clip_norm / (float(u.norm()) + 1e-6)) * u @ vsum)
+
+    beta = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
+    h = 1e-6
+    numeric = torch.tensor([(f(beta + h * e) - f(beta - h * e)) / (2 * h) for e in torch.eye(K, dtype=F64)], dtype=F64)
+    assert K * float(torch.cat([beta @ c @ x for c, x in zip(coef, grads)]).norm()) > look.clip_norm   # clipped
+    assert torch.allclose(lookahead_gradient(beta, coef, look), numeric, rtol=1e-6, atol=1e-8)
+
+
+@FAST
+@given(st.integers(2, 6), st.integers(2, 6), st.sampled_from(["simplex", "softmax"]),
+       st.sampled_from(["combined", "diagonal"]), st.sampled_from([0.0, 0.5]), st.integers(0, 10**6))
+def test_lookahead_weights_stay_uniform_when_all_tasks_have_the_same_gradient(T, K, param, proxy, clip_norm, seed):
+    K = min(K, T)
+    cfg = CATSConfig(objective="lookahead", meta_data="valid", lr_alpha=2.0, lr_lam=0.5, eps=0.0, param=param,
+                     proxy=proxy)
+    state, g = CATSState.uniform(T, param), gen(seed)
+    for _ in range(6):
+        ids = torch.randperm(T, generator=g)[:K].tolist()
+        v = torch.randn(1, 7, generator=g, dtype=F64).expand(K, 7)          # every task: the same gradient
+        coef = torch.eye(K, dtype=F64)[None]
+        look = LookAhead((v @ v.T)[None], (v @ v.T)[None], 0.1, clip_norm)
+        cats(coef, ids, state, cfg, torch.rand(K, generator=g, dtype=F64), v @ v.T, look)
+        assert torch.allclose(task_weights(state, cfg), torch.full((T,), 1.0 / T, dtype=F64), rtol=0, atol=1e-12)
+    assert state.meta_steps == 6 and state.lam > 0            # the meta steps ran, with the curvature term
+
+
+@pytest.mark.parametrize("param", ["simplex", "softmax"])
+@pytest.mark.parametrize("K", [4, 3])
+def test_lookahead_lowers_the_weight_of_a_task_that_opposes_the_valid_gradients(param, K):
+    """Task 0's training gradient points against the valid gradients of the step's tasks, the others'
+    along them: its weight falls, meta step after meta step, whatever its loss. The `loss` objective
+    on the same statistics (equal losses) leaves it where it is."""
+    T, g = 4, gen(1)
+    d = torch.randn(9, generator=g, dtype=F64)
+    train = torch.stack([-d] + [d + 0.3 * torch.randn(9, generator=g, dtype=F64) for _ in range(K - 1)])
+    valid = torch.stack([d + 0.3 * torch.randn(9, generator=g, dtype=F64) for _ in range(K)])
+    coef = torch.eye(K, dtype=F64)[None]
+    look = LookAhead((train @ valid.T)[None], (train @ train.T)[None], 0.1, 0.0)
+    ids = [0, 1, 2, 3][:K]
+    losses = torch.ones(K, dtype=F64)
+    for objective, falls in (("lookahead", True), ("loss", False)):
+        cfg = CATSConfig(objective=objective, meta_data="valid", lr_alpha=0.002, lr_lam=0.0, param=param)
+        state, before = CATSState.uniform(T, param), []
+        for _ in range(4):
+            before.append(float(task_weights(state, cfg)[0]))
+            cats(coef, ids, state, cfg, losses, valid @ valid.T, look)
+        after = task_weights(state, cfg)
+        if falls:
+            assert all(b > a for b, a in zip(before, before[1:] + [float(after[0])])), before
+            assert float(after[0]) < 1 / T - 1e-3 and bool((after[1:K] > 1 / T).all())
+        else:
+            assert float(after[0]) == pytest.approx(1 / T, abs=1e-15)
+
+
+def test_lookahead_needs_valid_statistics_and_the_update():
+    with pytest.raises(ConfigError, match=r"^config: field 'reconcile.cats.objective': lookahead needs meta_data: valid"):
+        load_config(None, ["reconcile.method=cats", "reconcile.cats.objective=lookahead"])
+    assert load_config(None, ["reconcile.method=cats", "reconcile.cats.objective=lookahead",
+                              "reconcile.cats.meta_data=valid"]).reconcile.cats.objective == "lookahead"
+    cfg = CATSConfig(objective="lookahead", meta_data="valid")
+    with pytest.raises(ValueError, match="LookAhead"):
+        cats(torch.eye(2, dtype=F64)[None], [0, 1], CATSState.uniform(2, "simplex"), cfg, torch.ones(2, dtype=F64),
+             torch.eye(2, dtype=F64))
+    assert CATSConfig().objective == "loss"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,6 +96,23 @@ def test_cats_with_zero_learning_rate_is_plain_training(data_bin, tmp_path):
     assert abs(train["lam"] - valid["lam"]) > 1e-6 * train["lam"]   # valid statistics were really computed apart
 
 
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_cats_lookahead_sharded_equals_unsharded(data_bin, tmp_path, world):
+    """Objective lookahead over GradVac (all_layer: the per-group cross Grams contract with GradVac's
+    coefficients), K = T: the meta step moves alpha by the training-valid cross Grams carried in the
+    step's one all-reduce, with the scheduler's learning rate (warm-up) and the clipping factor of the
+    update; parameters, alpha and lam equal the one-process replay's. lr_lam = 0 keeps lam at 0, so
+    only the look-ahead term moves alpha."""
+    spec = "cats:all_layer+base=gradvac+meta_data=valid+objective=lookahead+lr_alpha=5+lr_lam=0"
+    r = equivalence(world, "zero2.json", 5, ["plain", spec], data_bin, tmp_path / "run")
+    m = r["methods"][spec]
+    print(f"world={world} {spec}: " + " ".join(f"{k}={m[k]:.2e}" for k in ("rel_diff", "alpha_rel_diff")), m["alpha"])
+    assert r["world_size"] == world
+    assert m["meta_steps"] == m["ref_meta_steps"] == 5 and m["ranks_agree"] and m["lam"] == 0.0, m
+    assert max(abs(4 * a - 1) for a in m["alpha"]) > 0.05 and m["vs_plain"] > 1e-4, m
+    assert max(m["rel_diff"], m["alpha_rel_diff"]) <= 1e-6, m
+
+
 @pytest.mark.parametrize("ds_config", ["zero2_bf16.json", "zero1_bf16.json"])
 def test_sharded_equals_unsharded_bf16(data_bin, tmp_path, ds_config):
     """bf16 weights and activations against the fp64 reference: within 2e-2 of the largest parameter

@@ -20,6 +20,13 @@ Meta step (every `interval` steps once `warmup` steps are done), on the step tas
     softmax: alpha = floor / T + (1 - floor) * softmax(theta); theta <- theta - lr_alpha * dJ/dtheta
     lam   <- max(0, lam + lr_lam * (c(new beta) - eps))             (ascent on the multiplier)
 
+Objective `lookahead` (needs meta_data: valid) replaces sum_i beta_i L_i by the first-order valid
+loss of the step tasks after this step's update, sum_n L_n^valid(theta - lr * clip * u(beta)):
+    dJ/dbeta = -lr * K * d(clip * beta . x)/dbeta + 2 lam G beta,   x_i = g'_i . sum_n v_n,
+v_n the valid gradients, clip = min(1, clip_norm / (||u|| + 1e-6)) the clipping factor of the
+update (its dependence on beta included), lr the learning rate of the step; Adam's
+preconditioner is ignored (an SGD-style look-ahead).
+
 The meta step runs after the step's weights are taken: it shapes the next steps. Everything
 is float64 on the CPU and identical on every rank (same all-reduced inputs, same state).
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple, Optional
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -47,6 +54,8 @@ class CATSConfig(BaseModel):
     base: Literal[tuple(METHODS)] = "sum"
     # meta losses + Gram from: train (this step's micro-batches, free) | valid (a valid-split micro-batch)
     meta_data: Literal["train", "valid"] = "train"
+    # meta objective: loss (sum_i beta_i L_i) | lookahead (valid loss after the step's update; meta_data valid)
+    objective: Literal["loss", "lookahead"] = "loss"
     proxy: Literal["combined", "diagonal"] = "combined"   # combined (beta^T G beta) | diagonal (sum beta_i^2 G_ii)
     param: Literal["simplex", "softmax"] = "simplex"      # simplex (projected descent on alpha) | softmax (on logits)
     lr_alpha: float = Field(0.01, ge=0)     # meta learning rate of the task weights
@@ -56,6 +65,13 @@ class CATSConfig(BaseModel):
     warmup: int = Field(0, ge=0)            # steps before the first meta step
     floor: float = Field(0.1, ge=0, le=1)   # alpha_n >= floor / T (1: alpha fixed at uniform; 0 only with softmax)
     valid_max_tokens: int = Field(0, ge=0)  # token budget of a valid micro-batch (0 = sampling.max_tokens)
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, objective: str, info: ValidationInfo) -> str:
+        if objective == "lookahead" and info.data.get("meta_data") != "valid":
+            raise ValueError("lookahead needs meta_data: valid (the valid-split gradients it looks ahead with)")
+        return objective
 
     @field_validator("floor")
     @classmethod
@@ -161,11 +177,46 @@ def curvature(beta: Tensor, G: Tensor, proxy: str) -> Tensor:
     return (beta * beta * G.diagonal()).sum()
 
 
-def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Tensor, G: Tensor) -> dict:
+class LookAhead(NamedTuple):
+    """The step's update, for objective `lookahead` (docs/algorithms.md#the-look-ahead-objective).
+
+    cross [n_groups, K, K]: cross[k, j, n] = g_jk . v_nk, task j's gradient as it enters the update
+    (before the base method's correction) against the gradient of task n's mean valid loss;
+    grams [n_groups, K, K]: the Grams of the task gradients (same units as cross); lr: the learning
+    rate of the step; clip_norm: the update's clipping threshold (0: no clipping)."""
+
+    cross: Tensor
+    grams: Tensor
+    lr: float
+    clip_norm: float
+
+
+def lookahead_gradient(beta: Tensor, coef: Tensor, la: LookAhead) -> Tensor:
+    """[K] gradient w.r.t. beta of the first-order look-ahead term -lr * clip(beta) * u(beta) . sum_n v_n,
+    u = K sum_i beta_i g'_i, clip = min(1, clip_norm / (||u|| + 1e-6)) (its dependence on beta included)."""
+    coef = coef.to(F64)
+    K = beta.numel()
+    x = torch.einsum("kij,kjn->i", coef, la.cross.to(F64))             # g'_i . sum_n v_n
+    grad = -la.lr * K * x
+    if la.clip_norm > 0:
+        Gc = corrected_gram(la.grams, coef)
+        norm = K * math.sqrt(max(float(beta @ Gc @ beta), 0.0))        # ||u||
+        clip = la.clip_norm / (norm + 1e-6)
+        if clip < 1.0 and norm > 0:
+            dclip = -clip / (norm + 1e-6) * (K * K / norm) * (Gc @ beta)
+            grad = clip * grad - la.lr * K * float(beta @ x) * dclip
+    return grad
+
+
+def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Tensor, G: Tensor,
+              first: Optional[Tensor] = None) -> dict:
     """One descent step on alpha and one ascent step on lam (in place). losses [K], G [K, K]: the
-    step tasks' mean losses and the Gram of their gradients (all-reduced, identical on every rank)."""
+    step tasks' mean losses and the Gram of their gradients (all-reduced, identical on every rank).
+    first [K]: the gradient w.r.t. beta of the objective's first term at the step's beta (default:
+    the losses, objective `loss`; `lookahead_gradient` for objective `lookahead`)."""
     losses, G = losses.to(F64), G.to(F64)
-    if not (torch.isfinite(losses).all() and torch.isfinite(G).all()):
+    first = losses if first is None else first.to(F64)
+    if not (torch.isfinite(losses).all() and torch.isfinite(G).all() and torch.isfinite(first).all()):
         state.skipped += 1
         return {"meta": False}
     T = state.values.numel()
@@ -173,14 +224,14 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
     if cfg.param == "simplex":
         mass = float(alpha[task_ids].sum())
         beta = alpha[task_ids] / mass
-        grad = losses + 2.0 * state.lam * (G @ beta if cfg.proxy == "combined" else G.diagonal() * beta)
+        grad = first + 2.0 * state.lam * (G @ beta if cfg.proxy == "combined" else G.diagonal() * beta)
         beta = project_simplex(beta - cfg.lr_alpha * grad, cfg.floor / (T * mass))
         state.values[task_ids] = mass * beta
     else:
         theta = state.values.clone().requires_grad_(True)
         with torch.enable_grad():
             b = step_weights(softmax_weights(theta, cfg.floor), task_ids)
-            J = b @ losses + state.lam * curvature(b, G, cfg.proxy)
+            J = b @ first + state.lam * curvature(b, G, cfg.proxy)     # first: dJ/dbeta of the first term
             (grad_theta,) = torch.autograd.grad(J, theta)
         state.values = state.values - cfg.lr_alpha * grad_theta
         beta = step_weights(task_weights(state, cfg), task_ids)
@@ -191,11 +242,12 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
 
 
 def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
-         meta_losses: Tensor, meta_gram: Tensor) -> tuple[Tensor, dict]:
+         meta_losses: Tensor, meta_gram: Tensor, lookahead: Optional[LookAhead] = None) -> tuple[Tensor, dict]:
     """Weights w [n_groups, K] of the update sum_j w[k, j] g_jk, then (on a meta step) the meta step.
 
     coef: [n_groups, K, K] the base method's C. meta_losses [K] and meta_gram [K, K] (in units of
-    the gradients of the mean losses) come from this step's micro-batches or from dev batches.
+    the gradients of the mean losses) come from this step's micro-batches or from valid batches;
+    lookahead: the step's update, needed on meta steps of objective `lookahead`.
     stats: beta (this step's weights), alpha and lam after the step, meta (whether one was taken),
     proxy (its value after the alpha step, on a meta step), skipped (meta steps left out so far)."""
     K = coef.shape[1]
@@ -203,7 +255,12 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     weights = K * torch.einsum("i,kij->kj", beta, coef.to(F64))
     stats = {"meta": False}
     if is_meta_step(state, cfg):
-        stats = meta_step(state, cfg, task_ids, meta_losses, meta_gram)
+        first = None
+        if cfg.objective == "lookahead":
+            if lookahead is None:
+                raise ValueError("CATS objective lookahead: the meta step needs the step's update (LookAhead)")
+            first = lookahead_gradient(beta, coef, lookahead)
+        stats = meta_step(state, cfg, task_ids, meta_losses, meta_gram, first)
     state.steps += 1
     stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam, skipped=state.skipped)
     return weights, stats

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -89,15 +89,16 @@ class ShardGroups:
 
     CHUNK = 1 << 18     # columns converted to fp64 at a time: cache-sized, no full-shard fp64 copy
 
-    def local_grams(self, S: torch.Tensor) -> torch.Tensor:
-        """S: [K, n] this rank's task-gradient slices -> partial Grams [n_groups, K, K], accumulated in fp64."""
-        K = S.shape[0]
-        out = torch.zeros(len(self.names), K, K, dtype=torch.float64, device=S.device)
+    def local_grams(self, S: torch.Tensor, R: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """S: [K, n] this rank's task-gradient slices -> partial Grams [n_groups, K, K], accumulated in fp64;
+        with R [K', n] (other gradients on the same layout), the partial cross Grams S R^T [n_groups, K, K']."""
+        out = torch.zeros(len(self.names), S.shape[0], (S if R is None else R).shape[0], dtype=torch.float64,
+                          device=S.device)
         for g, runs in enumerate(self.gram_runs):
             for a, b in runs:
                 for c in range(a, b, self.CHUNK):
                     blk = S[:, c:min(b, c + self.CHUNK)].double()
-                    out[g] += blk @ blk.T
+                    out[g] += blk @ (blk if R is None else R[:, c:min(b, c + self.CHUNK)].double()).T
         return out.cpu()
 
     def combine(self, S: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,9 @@ CATS (method `cats`) scales the base method's corrected gradients with its task 
 takes its meta step from the same all-reduced statistics. With `cats.meta_data: valid` it also
 captures, at each meta step, one valid-split micro-batch per task and rank into a second
 [K, P / N] buffer before the training micro-batches start (`capture_valid`); their whole-model
-Gram and losses ride in the same all-reduce (K * K + 2 K more values).
+Gram and losses ride in the same all-reduce (K * K + 2 K more values); with `cats.objective:
+lookahead` so do the per-group training-valid cross Grams (n_groups * K * K more), and the meta
+step looks ahead with the step's learning rate and the update's clipping factor.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch
 import deepspeed.comm as dist
 
 from ..zero_adapter import GradShards
-from .cats import CATSConfig, CATSState, check_state, corrected_gram, is_meta_step
+from .cats import CATSConfig, CATSState, LookAhead, check_state, corrected_gram, is_meta_step
 from .cats import cats as cats_weights
 from .groups import ShardGroups
 from .methods import make_state, reconcile, step_generator, update_norm_sq
@@ -68,6 +70,7 @@ class ShardedReconciler:
             self.cats_state = CATSState.uniform(len(self.tasks), self.cats.param)
             self.meta_data = self.cats.meta_data
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
+        self.update_clip_norm = clip_norm             # the update's clipping threshold, ours or DeepSpeed's
         self.row_numel = self.shards.numel            # values per task snapshot: this rank's partition
         self.buffer: Optional[torch.Tensor] = None   # [K, row_numel] fp32: the K task snapshots
         self.valid_buffer: Optional[torch.Tensor] = None
@@ -141,7 +144,10 @@ class ShardedReconciler:
         S = self.buffer[:self.k]                                          # [K, local numel]
         parts = [self.groups.local_grams(S), self.losses]                 # [n_groups, K, K] partial, [K, 2]
         if self.k_valid:
-            parts += [self.groups.local_grams(self.valid_buffer[:self.k_valid]).sum(0), self.valid_losses]
+            V = self.valid_buffer[:self.k_valid]
+            parts += [self.groups.local_grams(V).sum(0), self.valid_losses]
+            if self.cats.objective == "lookahead":
+                parts.append(self.groups.local_grams(S, V))                # [n_groups, K, K] training x valid
         t1 = t()
         parts = self._all_reduce(parts, S.device)                         # the ONE collective
         grams, losses = parts[0], parts[1]
@@ -176,12 +182,19 @@ class ShardedReconciler:
         """CATS weights and meta step. Units: the captured gradient of a task is
         (1 / (N * gas)) * (sum of its micro-batch loss gradients over all ranks), and its mean loss
         L_i averages n_i micro-batches, so grad L_i = (N * gas / n_i) * captured. The meta Gram is
-        that of the corrected training gradients, or of the valid gradients (`cats.meta_data: valid`)."""
+        that of the corrected training gradients, or of the valid gradients (`cats.meta_data: valid`).
+        Objective `lookahead`: the update is sum_j w_j * captured_j, so the cross Grams keep the
+        captured training gradients and take the valid ones as gradients of their mean losses; the
+        learning rate is the one `engine.step()` applies at this step (warm-up included)."""
         gram, losses = (valid[0], valid[1]) if valid else (corrected_gram(grams, coef), losses)
         n_gas = dist.get_world_size(group=self.shards.dp_group) * self.engine.gradient_accumulation_steps()
         scale = n_gas / losses[:, 1]
         meta_gram = gram * scale[:, None] * scale[None, :]
-        return cats_weights(coef, ids, self.cats_state, self.cats, losses[:, 0] / losses[:, 1], meta_gram)
+        look = None
+        if len(valid) == 3:
+            look = LookAhead(valid[2] * scale[None, None, :], grams, float(self.engine.get_lr()[0]),
+                             self.update_clip_norm)
+        return cats_weights(coef, ids, self.cats_state, self.cats, losses[:, 0] / losses[:, 1], meta_gram, look)
 
     def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
         """Sum the fp64 statistics over the data-parallel group in one collective."""

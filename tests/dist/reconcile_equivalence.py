@@ -6,7 +6,9 @@ g_k = (1 / (N * gas)) * sum over every rank's micro-batches of task k, the textb
 full-vector reconciler of tests/reference.py, DeepSpeed's clipping rule, AdamW and the
 inverse-sqrt schedule. CATS: the reference takes each task's mean loss and the explicit
 gradient vectors of the mean losses (of the training micro-batches, or of the valid micro-batches
-at meta steps, with `cats.meta_data: valid`) into reference.cats_step. Prints `RESULT {json}`
+at meta steps, with `cats.meta_data: valid`) into reference.cats_step; with `cats.objective:
+lookahead` also the corrected training gradients, the step's learning rate and the clipping
+threshold (the look-ahead from the update that the step applies). Prints `RESULT {json}`
 with the relative parameter differences (and, for CATS, those of alpha and lam).
 
 usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY][+CATS_FIELD=VALUE...] [...] -- OVERRIDES...
@@ -100,8 +102,10 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
                 corrected, state = reference.correct(base, per_group, ids, state, gen, **rc)
                 vectors, meta_losses = (torch.stack([v for v, _ in valid]), [l for _, l in valid]) if valid else \
                     (s.tasks_per_step * torch.cat(corrected, 1), losses)
+                look = dict(update=torch.cat(corrected, 1).double(), lr=sched.get_last_lr()[0],
+                            clip_norm=cfg.optim.clip_norm) if valid and ccfg.objective == "lookahead" else {}
                 beta, cats_state = reference.cats_step(cats_state, ccfg, ids, torch.tensor(meta_losses, dtype=torch.float64),
-                                                       vectors.double())
+                                                       vectors.double(), **look)
                 upd = [s.tasks_per_step * beta @ c for c in corrected]
             else:
                 upd, state = reference.reconcile(method, per_group, ids, state, gen, **rc)
