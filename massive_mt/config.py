@@ -41,9 +41,10 @@ RENAMED = {"reconcile.beta": "reconcile.ema_rate", "reconcile.cats.lr_lambda": "
 
 class Section(BaseModel):
     """A config section: typed fields (no coercion of strings, bools or floats into other types),
-    bounds, unknown fields refused; an empty section (`model:` alone in YAML) takes the defaults."""
+    bounds, floats finite (inf/nan refused unless a field says otherwise), unknown fields refused;
+    an empty section (`model:` alone in YAML) takes the defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -53,26 +54,32 @@ class Section(BaseModel):
         return data
 
 
+# a path or name that must say something: "" (or blanks) would mean the current directory
+NONEMPTY = r"\S"
+NonEmpty = Annotated[str, Field(pattern=NONEMPTY)]
+Seed = Annotated[int, Field(ge=0)]   # numpy's SeedSequence and torch.manual_seed take non-negative seeds
+
+
 def _is_section(cls, name: str) -> bool:
     f = cls.model_fields.get(name)
     return f is not None and isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
 
 
 class DataConfig(Section):
-    data_bin: str = "data-bin"          # output of `massive-mt prepare`
+    data_bin: NonEmpty = "data-bin"          # output of `massive-mt prepare`
     direction: Literal[DIRECTIONS] = "one_to_many"  # one_to_many (en->xx) | many_to_one | many_to_many
     # explicit task list, e.g. ["en-fr", "en-de"]; overrides direction
     tasks: Optional[Annotated[list[Annotated[str, Field(pattern=r"^[^-]+-[^-]+$")]], Field(min_length=1)]] = None
-    langs: Optional[list[str]] = None   # restrict to these non-pivot languages
+    langs: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None   # restrict to these non-pivot languages
     max_len: int = Field(128, ge=4)     # tokens per side incl. language tag and </s>; longer is truncated (counted)
 
 
 class SamplingConfig(Section):
-    temperature: float = Field(5.0, gt=0)           # p_i ∝ (n_i/N)^(1/T); use inf for uniform
+    temperature: float = Field(5.0, gt=0, allow_inf_nan=True)   # p_i ∝ (n_i/N)^(1/T); inf: uniform (nan: refused by gt)
     tasks_per_step: int = Field(4, ge=1)            # K distinct tasks per optimizer step
     micro_batches_per_task: int = Field(1, ge=1)    # m micro-batches of each task per rank per step
     max_tokens: int = Field(2048, ge=8)             # token budget of one micro-batch on one rank (padding included)
-    seed: int = 1
+    seed: Seed = 1
 
 
 class ModelConfig(Section):
@@ -104,14 +111,14 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
-    output_dir: str = "runs/experiment"
+    output_dir: NonEmpty = "runs/experiment"
     max_steps: int = Field(1000, ge=1)
     log_interval: int = Field(10, ge=1)
     save_interval: int = Field(0, ge=0)     # 0: only at the end
     keep_last: int = Field(2, ge=1)         # DeepSpeed checkpoints kept (older ones deleted after a save completes)
-    resume: str = "auto"                    # auto: from output_dir/checkpoints/latest if present | never | <path>
+    resume: NonEmpty = "auto"                    # auto: from output_dir/checkpoints/latest if present | never | <path>
     tensorboard: bool = True
-    seed: int = 1                           # model initialisation
+    seed: Seed = 1                          # model initialisation
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)
     collective_timeout_s: int = Field(COLLECTIVE_TIMEOUT_S, ge=1)   # a rank waiting longer for its peers fails (docs/failures.md)
 
@@ -220,6 +227,8 @@ def _first_error(e: ValidationError) -> str:
         hint = f"renamed to '{RENAMED[name]}'" if name in RENAMED else f"known: {', '.join(model.model_fields)}"
         return f"field '{name}': unknown field; {hint}"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] == NONEMPTY:
+        msg = "must not be empty (it would mean the current directory)"
     renamed = RENAMED.get(f"{name}={err['input']}")
     hint = f" (renamed: use {renamed})" if renamed else ""
     return f"field '{name}': {msg[:1].lower() + msg[1:]}, got {err['input']!r}{hint}"

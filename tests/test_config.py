@@ -153,3 +153,37 @@ def test_cats_options_load():
                              "reconcile.cats.param=softmax", "reconcile.cats.floor=0", "reconcile.cats.eps=3e-1"])
     c = cfg.reconcile.cats
     assert (c.base, c.param, c.floor, c.eps) == ("gradvac", "softmax", 0.0, 0.3)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("sampling.seed=-1", "sampling.seed"),             # numpy's SeedSequence needs a non-negative seed
+    ("train.seed=-3", "train.seed"),
+    ("train.output_dir=", "train.output_dir"),         # would write into the current directory
+    ("train.output_dir='  '", "train.output_dir"),
+    ("data.data_bin=", "data.data_bin"),
+    ("train.resume=", "train.resume"),
+    ("optim.lr=.inf", "optim.lr"),
+    ("optim.weight_decay=.inf", "optim.weight_decay"),
+    ("optim.clip_norm=.inf", "optim.clip_norm"),
+    ("optim.warmup_init_lr=.nan", "optim.warmup_init_lr"),
+    ("sampling.temperature=.nan", "sampling.temperature"),
+    ("data.langs=[]", "data.langs"),                   # would train on every language
+    ("data.tasks=[]", "data.tasks"),
+    ("data.langs=['']", "data.langs"),
+    ("sampling.max_tokens=true", "sampling.max_tokens"),
+])
+def test_out_of_domain_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert f"field '{field}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cats_floats_must_be_finite():
+    for name in ("lr_alpha", "lr_lam", "eps"):
+        with pytest.raises(ConfigError, match=f"field 'reconcile.cats.{name}'"):
+            load_config(None, ["reconcile.method=cats", f"reconcile.cats.{name}=.inf"])
+
+
+def test_boundary_values_still_load():
+    cfg = load_config(None, ["sampling.seed=0", "train.seed=0", "sampling.temperature=.inf", "train.stop_signals=[]"])
+    assert cfg.sampling.seed == 0 and math.isinf(cfg.sampling.temperature) and cfg.train.stop_signals == []
