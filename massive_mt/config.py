@@ -131,7 +131,7 @@ class ReconcileConfig(Section):
     granularity: Literal[GRANULARITIES] = "whole_model"
     ema_rate: float = Field(EMA_RATE, ge=0, le=1)    # GradVac EMA rate of the cosine targets
     # GradVac: tasks to correct (None = all), or ["low_resource"]
-    vaccinate: Optional[Annotated[list[str], Field(min_length=1)]] = None
+    vaccinate: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None
     low_resource_quantile: float = Field(0.5, gt=0, le=1)  # with vaccinate: [low_resource], tasks below this quantile
     log_interval: int = Field(0, ge=0)      # cosine/correction telemetry every N steps (0 = train.log_interval)
     cats: CATSConfig = CATSConfig()         # reconcile.method: cats (massive_mt/reconcile/cats.py)

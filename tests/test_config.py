@@ -170,6 +170,8 @@ def test_cats_options_load():
     ("data.langs=[]", "data.langs"),                   # would train on every language
     ("data.tasks=[]", "data.tasks"),
     ("data.langs=['']", "data.langs"),
+    ("reconcile.vaccinate=[]", "reconcile.vaccinate"),
+    ("reconcile.vaccinate=['']", "reconcile.vaccinate"),
     ("sampling.max_tokens=true", "sampling.max_tokens"),
 ])
 def test_out_of_domain_values_name_the_field(override, field):
@@ -308,12 +310,11 @@ def run_train(tmp_path, ds_text, *overrides):
     ('{"zero_optimization": {"stage": 2, "reduce_bucket_size": "big"}}', [], "field 'zero_optimization.reduce_bucket_size'"),
     ('{"torch_autocast": {"enabled": true, "dtype": "fp16"}}', [], "field 'torch_autocast.dtype'"),
     ('{"zero_optimization": {"stage": 2}}', ["sampling.seed=-1"], "field 'sampling.seed'"),
-    ('{"zero_optimization": {"stage": 2}}', ["optim.lr=.inf"], "field 'optim.lr'"),
 ])
 def test_train_cli_refuses_bad_config_with_one_line(tmp_path, ds_text, overrides, expect):
     p, ds, out = run_train(tmp_path, ds_text, *overrides)
     assert p.returncode == 2, p.stderr[-3000:]
     lines = [line for line in p.stderr.splitlines() if "massive-mt train: error:" in line]
     assert len(lines) == 1 and expect in lines[0] and "Traceback" not in p.stderr
-    assert ("field 'sampling" in expect or "field 'optim" in expect) or str(ds) in lines[0]
+    assert "field 'sampling" in expect or str(ds) in lines[0]
     assert not out.exists()
