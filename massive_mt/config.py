@@ -329,7 +329,11 @@ def check_ds_config(ds: dict, where: str = "ds_config") -> None:
     try:
         DSScalars.model_validate(ds)
     except ValidationError as e:
-        raise ConfigError(f"{where}: {_first_error(e)}") from None
+        err = e.errors(include_url=False)[0]
+        name = err["loc"][0]       # the rest of loc names the member of a union, e.g. 'constrained-int'
+        auto = " (or \"auto\")" if "auto" in str(DSScalars.model_fields[name].annotation) else ""
+        raise ConfigError(f"{where}: field '{name}': {err['msg'][:1].lower()}{err['msg'][1:]}{auto}, "
+                          f"got {err['input']!r}") from None
     for section, flag in DS_FLAGS:
         v = ds.get(section, {}).get(flag, False)
         if not isinstance(v, bool):

@@ -267,6 +267,8 @@ def test_ds_config_wrong_types_name_the_field(tmp_path, ds, field):
         load_ds_config(str(p))
     msg = str(e.value)
     assert msg.startswith(f"{p}: field '{field}") and "\n" not in msg, msg
+    if "." not in field:
+        assert msg.startswith(f"{p}: field '{field}'"), msg      # the field, not a pydantic union member
     with pytest.raises(ConfigError, match=f"my_ds.json: field '{field}"):    # dicts given to resolve are checked too
         resolve_ds_config(ds, load_config(None, []), world_size=2, where="my_ds.json")
 
