@@ -10,13 +10,15 @@ contradicts them is an error that names the field, never silently overridden.
 Each section is a pydantic model: typed fields with their bounds, unknown fields refused (with
 the new name of a renamed one); the rules between fields are in `check`. Every error is one
 ConfigError line naming the file and the field, e.g. `exp.yaml: field 'sampling.temperature': ...`.
+A ds_config is checked the same way (`check_ds_config`): its top-level keys against the ones DeepSpeed
+reads, its sections through DeepSpeed's own config parsing.
 """
 from __future__ import annotations
 
 import copy
 import difflib
-import logging
 import json
+import logging
 import os
 import re
 from pathlib import Path
