@@ -10,18 +10,23 @@ contradicts them is an error that names the field, never silently overridden.
 Each section is a pydantic model: typed fields with their bounds, unknown fields refused (with
 the new name of a renamed one); the rules between fields are in `check`. Every error is one
 ConfigError line naming the file and the field, e.g. `exp.yaml: field 'sampling.temperature': ...`.
+A ds_config is checked the same way (`check_ds_config`): its top-level keys against the ones DeepSpeed
+reads, its sections through DeepSpeed's own config parsing.
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from .distributed import COLLECTIVE_TIMEOUT_S
 from .errors import ConfigError
@@ -41,9 +46,10 @@ RENAMED = {"reconcile.beta": "reconcile.ema_rate", "reconcile.cats.lr_lambda": "
 
 class Section(BaseModel):
     """A config section: typed fields (no coercion of strings, bools or floats into other types),
-    bounds, unknown fields refused; an empty section (`model:` alone in YAML) takes the defaults."""
+    bounds, floats finite (inf/nan refused unless a field says otherwise), unknown fields refused;
+    an empty section (`model:` alone in YAML) takes the defaults."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -53,26 +59,32 @@ class Section(BaseModel):
         return data
 
 
+# a path or name that must say something: "" (or blanks) would mean the current directory
+NONEMPTY = r"\S"
+NonEmpty = Annotated[str, Field(pattern=NONEMPTY)]
+Seed = Annotated[int, Field(ge=0)]   # numpy's SeedSequence and torch.manual_seed take non-negative seeds
+
+
 def _is_section(cls, name: str) -> bool:
     f = cls.model_fields.get(name)
     return f is not None and isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
 
 
 class DataConfig(Section):
-    data_bin: str = "data-bin"          # output of `massive-mt prepare`
+    data_bin: NonEmpty = "data-bin"          # output of `massive-mt prepare`
     direction: Literal[DIRECTIONS] = "one_to_many"  # one_to_many (en->xx) | many_to_one | many_to_many
     # explicit task list, e.g. ["en-fr", "en-de"]; overrides direction
     tasks: Optional[Annotated[list[Annotated[str, Field(pattern=r"^[^-]+-[^-]+$")]], Field(min_length=1)]] = None
-    langs: Optional[list[str]] = None   # restrict to these non-pivot languages
+    langs: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None   # restrict to these non-pivot languages
     max_len: int = Field(128, ge=4)     # tokens per side incl. language tag and </s>; longer is truncated (counted)
 
 
 class SamplingConfig(Section):
-    temperature: float = Field(5.0, gt=0)           # p_i ∝ (n_i/N)^(1/T); use inf for uniform
+    temperature: float = Field(5.0, gt=0, allow_inf_nan=True)   # p_i ∝ (n_i/N)^(1/T); inf: uniform (nan: refused by gt)
     tasks_per_step: int = Field(4, ge=1)            # K distinct tasks per optimizer step
     micro_batches_per_task: int = Field(1, ge=1)    # m micro-batches of each task per rank per step
     max_tokens: int = Field(2048, ge=8)             # token budget of one micro-batch on one rank (padding included)
-    seed: int = 1
+    seed: Seed = 1
 
 
 class ModelConfig(Section):
@@ -104,14 +116,14 @@ class OptimConfig(Section):
 
 
 class TrainConfig(Section):
-    output_dir: str = "runs/experiment"
+    output_dir: NonEmpty = "runs/experiment"
     max_steps: int = Field(1000, ge=1)
     log_interval: int = Field(10, ge=1)
     save_interval: int = Field(0, ge=0)     # 0: only at the end
     keep_last: int = Field(2, ge=1)         # DeepSpeed checkpoints kept (older ones deleted after a save completes)
-    resume: str = "auto"                    # auto: the newest complete checkpoint in output_dir/checkpoints | never | <path>
+    resume: NonEmpty = "auto"               # auto: the newest complete checkpoint in output_dir/checkpoints | never | <path>
     tensorboard: bool = True
-    seed: int = 1                           # model initialisation
+    seed: Seed = 1                          # model initialisation
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)
     collective_timeout_s: int = Field(COLLECTIVE_TIMEOUT_S, ge=1)   # a rank waiting longer for its peers fails (docs/failures.md)
 
@@ -121,7 +133,7 @@ class ReconcileConfig(Section):
     granularity: Literal[GRANULARITIES] = "whole_model"
     ema_rate: float = Field(EMA_RATE, ge=0, le=1)    # GradVac EMA rate of the cosine targets
     # GradVac: tasks to correct (None = all), or ["low_resource"]
-    vaccinate: Optional[Annotated[list[str], Field(min_length=1)]] = None
+    vaccinate: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None
     low_resource_quantile: float = Field(0.5, gt=0, le=1)  # with vaccinate: [low_resource], tasks below this quantile
     log_interval: int = Field(0, ge=0)      # cosine/correction telemetry every N steps (0 = train.log_interval)
     cats: CATSConfig = CATSConfig()         # reconcile.method: cats (massive_mt/reconcile/cats.py)
@@ -220,6 +232,8 @@ def _first_error(e: ValidationError) -> str:
         hint = f"renamed to '{RENAMED[name]}'" if name in RENAMED else f"known: {', '.join(model.model_fields)}"
         return f"field '{name}': unknown field; {hint}"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "string_pattern_mismatch" and err["ctx"]["pattern"] == NONEMPTY:
+        msg = "must not be empty"
     renamed = RENAMED.get(f"{name}={err['input']}")
     hint = f" (renamed: use {renamed})" if renamed else ""
     return f"field '{name}': {msg[:1].lower() + msg[1:]}, got {err['input']!r}{hint}"
@@ -252,6 +266,104 @@ def check(cfg: ExperimentConfig) -> None:
 
 DERIVED_DS_FIELDS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping")
 
+# The top-level keys DeepSpeed 0.19.8 reads: DeepSpeedConfig._initialize_params and the get_* helpers it
+# calls (deepspeed/runtime/config.py, constants.py, precision_config.py, monitor/config.py, ...), less the
+# keys it rejects as removed features, plus the two deepspeed.initialize reads for its device mesh.
+# tests/test_config.py traces DeepSpeedConfig's reads and checks this list against them.
+DS_SECTIONS = ("activation_checkpointing", "aio", "autotuning", "bf16", "bfloat16", "checkpoint", "comet",
+               "comms_logger", "compile", "csv_monitor", "data_efficiency", "data_types", "datastates_ckpt",
+               "expert_parallel", "flops_profiler", "fp16", "hybrid_engine", "optimizer", "pipeline", "scheduler",
+               "tensor_parallel", "tensorboard", "timers", "torch_autocast", "wandb", "weight_quantization",
+               "zero_optimization")     # JSON objects
+
+
+class DSScalars(BaseModel):
+    """The top-level scalars of a ds_config, typed (DeepSpeed reads them unchecked)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+    train_batch_size: Union[Annotated[StrictInt, Field(ge=1)], Literal["auto"], None] = None
+    train_micro_batch_size_per_gpu: Union[Annotated[StrictInt, Field(ge=1)], Literal["auto"], None] = None
+    gradient_accumulation_steps: Union[Annotated[StrictInt, Field(ge=1)], Literal["auto"], None] = None
+    gradient_clipping: Union[Annotated[float, Field(ge=0)], Literal["auto"]] = 1.0
+    gradient_predivide_factor: Annotated[float, Field(gt=0)] = 1.0
+    steps_per_print: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    vocabulary_size: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    sequence_parallel_size: Annotated[StrictInt, Field(ge=1)] = 1
+    data_parallel_size: Annotated[StrictInt, Field(ge=1)] = 1
+    communication_data_type: Optional[str] = None
+    seq_parallel_communication_data_type: Optional[str] = None
+    gradient_allreduce_op: str = "mean"
+    log_level: Optional[str] = None
+    dataloader_drop_last: StrictBool = False
+    disable_allgather: StrictBool = False
+    disable_python_gc: StrictBool = False
+    dump_state: StrictBool = False
+    managed_gradient_accumulation: StrictBool = True
+    memory_breakdown: StrictBool = False
+    prescale_gradients: StrictBool = False
+    use_data_before_expert_parallelism: StrictBool = False
+    wall_clock_breakdown: StrictBool = False
+    zero_allow_untested_optimizer: StrictBool = False
+    zero_force_ds_cpu_optimizer: StrictBool = True
+
+
+DS_TOP_LEVEL_KEYS = DS_SECTIONS + tuple(DSScalars.model_fields)
+# read by massive_mt itself: JSON booleans only (DeepSpeed's models would read the string "false" as False)
+DS_FLAGS = (("fp16", "enabled"), ("bf16", "enabled"), ("bfloat16", "enabled"), ("torch_autocast", "enabled"))
+# not given to DeepSpeed's parsing by check_ds_config: set by massive_mt (DERIVED_DS_FIELDS, train_batch_size),
+# refused by resolve_ds_config (optimizer, scheduler), or read only by deepspeed.initialize (typed in DSScalars)
+DS_NOT_PARSED = (*DERIVED_DS_FIELDS, "train_batch_size", "optimizer", "scheduler", "sequence_parallel_size",
+                 "data_parallel_size")
+FP16_NAMES = ("fp16", "float16", "half", "torch.float16")     # DeepSpeed's DtypeEnum names of float16
+
+
+def check_ds_config(ds: dict, where: str = "ds_config") -> None:
+    """Every top-level key known to DeepSpeed 0.19.8, every section an object, the scalars typed, and each
+    section read by DeepSpeed's own config parsing (its pydantic models), each error one ConfigError line."""
+    for k in ds:
+        if k not in DS_TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(k, DS_TOP_LEVEL_KEYS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; see docs/training.md#ds_configs"
+            raise ConfigError(f"{where}: field '{k}': unknown top-level key for DeepSpeed 0.19.8{hint}")
+        if k in DS_SECTIONS and not isinstance(ds[k], dict):
+            raise ConfigError(f"{where}: field '{k}' must be a JSON object, got {ds[k]!r}")
+    try:
+        DSScalars.model_validate(ds)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        name = err["loc"][0]       # the rest of loc names the member of a union, e.g. 'constrained-int'
+        auto = " (or \"auto\")" if "auto" in str(DSScalars.model_fields[name].annotation) else ""
+        raise ConfigError(f"{where}: field '{name}': {err['msg'][:1].lower()}{err['msg'][1:]}{auto}, "
+                          f"got {err['input']!r}") from None
+    for section, flag in DS_FLAGS:
+        v = ds.get(section, {}).get(flag, False)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}: field '{section}.{flag}' must be true or false, got {v!r}")
+    acc = ds.get("data_types", {}).get("grad_accum_dtype")
+    if acc is not None and not isinstance(acc, str):
+        raise ConfigError(f"{where}: field 'data_types.grad_accum_dtype' must be a dtype name such as \"fp32\", "
+                          f"got {acc!r}")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.utils import logger
+    level = logger.level
+    logger.setLevel(logging.WARNING)       # DeepSpeedConfig logs its world size at INFO on every call
+    try:
+        for k, v in ds.items():
+            if k not in DS_NOT_PARSED:
+                try:
+                    DeepSpeedConfig({k: v, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1})
+                except ValidationError as e:
+                    err = e.errors(include_url=False)[0]
+                    loc = [str(x) for x in err["loc"]]
+                    path = ".".join(loc if loc[:1] == [k] else [k, *loc])
+                    raise ConfigError(f"{where}: field '{path}': {err['msg'].removeprefix('Value error, ')}, "
+                                      f"got {err['input']!r}") from None
+                except Exception as e:     # DeepSpeed's other checks: DeepSpeedConfigError, ValueError, ...
+                    raise ConfigError(f"{where}: field '{k}': {' '.join(str(e).split())}") from None
+    finally:
+        logger.setLevel(level)
+
 
 def load_ds_config(path: str) -> dict:
     p = Path(path)
@@ -263,11 +375,13 @@ def load_ds_config(path: str) -> dict:
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(ds, dict):
         raise ConfigError(f"{path}: top level must be a JSON object")
+    check_ds_config(ds, str(path))
     return ds
 
 
 def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: str = "ds_config") -> dict:
     """Fill the fields the experiment config owns; refuse a ds_config that contradicts it."""
+    check_ds_config(ds, where)
     ds = copy.deepcopy(ds)
     gas = cfg.sampling.tasks_per_step * cfg.sampling.micro_batches_per_task
     want = {"train_micro_batch_size_per_gpu": 1,      # batches are token-budgeted: one "sample" = one micro-batch
@@ -292,6 +406,12 @@ def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: s
                               f"schedule come from the experiment config's 'optim' section; remove '{k}'")
     if ds.get("fp16", {}).get("enabled"):
         raise ConfigError(f"{where}: field 'fp16.enabled': fp16 with loss scaling is not supported; use bf16")
+    auto = ds.get("torch_autocast", {})
+    if auto.get("enabled") and auto.get("dtype") in (*FP16_NAMES, None):
+        raise ConfigError(f"{where}: field 'torch_autocast.dtype' = {auto.get('dtype')!r}: float16 autocast "
+                          f"(torch's default on CUDA when dtype is absent) is not supported; bf16 is the "
+                          f"supported reduced precision: set \"dtype\": \"bf16\" or use the bf16 section")
+    bf16 = ds["bf16"] if ds.get("bf16") is not None else ds.get("bfloat16", {})   # DeepSpeed's old name
     zero = ds.get("zero_optimization", {})
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
@@ -301,7 +421,7 @@ def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: s
         if dev not in (None, "none"):
             raise ConfigError(f"{where}: field 'zero_optimization.{off}.device' = {dev!r}: CPU/NVMe offload "
                               f"is not supported by massive_mt's training step")
-    if ds.get("bf16", {}).get("enabled"):
+    if bf16.get("enabled"):
         if stage == 0:
             raise ConfigError(f"{where}: field 'bf16.enabled' with 'zero_optimization.stage' 0: DeepSpeed "
                               f"0.19.8 has no bf16 path with fp32 gradient accumulation at stage 0; "
@@ -311,7 +431,7 @@ def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: s
             raise ConfigError(f"{where}: field 'data_types.grad_accum_dtype' = {acc!r}: bf16 training "
                               f"accumulates gradients in fp32; set it to \"fp32\"")
         ds.setdefault("data_types", {})["grad_accum_dtype"] = "fp32"
-    if ds.get("bf16", {}).get("enabled") and stage in (0, 1) and cfg.reconcile.method != "plain":
+    if bf16.get("enabled") and stage in (0, 1) and cfg.reconcile.method != "plain":
         # DeepSpeed's BF16_Optimizer clips by a norm over its full local buffer, which is wrong after a
         # partition-only write-back: the reconciler clips from the Gram matrix instead
         ds["gradient_clipping"] = 0.0

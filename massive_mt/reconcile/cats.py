@@ -48,7 +48,7 @@ F64 = torch.float64
 class CATSConfig(BaseModel):
     """CATS options: the `reconcile.cats` section of the experiment config (reconcile.method: cats)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     # which gradients CATS scales: sum (plain CATS) | pcgrad | gradvac (the corrected gradients)
     base: Literal[tuple(METHODS)] = "sum"
