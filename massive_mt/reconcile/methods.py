@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 F64 = torch.float64
-EMA_RATE = 0.01     # GradVac's default EMA rate of the targets phi_hat (algorithms.md §3)
+EMA_RATE = 0.01     # GradVac's default EMA rate of the targets phi_hat (docs/algorithms.md#gradvac)
 
 
 @dataclass(frozen=True)
