@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, DataError
+from .study import CELL_FILE
 
 # config fields that do not make a different configuration: seeds, paths, checkpoint/log cadence
 IGNORED = ("train.output_dir", "train.resume", "train.seed", "sampling.seed", "train.save_interval",
@@ -118,7 +119,6 @@ def _references(run: Path, task: str, test_set: dict, corpus: Optional[str]) -> 
 def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     """Read one evaluated run; CompareError naming the run for anything missing or inconsistent."""
     from .evaluate import score
-    from .study import CELL_FILE
 
     run = Path(path)
     if not (run / "config.yaml").is_file():
