@@ -5,12 +5,14 @@ difference to a baseline configuration with its Welch interval, per-language pai
 A run is a training output_dir (config.yaml, model/massive_mt.json) evaluated by `massive-mt
 evaluate` (eval/results.json and one hypothesis file per task). Runs are grouped into
 configurations by their resolved config.yaml without the fields in IGNORED (seeds, output paths,
-checkpoint and logging cadence); the runs of a configuration are its seeds.
+checkpoint and logging cadence); the runs of a configuration are its seeds. A configuration is
+labelled by its name in a `massive-mt study` (the runs' cell.json), else by the fields that differ.
 
-Scores are recomputed from the hypothesis files against the references of the test set named in
-results.json (corpus, split, max_sentences), with the tokenisation `massive-mt evaluate` uses, and
-checked against the scores results.json recorded: a hypothesis file or test set that changed since
-the evaluation is an error, as are runs whose references differ (compared by sha256).
+Runs must have been evaluated on the same test sets: results.json records per task the split, the
+number of sentences and the sha256 of the source and reference files (`test_set`). The references
+are read from the recorded file (checked against its sha256) and the scores recomputed from the
+hypothesis files with the tokenisation `massive-mt evaluate` uses, then checked against the scores
+results.json recorded: a reference or hypothesis file that changed since the evaluation is an error.
 
 Statistics (docs/comparing.md):
 - seed interval: mean over the n seeds +- t(0.975, n-1) * s / sqrt(n), s the sample standard
@@ -22,7 +24,6 @@ Statistics (docs/comparing.md):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,11 +35,14 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, DataError
+from .study import CELL_FILE
 
 # config fields that do not make a different configuration: seeds, paths, checkpoint/log cadence
-IGNORED = ("name", "train.output_dir", "train.resume", "train.seed", "sampling.seed", "train.save_interval",
-           "train.keep_last", "train.tensorboard", "train.stop_signals", "train.log_interval",
-           "reconcile.log_interval")
+IGNORED = ("train.output_dir", "train.resume", "train.seed", "sampling.seed", "train.save_interval",
+           "train.keep_last", "train.tensorboard", "train.stop_signals", "train.collective_timeout_s",
+           "train.log_interval", "reconcile.log_interval")
+# what results.json records of a task's test set that must be the same for every run
+TEST_SET_KEYS = ("split", "sentences", "reference_sha256", "source_sha256")
 METRICS = ("bleu", "chrf")
 BUCKETS = ("high", "medium", "low", "all")
 LEVEL = 0.95
@@ -54,6 +58,7 @@ class CompareError(ConfigError):
 class Run:
     path: Path
     config: dict                 # flattened resolved config
+    label: Optional[str]         # the study's configuration name (cell.json), None outside a study
     seed: str
     tasks: list[str]
     train_sentences: dict
@@ -61,7 +66,7 @@ class Run:
     report: dict                 # eval/results.json
     hyps: dict                   # task -> hypotheses
     refs: dict                   # task -> references
-    ref_sha256: dict
+    test_sets: dict              # task -> results.json's test_set
     scores: dict = field(default_factory=dict)   # task -> {"bleu": x, "chrf": y}, recomputed
 
     @property
@@ -88,13 +93,31 @@ def _read_json(path: Path, what: str, run: Path) -> dict:
         raise CompareError(f"{path}: not valid JSON ({e})") from None
 
 
-def sha256_lines(lines: list[str]) -> str:
-    return hashlib.sha256("".join(x + "\n" for x in lines).encode("utf-8")).hexdigest()
+def _references(run: Path, task: str, test_set: dict, corpus: Optional[str]) -> list[str]:
+    """The reference lines `task` was scored against: the file results.json names (under `corpus`
+    when given: the corpus moved), checked against the sha256 recorded at the evaluation."""
+    from .data.corpus import read_lines
+    from .evaluate import sha256_file
+
+    path = Path(test_set["reference"])
+    if corpus is not None:
+        path = Path(corpus) / path.name
+    try:
+        sha = sha256_file(path)
+    except OSError as e:
+        raise CompareError(f"{run}: the references of {task} cannot be read ({path}: {e.strerror or e}); "
+                           f"--corpus names the corpus directory when it moved") from None
+    if sha != test_set["reference_sha256"]:
+        raise CompareError(f"{run}: {path} is not the reference file {task} was evaluated on (sha256 {sha[:12]}, "
+                           f"recorded {test_set['reference_sha256'][:12]}): the test set changed since the evaluation")
+    try:
+        return [line for _, line in read_lines(path)][:test_set["sentences"]]
+    except DataError as e:
+        raise CompareError(f"{run}: {e}") from None
 
 
-def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None, _corpora: Optional[dict] = None) -> Run:
+def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     """Read one evaluated run; CompareError naming the run for anything missing or inconsistent."""
-    from .data.corpus import load_corpus
     from .evaluate import score
 
     run = Path(path)
@@ -110,51 +133,39 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None, _corpor
     evaluated = [r["task"] for r in report["tasks"]]
     if sorted(evaluated) != sorted(meta["tasks"]):
         raise CompareError(f"{run}: evaluated on tasks {sorted(evaluated)} but trained on {sorted(meta['tasks'])}")
-    corpus_dir = str(corpus or report["corpus"])
-    corpora = {} if _corpora is None else _corpora
-    if corpus_dir not in corpora:
-        try:
-            corpora[corpus_dir] = load_corpus(corpus_dir, verify=False)
-        except DataError as e:
-            raise CompareError(f"{run}: the test set it was evaluated on cannot be read: {e}") from None
-    hyps, refs, shas, scores = {}, {}, {}, {}
+    label = None
+    if (run / CELL_FILE).is_file():
+        label = _read_json(run / CELL_FILE, "", run).get("config")
+    hyps, refs, test_sets, scores = {}, {}, {}, {}
     for r in report["tasks"]:
         task = r["task"]
-        src, tgt = task.split("-")
-        try:
-            rows = corpora[corpus_dir].read(report["split"], src, tgt)
-        except DataError as e:
-            raise CompareError(f"{run}: {e}") from None
-        if report.get("max_sentences"):
-            rows = rows[:report["max_sentences"]]
-        refs[task] = [t for _, t in rows]
-        shas[task] = sha256_lines(refs[task])
-        if r.get("ref_sha256") not in (None, shas[task]):
-            raise CompareError(f"{run}: references of {task} in {corpus_dir} are not those it was evaluated on "
-                               f"(sha256 {shas[task][:12]} vs recorded {r['ref_sha256'][:12]})")
+        if not isinstance(r.get("test_set"), dict):
+            raise CompareError(f"{run / eval_dir / 'results.json'}: task {task} records no test_set (written by an "
+                               f"older `massive-mt evaluate`): evaluate the run again")
+        test_sets[task] = r["test_set"]
+        refs[task] = _references(run, task, r["test_set"], corpus)
         hyp_path = run / eval_dir / f"hyp.{report['split']}.{task}.txt"
         if not hyp_path.is_file():
             raise CompareError(f"{run}: hypotheses of {task} missing ({hyp_path})")
         hyps[task] = hyp_path.read_text(encoding="utf-8").split("\n")[:-1]
         if len(hyps[task]) != r["n_sentences"] or len(refs[task]) != r["n_sentences"]:
             raise CompareError(f"{run}: {task} was evaluated on {r['n_sentences']} sentences; {hyp_path.name} has "
-                               f"{len(hyps[task])} lines and the test set in {corpus_dir} {len(refs[task])}")
-        bleu, chrf, _, _ = score(hyps[task], refs[task], tgt)
+                               f"{len(hyps[task])} lines and its references {len(refs[task])}")
+        bleu, chrf, _, _ = score(hyps[task], refs[task], task.split("-")[1])
         for name, got in (("bleu", bleu), ("chrf", chrf)):
             if abs(got - r[name]) > SCORE_TOLERANCE:
                 raise CompareError(f"{run}: {name} of {task} recorded in results.json ({r[name]}) does not match its "
-                                   f"hypotheses against the references in {corpus_dir} ({got:.2f}): the test set "
-                                   f"or the hypothesis file changed since the evaluation")
+                                   f"hypotheses ({got:.2f}): {hyp_path} changed since the evaluation")
         scores[task] = {"bleu": bleu, "chrf": chrf}
     seed = str(config.get("train.seed"))
     if config.get("sampling.seed") != config.get("train.seed"):
         seed += f"/{config.get('sampling.seed')}"
-    return Run(run, config, seed, list(meta["tasks"]), meta.get("train_sentences", {}),
-               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, shas, scores)
+    return Run(run, config, label, seed, list(meta["tasks"]), meta.get("train_sentences", {}),
+               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores)
 
 
 def check_comparable(runs: list[Run]) -> None:
-    """Same tasks, same test sets, same evaluation settings for every run."""
+    """Same tasks, same test sets (as results.json records them), same evaluation settings for every run."""
     first = runs[0]
     for r in runs[1:]:
         if sorted(r.tasks) != sorted(first.tasks):
@@ -165,20 +176,24 @@ def check_comparable(runs: list[Run]) -> None:
                 raise CompareError(f"{r.path}: evaluated with {k}={r.report.get(k)!r}, {first.path} with "
                                    f"{k}={first.report.get(k)!r}")
         for t in first.tasks:
-            if r.ref_sha256[t] != first.ref_sha256[t]:
+            a, b = r.test_sets[t], first.test_sets[t]
+            if any(a[k] != b[k] for k in TEST_SET_KEYS):
                 raise CompareError(f"{r.path}: evaluated on a different test set for {t} than {first.path} "
-                                   f"(references sha256 {r.ref_sha256[t][:12]} vs {first.ref_sha256[t][:12]}, "
-                                   f"{len(r.refs[t])} vs {len(first.refs[t])} sentences)")
+                                   f"(split {a['split']} vs {b['split']}, {a['sentences']} vs {b['sentences']} "
+                                   f"sentences, references sha256 {a['reference_sha256'][:12]} vs "
+                                   f"{b['reference_sha256'][:12]}, sources sha256 {a['source_sha256'][:12]} vs "
+                                   f"{b['source_sha256'][:12]})")
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """{label: runs sorted by seed}; labels are the configs' names when those tell them apart,
-    else the config fields that differ between configurations."""
+    """{label: runs sorted by seed}; labels are the study's configuration names (the runs' cell.json)
+    when those tell the configurations apart, else the config fields that differ between them."""
     by_key: dict[str, list[Run]] = {}
     for r in runs:
         by_key.setdefault(r.key, []).append(r)
-    names = {k: {r.config.get("name") for r in rs} for k, rs in by_key.items()}
-    if all(len(n) == 1 for n in names.values()) and len({next(iter(n)) for n in names.values()}) == len(by_key):
+    names = {k: {r.label for r in rs} for k, rs in by_key.items()}
+    if (all(len(n) == 1 and None not in n for n in names.values())
+            and len({next(iter(n)) for n in names.values()}) == len(by_key)):
         labels = {k: str(next(iter(names[k]))) for k in by_key}
     else:
         cfgs = {k: json.loads(k) for k in by_key}
@@ -299,7 +314,7 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
     base = per_seed[base_label]
     for t in tasks:
         row = {"bucket": first.buckets.get(t, "-"), "train_sentences": first.train_sentences.get(t),
-               "n_sentences": len(first.refs[t]), "ref_sha256": first.ref_sha256[t], "configs": {}}
+               "n_sentences": len(first.refs[t]), "test_set": first.test_sets[t], "configs": {}}
         for label, rs in groups.items():
             c = {m: {**_interval(t_interval(per_seed[label][t][m])), "per_seed": per_seed[label][t][m]} for m in METRICS}
             if label != base_label:
@@ -460,8 +475,7 @@ def run_compare(run_dirs: list, out_dir, baseline: Optional[str] = None, samples
         raise CompareError(f"--samples must be >= 1, got {samples}")
     if len(run_dirs) < 2:
         raise CompareError("compare needs the runs of at least one configuration with at least 2 seeds")
-    corpora: dict = {}
-    runs = [load_run(r, eval_dir, corpus, corpora) for r in run_dirs]
+    runs = [load_run(r, eval_dir, corpus) for r in run_dirs]
     res = compare(runs, baseline, samples)
     write_outputs(res, Path(out_dir))
     return res

@@ -6,14 +6,17 @@ on this machine through the real launchers, resumable, then `massive-mt compare`
     massive-mt study --grid G --out D --merge       # compare the finished cells
 
 The grid file (massive_mt/configs/study.yaml is the example) gives the experiment config every
-cell shares once (`common`, sections as in an experiment YAML) and per configuration a mapping
-of dotted overrides (`configs`); an override may not touch what must be the same in every cell
-(FIXED: the data and tokenizer, the model, the number of steps, the evaluation, the seeds and
-paths). Cell (config, seed) trains with train.seed = sampling.seed = seed into OUT/CONFIG/seedS
-and is evaluated into OUT/CONFIG/seedS/eval with the config's `eval` section; OUT/CONFIG/seedS/
-cell.json marks it finished. Run again, the runner skips finished cells, evaluates trained ones,
-and resumes an interrupted one from its last checkpoint (train.resume=auto; set
-train.save_interval in `common` to lose little on an interruption).
+cell shares once (`common`, sections as in an experiment YAML), per configuration a mapping of
+dotted overrides (`configs`), and the options of `massive-mt evaluate` every cell is evaluated
+with (`eval`); an override may not touch what must be the same in every cell (FIXED: the data and
+tokenizer, the model, the number of steps, the seeds and paths). Cell (config, seed) trains with
+train.seed = sampling.seed = seed into OUT/CONFIG/seedS and is evaluated data-parallel over the
+same `nproc` ranks, through the same launcher, into OUT/CONFIG/seedS/eval; OUT/CONFIG/seedS/
+cell.json (configuration name, seed, evaluation options) then marks it finished, and gives
+`massive-mt compare` the configuration's name. Run again, the runner skips finished cells,
+evaluates trained ones (and finished ones whose evaluation options the grid changed), and resumes
+an interrupted one from its last checkpoint (train.resume=auto; set train.save_interval in
+`common` to lose little on an interruption).
 """
 from __future__ import annotations
 
@@ -31,9 +34,10 @@ import yaml
 from .config import ExperimentConfig, load_config, parse_overrides
 from .errors import ConfigError
 
-GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "common", "configs")
-FIXED = ("data.", "model.", "eval.", "train.max_steps", "train.seed", "sampling.seed", "train.output_dir",
-         "train.resume", "name")
+GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "eval", "common", "configs")
+FIXED = ("data.", "model.", "train.max_steps", "train.seed", "sampling.seed", "train.output_dir", "train.resume")
+EVAL_KEYS = ("split", "beam", "batch_size", "max_tokens", "max_sentences", "max_new_tokens")   # evaluate's options
+CELL_FILE = "cell.json"          # in a cell's run directory: {config, seed, grid, eval}; marks it finished
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -59,6 +63,7 @@ class Grid:
     ds_config: str
     corpus: str
     baseline: Optional[str]
+    eval: dict                   # EVAL_KEYS -> value, `massive-mt evaluate`'s defaults filled in
     common: dict
     configs: dict                # name -> {dotted key: value}
 
@@ -91,6 +96,10 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
     common = raw.get("common") or {}
     if not isinstance(common, dict):
         raise StudyError(f"{path}: key 'common' must be a mapping of config sections")
+    if "eval" in common:
+        raise StudyError(f"{path}: key 'common.eval': the evaluation options are the grid's top-level 'eval' "
+                         f"(keys {', '.join(EVAL_KEYS)})")
+    eval_opts = load_eval(path, raw.get("eval"))
     for k, v in parse_overrides(list(overrides)):
         _set(common, k, v)
     configs = raw.get("configs")
@@ -104,9 +113,12 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
         if not isinstance(over, dict):
             raise StudyError(f"{path}: configs.{name} must be a mapping of section.field: value")
         for key in over:
+            if key.startswith("eval."):
+                raise StudyError(f"{path}: configs.{name}: key '{key}' may not differ between configurations "
+                                 f"(the evaluation options are the grid's top-level 'eval')")
             if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED):
                 raise StudyError(f"{path}: configs.{name}: key '{key}' may not differ between configurations "
-                                 f"(data, tokenizer, model, steps, evaluation, seeds and paths are the grid's "
+                                 f"(data, tokenizer, model, steps, seeds and paths are the grid's "
                                  f"'common' settings and 'seeds')")
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in configs:
@@ -118,7 +130,28 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
     if not isinstance(nproc, int) or nproc < 1:
         raise StudyError(f"{path}: key 'nproc' must be a positive integer, got {nproc!r}")
     return Grid(path, seeds, nproc, raw.get("launcher", "torchrun"), raw["ds_config"], raw["corpus"], baseline,
-                common, configs)
+                eval_opts, common, configs)
+
+
+def load_eval(path: Path, raw) -> dict:
+    """The grid's `eval` mapping over `massive-mt evaluate`'s defaults, checked as evaluate checks them."""
+    from .evaluate import build_parser, check_options
+
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: key 'eval' must be a mapping of evaluation options ({', '.join(EVAL_KEYS)})")
+    unknown = sorted(set(raw) - set(EVAL_KEYS))
+    if unknown:
+        raise StudyError(f"{path}: key 'eval.{unknown[0]}' is not an evaluation option; known: {', '.join(EVAL_KEYS)}")
+    parser = build_parser()
+    opts = {k: raw.get(k, parser.get_default(k)) for k in EVAL_KEYS}
+    if not isinstance(opts["split"], str) or not opts["split"]:
+        raise StudyError(f"{path}: key 'eval.split' must be a split name such as test, got {opts['split']!r}")
+    try:
+        check_options(**{k: v for k, v in opts.items() if k != "split"})
+    except ConfigError as e:
+        raise StudyError(f"{path}: key 'eval': {e}") from None
+    return opts
 
 
 def config_file(grid: Grid, name: str, out: Path) -> Path:
@@ -126,7 +159,6 @@ def config_file(grid: Grid, name: str, out: Path) -> Path:
     d = json.loads(json.dumps(grid.common))
     for k, v in grid.configs[name].items():
         _set(d, k, v)
-    d["name"] = name
     path = out / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")      # array elements write it at once
@@ -154,9 +186,9 @@ def cells(grid: Grid, out: Path) -> list[Cell]:
     return out_cells
 
 
-def state(cell: Cell) -> str:
-    """done | trained (to evaluate) | interrupted (to resume) | new; StudyError when the directory
-    holds a run of another configuration."""
+def state(cell: Cell, grid: Grid) -> str:
+    """done | trained (to evaluate, or evaluate again with the grid's options) | interrupted (to
+    resume) | new; StudyError when the directory holds a run of another configuration."""
     run = cell.run
     if (run / "config.yaml").is_file():
         have = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
@@ -167,7 +199,7 @@ def state(cell: Cell) -> str:
             diff = sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
             raise StudyError(f"{run}: holds a run of another configuration (field '{diff[0]}': {h.get(diff[0])!r}, "
                              f"the grid says {w.get(diff[0])!r}); remove it or use another --out")
-    if (run / "cell.json").is_file():
+    if (run / CELL_FILE).is_file() and json.loads((run / CELL_FILE).read_text(encoding="utf-8")).get("eval") == grid.eval:
         return "done"
     meta = run / "model" / "massive_mt.json"
     if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("steps") == cell.cfg.train.max_steps:
@@ -175,32 +207,39 @@ def state(cell: Cell) -> str:
     return "interrupted" if (run / "checkpoints" / "latest").is_file() else "new"
 
 
-def train(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> int:
+def launch(module: str, args: list[str], nproc: int, launcher: str) -> int:
+    """Run `module` (massive_mt.train, massive_mt.evaluate) on `nproc` local ranks; its exit status."""
     from .cli import launch_command, launch_env
 
-    args = ["--config", str(out / "configs" / f"{cell.config}.yaml"), "--ds-config", grid.ds_config,
-            *cell_overrides(cell.seed, cell.run)]
-    cmd = launch_command(launcher, nproc, args)
+    cmd = launch_command(launcher, nproc, args, module=module)
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd, env=launch_env(nproc))
 
 
-def evaluate_cell(cell: Cell, grid: Grid) -> None:
-    from .evaluate import evaluate
+def train(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> int:
+    args = ["--config", str(out / "configs" / f"{cell.config}.yaml"), "--ds-config", grid.ds_config,
+            *cell_overrides(cell.seed, cell.run)]
+    return launch("massive_mt.train", args, nproc, launcher)
 
-    e = cell.cfg.eval
-    evaluate(cell.run / "model", grid.corpus, split=e.split, beam=e.beam, batch_size=e.batch_size,
-             max_sentences=e.max_sentences, max_new_tokens=e.max_new_tokens, length_penalty=e.length_penalty,
-             out_dir=cell.run / "eval")
-    tmp = cell.run / ".cell.json.tmp"
-    tmp.write_text(json.dumps({"config": cell.config, "seed": cell.seed, "grid": str(grid.path)}), encoding="utf-8")
-    os.replace(tmp, cell.run / "cell.json")
+
+def evaluate_cell(cell: Cell, grid: Grid, nproc: int, launcher: str) -> int:
+    """Evaluate the cell's model data-parallel on `nproc` ranks, then write its cell.json."""
+    args = ["--model", str(cell.run / "model"), "--corpus", grid.corpus, "--out", str(cell.run / "eval")]
+    for k, v in grid.eval.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    rc = launch("massive_mt.evaluate", args, nproc, launcher)
+    if rc == 0:
+        tmp = cell.run / f".{CELL_FILE}.tmp"
+        tmp.write_text(json.dumps({"config": cell.config, "seed": cell.seed, "grid": str(grid.path),
+                                   "eval": grid.eval}), encoding="utf-8")
+        os.replace(tmp, cell.run / CELL_FILE)
+    return rc
 
 
 def run_cell(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> int:
-    """Bring one cell to `done`; returns the training's exit status when it failed (75: stopped by a
-    signal after a checkpoint, run again to resume)."""
-    s = state(cell)
+    """Bring one cell to `done`; returns the exit status of the training or the evaluation when it
+    failed (75: training stopped by a signal after a checkpoint, run again to resume)."""
+    s = state(cell, grid)
     print(f"[study] cell {cell.index} {cell.config} seed {cell.seed}: {s}", file=sys.stderr, flush=True)
     if s == "done":
         return 0
@@ -210,16 +249,19 @@ def run_cell(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> in
             print(f"[study] cell {cell.index} {cell.config} seed {cell.seed}: training exited {rc}",
                   file=sys.stderr, flush=True)
             return rc
-        if state(cell) != "trained":
+        if state(cell, grid) != "trained":
             raise StudyError(f"{cell.run}: training exited 0 but left no model of {cell.cfg.train.max_steps} steps")
-    evaluate_cell(cell, grid)
-    return 0
+    rc = evaluate_cell(cell, grid, nproc, launcher)
+    if rc != 0:
+        print(f"[study] cell {cell.index} {cell.config} seed {cell.seed}: evaluation exited {rc}",
+              file=sys.stderr, flush=True)
+    return rc
 
 
 def merge(grid: Grid, all_cells: list[Cell], out: Path, samples: int) -> dict:
     from .compare import run_compare
 
-    unfinished = [f"{c.index} ({c.config} seed {c.seed}: {st})" for c in all_cells if (st := state(c)) != "done"]
+    unfinished = [f"{c.index} ({c.config} seed {c.seed}: {st})" for c in all_cells if (st := state(c, grid)) != "done"]
     if unfinished:
         raise StudyError(f"{out}: cells not finished: {', '.join(unfinished)}; run them first")
     res = run_compare([c.run for c in all_cells], out / "compare", baseline=grid.baseline, samples=samples)
@@ -237,7 +279,7 @@ def main(a) -> int:
         return 0
     if a.list:
         for c in all_cells:
-            print(f"{c.index}\t{c.config}\tseed {c.seed}\t{state(c)}\t{c.run}")
+            print(f"{c.index}\t{c.config}\tseed {c.seed}\t{state(c, grid)}\t{c.run}")
         return 0
     nproc, launcher = a.nproc or grid.nproc, a.launcher or grid.launcher
     if a.cell is not None:

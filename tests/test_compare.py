@@ -10,6 +10,8 @@ from massive_mt import cli
 from massive_mt.compare import run_compare, t_interval, welch_interval
 from massive_mt.config import load_config
 from massive_mt.evaluate import TaskResult, bucket_averages, resource_buckets, score, write_report
+from massive_mt.evaluate import test_set_identity as set_identity   # not collected as a test
+from massive_mt.study import CELL_FILE
 
 SIZES = {"en-fr": 5000, "en-de": 4000, "en-es": 900, "en-ru": 800, "en-ja": 100, "en-it": 80}
 TASKS = list(SIZES)
@@ -45,10 +47,10 @@ def corrupt(refs, q, rng, vocab):
 
 
 def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None, config_name=None):
-    """A training output_dir as the trainer and `massive-mt evaluate` leave it."""
+    """A training output_dir as the trainer, `massive-mt evaluate` and `massive-mt study` (cell.json, with
+    the configuration's name) leave it."""
     run = root / f"{name}-s{seed}"
-    cfg = load_config(None, [f"name={config_name or name}", f"train.seed={seed}", f"sampling.seed={seed}",
-                             f"train.output_dir={run}", *overrides])
+    cfg = load_config(None, [f"train.seed={seed}", f"sampling.seed={seed}", f"train.output_dir={run}", *overrides])
     (run / "model").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "model" / "massive_mt.json").write_text(json.dumps(
@@ -57,10 +59,18 @@ def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs
     results = []
     for t in tasks:
         bleu, chrf, bsig, csig = score(hyps[t], refs[t], t.split("-")[1])
-        results.append(TaskResult(t, len(hyps[t]), SIZES[t], buckets[t], round(bleu, 2), round(chrf, 2), bsig, csig))
+        src, tgt = t.split("-")
+        test_set = set_identity("test", corpus_dir / f"test.{t}.{src}", corpus_dir / f"test.{t}.{tgt}",
+                                     len(hyps[t]))
+        results.append(TaskResult(t, len(hyps[t]), SIZES[t], buckets[t], round(bleu, 2), round(chrf, 2), bsig, csig,
+                                  test_set))
+    n = sum(len(hyps[t]) for t in tasks)
     report = {"model": str(run / "model"), "corpus": str(corpus_dir), "split": "test", "beam": 4,
-              "max_sentences": 0, "tasks": [r.to_dict() for r in results], "buckets": bucket_averages(results)}
+              "max_sentences": 0, "tasks": [r.to_dict() for r in results], "buckets": bucket_averages(results),
+              "speed": {"world_size": 1, "sentences": n, "translate_s": 1.0, "rank_sentences": [n],
+                        "sentences_per_s": float(n), "batch_size": 64, "max_tokens": 4096}}
     write_report(report, {t: hyps[t] for t in tasks}, run / "eval")
+    (run / CELL_FILE).write_text(json.dumps({"config": config_name or name, "seed": seed}))
     return run
 
 
@@ -144,8 +154,9 @@ def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
 
 
 def _refs(run, task):
-    corpus = json.loads((run / "eval" / "results.json").read_text())["corpus"]
-    return (__import__("pathlib").Path(corpus) / f"test.{task}.{task.split('-')[1]}").read_text().splitlines()
+    tasks = json.loads((run / "eval" / "results.json").read_text())["tasks"]
+    return (__import__("pathlib").Path(next(r for r in tasks if r["task"] == task)["test_set"]["reference"])
+            .read_text().splitlines())
 
 
 def _fails(capsys, args, *expected):
@@ -190,13 +201,31 @@ def test_other_test_set_is_named(study, corpus, tmp_path, capsys):
     err = _fails(capsys, [runs[("base", s)] for s in (1, 2, 3)] + [runs[("better", 1)], runs[("better", 2)], odd],
                  odd, "different test set for en-de")
     assert "sha256" in err
-    # a test set that changed after the evaluation: scores no longer match the hypotheses
-    changed = tmp_path / "changed"
-    shutil.copytree(runs[("base", 1)], changed)
+    # a test set that changed after the evaluation: its reference file is not the one recorded
+    own = tmp_path / "own-corpus"
+    shutil.copytree(corpus_dir, own)
+    base = [runs[("base", s)] for s in (2, 3)]
+    changed = make_run(tmp_path, "base", 1, own, system(refs, 0.5, 101, vocab), refs=refs)
+    assert run_compare([changed, *base], tmp_path / "ok", samples=10)["configs"]["base"]["seeds"] == ["1", "2", "3"]
+    (own / "test.en-ja.ja").write_text("".join(r + "\n" for r in refs["en-ja"][::-1]))
+    err = _fails(capsys, [changed, *base], changed, own / "test.en-ja.ja", "is not the reference file en-ja was "
+                 "evaluated on", "the test set changed since the evaluation")
+    assert "sha256" in err
+    # a corpus that moved: --corpus finds the recorded reference files in their new place
+    moved = tmp_path / "moved-corpus"
+    shutil.copytree(corpus_dir, moved)
+    res = run_compare([changed, *base], tmp_path / "moved", samples=10, corpus=str(moved))
+    assert res["configs"]["base"]["seeds"] == ["1", "2", "3"]
+    _fails(capsys, [changed, *base, "--corpus", tmp_path / "nowhere"], changed, "the references of en-fr cannot be read")
+    # a hypothesis file that changed after the evaluation: scores no longer match the hypotheses
+    hyp = changed / "eval" / "hyp.test.en-fr.txt"
+    hyp.write_text("".join(r + "\n" for r in refs["en-fr"]))
+    _fails(capsys, [changed, *base, "--corpus", moved], changed, "does not match its hypotheses", hyp)
+    # a results.json of an older `massive-mt evaluate`, without the test-set record
     report = json.loads((changed / "eval" / "results.json").read_text())
-    report["corpus"] = str(other)
+    del report["tasks"][0]["test_set"]
     (changed / "eval" / "results.json").write_text(json.dumps(report))
-    _fails(capsys, [changed, runs[("base", 2)], runs[("base", 3)]], changed, "does not match its hypotheses")
+    _fails(capsys, [changed, *base], changed, "records no test_set", "evaluate the run again")
 
 
 def test_missing_seeds_mixed_tasks_and_duplicates_are_named(study, corpus, tmp_path, capsys):
@@ -226,8 +255,8 @@ def test_run_compare_without_a_baseline_difference(study, tmp_path):
 
 
 def test_labels_from_the_differing_fields_and_baseline_by_run(study, corpus, tmp_path):
-    """Configurations with one `name` are labelled by the fields in which they differ; a run path
-    names its configuration as the baseline."""
+    """Configurations with one study name (cell.json) are labelled by the fields in which they differ,
+    as are runs outside a study (no cell.json); a run path names its configuration as the baseline."""
     root, runs = study
     corpus_dir, refs, vocab = corpus
     made = {}
@@ -238,6 +267,10 @@ def test_labels_from_the_differing_fields_and_baseline_by_run(study, corpus, tmp
     res = run_compare(list(made.values()), tmp_path / "cmp", baseline=str(made["b", 2]), samples=100)
     assert sorted(res["configs"]) == ["optim.lr=0.0005", "optim.lr=0.001"]
     assert res["baseline"] == "optim.lr=0.001"
+    for run in made.values():
+        (run / CELL_FILE).unlink()
+    res = run_compare(list(made.values()), tmp_path / "cmp", baseline=str(made["b", 2]), samples=100)
+    assert sorted(res["configs"]) == ["optim.lr=0.0005", "optim.lr=0.001"]
     res = run_compare([runs[("base", s)] for s in (1, 2, 3)], tmp_path / "one", baseline=str(runs[("base", 3)]),
                       samples=100)
     assert res["baseline"] == "base"

@@ -1,5 +1,5 @@
-"""`massive-mt study`: grid validation, and a real 1-rank study that skips finished cells and
-resumes an interrupted one from its checkpoint."""
+"""`massive-mt study`: grid validation, and a real 1-rank study that skips finished cells,
+resumes an interrupted one from its checkpoint and evaluates every cell through the launcher."""
 import json
 import shutil
 import subprocess
@@ -10,14 +10,14 @@ import yaml
 
 from conftest import REPO, dist_env, read_metrics, train_args
 from massive_mt import cli
+from massive_mt import study as study_mod
 from massive_mt.config import load_config
 
 
 def write_grid(path, corpus="corpus", **changes):
     grid = {"seeds": [1, 2], "nproc": 1, "launcher": "torchrun", "ds_config": str(REPO / "ds_configs" / "zero2.json"),
-            "corpus": str(corpus), "baseline": "plain",
-            "common": {"train": {"max_steps": 4, "save_interval": 2, "keep_last": 2, "log_interval": 2},
-                       "eval": {"beam": 1, "max_sentences": 4, "max_new_tokens": 8}},
+            "corpus": str(corpus), "baseline": "plain", "eval": {"beam": 1, "max_sentences": 4, "max_new_tokens": 8},
+            "common": {"train": {"max_steps": 4, "save_interval": 2, "keep_last": 2, "log_interval": 2}},
             "configs": {"plain": {}}}
     grid.update(changes)
     path.write_text(yaml.safe_dump(grid))
@@ -40,6 +40,15 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     assert p.returncode == 0, p.stderr[-4000:]
     cell = out / "plain" / "seed2"
     assert (cell / "cell.json").is_file() and (cell / "eval" / "results.json").is_file()
+    # evaluated by the launcher's ranks with the grid's eval options
+    assert "--nproc_per_node 1" in p.stderr and "-m massive_mt.evaluate" in p.stderr
+    report = json.loads((cell / "eval" / "results.json").read_text())
+    assert report["speed"]["world_size"] == 1 and report["beam"] == 1 and report["max_sentences"] == 4
+    assert all(t["test_set"]["sentences"] == 4 for t in report["tasks"])
+    assert json.loads((cell / "cell.json").read_text()) == {
+        "config": "plain", "seed": 2, "grid": str(grid),
+        "eval": {"split": "test", "beam": 1, "batch_size": 64, "max_tokens": 4096, "max_sentences": 4,
+                 "max_new_tokens": 8}}
     assert sorted(x.name for x in (cell / "checkpoints").iterdir() if x.is_dir()) == ["step2", "step4"]
     assert not (out / "plain" / "seed1").exists()
     # interrupted after the step-2 checkpoint: what a kill during steps 3-4 leaves
@@ -55,7 +64,7 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     assert [s["resumed_from_step"] for s in starts] == [0, 2] and starts[-1]["world_size"] == 1
     assert json.loads((cell / "model" / "massive_mt.json").read_text())["steps"] == 4
     cfg = yaml.safe_load((cell / "config.yaml").read_text())
-    assert cfg["train"]["seed"] == cfg["sampling"]["seed"] == 2 and cfg["name"] == "plain"
+    assert cfg["train"]["seed"] == cfg["sampling"]["seed"] == 2 and "name" not in cfg
     res = json.loads((out / "compare" / "compare.json").read_text())
     assert res["configs"]["plain"]["seeds"] == ["1", "2"] and (out / "compare" / "compare.md").is_file()
 
@@ -71,8 +80,14 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     ({"configs": {"plain": {}, "a": {"model.preset": "tiny"}}}, "key 'model.preset' may not differ"),
     ({"configs": {"plain": {}, "a": {"train.max_steps": 8}}}, "key 'train.max_steps' may not differ"),
     ({"configs": {"plain": {}, "a": {"eval.beam": 4}}}, "key 'eval.beam' may not differ"),
+    ({"common": {"eval": {"beam": 4}}}, "key 'common.eval': the evaluation options are the grid's top-level 'eval'"),
+    ({"eval": {"beem": 4}}, "key 'eval.beem' is not an evaluation option"),
+    ({"eval": {"beam": 0}}, "key 'eval': --beam must be an integer >= 1"),
+    ({"eval": {"split": 3}}, "key 'eval.split' must be a split name"),
+    ({"configs": {"plain": {}, "a": {"name": "a"}}}, "field 'name': unknown field"),
+    ({"configs": {"plain": {}, "a": {"reconcile.beta": 0.1}}}, "renamed to 'reconcile.ema_rate'"),
     ({"configs": {"plain": {}, "a": {"sampling.seed": 4}}}, "key 'sampling.seed' may not differ"),
-    ({"configs": {"plain": {}, "a": {"optim.lr": -1.0}}}, "field 'optim.lr': must be > 0"),
+    ({"configs": {"plain": {}, "a": {"optim.lr": -1.0}}}, "field 'optim.lr': input should be greater than 0"),
     ({"configs": {"plain": {}, "a/b": {}}}, "configuration name 'a/b'"),
     ({"seeds": [1]}, "key 'seeds' must list at least 2"),
     ({"baseline": "nope"}, "key 'baseline' = 'nope'"),
@@ -101,3 +116,26 @@ def test_study_refuses_foreign_runs_unfinished_merges_and_bad_cells(tmp_path, ca
     assert cli.main(["study", "--grid", str(grid), "--out", str(out), "--list"]) == 2
     err = capsys.readouterr().err
     assert f"{run}: holds a run of another configuration" in err
+
+
+def test_finished_cell_is_evaluated_again_when_the_grid_changes_its_eval_options(tmp_path, capsys):
+    """cell.json records the evaluation options; another `eval` in the grid makes the cell `trained`."""
+    out = tmp_path / "out"
+    run = out / "plain" / "seed1"
+    grid = write_grid(tmp_path / "grid.yaml")
+    assert cli.main(["study", "--grid", str(grid), "--out", str(out), "--count"]) == 0
+    cfg = load_config(str(out / "configs" / "plain.yaml"), study_mod.cell_overrides(1, run))
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    (run / "model" / "massive_mt.json").write_text(json.dumps({"steps": 4}))
+    evaluated = study_mod.load_grid(grid).eval
+    (run / "cell.json").write_text(json.dumps({"config": "plain", "seed": 1, "eval": evaluated}))
+    capsys.readouterr()
+
+    def listed(g):
+        assert cli.main(["study", "--grid", str(g), "--out", str(out), "--list"]) == 0
+        return capsys.readouterr().out.split("\n")[0].split("\t")[3]
+
+    assert listed(grid) == "done"
+    assert listed(write_grid(tmp_path / "beam4.yaml", eval={"beam": 4, "max_sentences": 4, "max_new_tokens": 8})) \
+        == "trained"
