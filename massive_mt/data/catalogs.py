@@ -21,6 +21,7 @@ import subprocess
 import sys
 import unicodedata
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
@@ -370,6 +371,24 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: already exists and is not an empty directory; remove it or choose another")
 
 
+@contextmanager
+def staged_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out_dir``, renamed to ``out_dir`` when the block succeeds
+    and removed when it fails, so that a failed build leaves nothing half-written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _prepare_out_dir(out_dir)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def build_catalog_corpus(
     out_dir: str | os.PathLike,
     wheels: Iterable[str] = DEFAULT_WHEELS,
@@ -379,6 +398,8 @@ def build_catalog_corpus(
     test_frac: float = 0.03,
     max_ratio: float = 3.0,
     progress: bool = True,
+    sources: Iterable[str] | None = None,
+    **source_options,
 ) -> dict:
     """Build an English-centric corpus ``{split}.en-{xx}.{en,xx}`` in ``out_dir``; returns the manifest.
 
@@ -386,7 +407,17 @@ def build_catalog_corpus(
     ``default_cache_dir()``) or paths of wheel files. Languages with fewer than
     ``min_pairs`` training pairs are left out and listed in the manifest. The corpus
     is written to a temporary directory beside ``out_dir`` and renamed into place.
+
+    ``sources``: names of corpus sources or profiles (``massive_mt.data.sources``); when
+    given, the multi-source builder makes the corpus instead (``source_options`` go to it).
     """
+    # --- multi-source corpora (massive_mt.data.sources) ---
+    if sources is not None:
+        from massive_mt.data.sources.build import build_sources_corpus
+
+        return build_sources_corpus(out_dir, list(sources), cache_dir=cache_dir, min_pairs=min_pairs, max_ratio=max_ratio,
+                                    valid_frac=valid_frac, test_frac=test_frac, progress=progress, **source_options)
+    # --- end multi-source ---
     out_dir = Path(out_dir)
     if not (0 <= valid_frac and 0 <= test_frac and valid_frac + test_frac < 1):
         raise DataError(f"valid_frac={valid_frac} and test_frac={test_frac}: need fractions with a sum below 1")
@@ -403,10 +434,7 @@ def build_catalog_corpus(
             candidates.setdefault(lang, []).extend(cands)
 
     pairs, filters, dropped = {}, {}, {}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    with staged_dir(out_dir) as tmp:
         for lang in tqdm(sorted(candidates), desc="filtering and writing", unit="lang", disable=not progress):
             kept, filters[lang] = filter_pairs(candidates[lang], max_ratio)
             splits = {s: [] for s in SPLITS}
@@ -435,11 +463,4 @@ def build_catalog_corpus(
             "dropped_languages": dropped,
         }
         write_manifest(tmp, manifest)
-        _prepare_out_dir(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return manifest
