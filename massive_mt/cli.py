@@ -37,7 +37,8 @@ def cmd_build_corpus(a) -> int:
             raise MassiveMTError("--wheels/--cache belong to the default build; with --sources use --package-cache")
         sizes = MultiwaySizes(test=a.test_size, valid=a.valid_size, doc_test=a.doc_test_size)
         manifest = build_catalog_corpus(a.out, min_pairs=a.min_pairs, max_ratio=a.max_ratio, sources=a.sources,
-                                        cache_dir=a.package_cache, from_dir=a.from_dir, split=a.split, sizes=sizes)
+                                        cache_dir=a.package_cache, from_dir=a.from_dir, split=a.split, sizes=sizes,
+                                        workers=a.workers)
         st = manifest["stats"]
         print(f"{a.out}: {st['languages']} languages, {st['pairs']:,} pairs ({st['languages_ge_1k']} languages "
               f">= 1k, {st['languages_ge_10k']} >= 10k)")
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--valid-size", type=int, default=1000, help="multi-way valid: English strings held out")
     b.add_argument("--doc-test-size", type=int, default=1000, help="help paragraphs held out (test_doc)")
     b.add_argument("--max-ratio", type=float, default=3.0, help="drop pairs with a longer length ratio")
+    b.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes reading sources")
     b.set_defaults(fn=cmd_build_corpus)
 
     pr = sub.add_parser("prepare", help="train the joint SentencePiece model and write token arrays")

@@ -269,6 +269,19 @@ def test_build_multiway_corpus_and_manifest(tmp_path, libc_deb):
     assert all(len(k.split()) >= 4 for k in held["test"])
 
 
+def test_build_does_not_depend_on_the_number_of_workers(tmp_path, libc_deb):
+    """Sources are merged in order: a pair of libc that phpMyAdmin repeats counts as its duplicate."""
+    _fetch(SOURCES["phpmyadmin"])
+    sizes = MultiwaySizes(test=50, valid=20, doc_test=0)
+    one = build_sources_corpus(tmp_path / "a", ["libc", "phpmyadmin"], sizes=sizes, workers=1, progress=False)
+    two = build_sources_corpus(tmp_path / "b", ["libc", "phpmyadmin"], sizes=sizes, workers=2, progress=False)
+    assert one == two
+    for name in sorted(p.name for p in (tmp_path / "a").iterdir()):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    libc, pma = one["sources"]
+    assert pma["filters"]["duplicate"] > 0 and libc["pairs"] + pma["pairs"] == one["stats"]["pairs_read"]
+
+
 def test_cli_build_corpus_sources(tmp_path, libc_deb, capsys):
     out = tmp_path / "c"
     assert main(["build-corpus", "--sources", "libc", "--out", str(out), "--min-pairs", "50",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,42 +38,58 @@ class Collected:
     def __init__(self) -> None:
         self.pairs: dict[str, set[tuple[str, str]]] = {}
         self.filters: dict[str, Counter] = {}
-        self.english: dict[str, English] = {}  # raw English -> its normalised form (one object per string)
+        self.keys: dict[str, str] = {}  # normalised English -> its split key
+        self.text: dict[str, str] = {}  # interning: one str object per English string across sources
         self.doc_english: set[str] = set()
 
-    def add(self, lang: str, candidates: list[Candidate], max_ratio: float, per_source: Counter,
-            source_filters: Counter, doc: bool) -> None:
+    def add(self, lang: str, candidates: list[Candidate], max_ratio: float, english: dict[str, English]) -> None:
+        """Filter and dedupe one catalogue's candidates; ``english`` caches the English side."""
         kept = self.pairs.setdefault(lang, set())
         counts = self.filters.setdefault(lang, Counter())
-        english = self.english
         for raw in candidates:
             en = english.get(raw.en)
             if en is None:
                 en = english[raw.en] = English.of(raw.en)
+                self.keys[en.text] = en.key
             xx = normalize(raw.xx)
             rule = rule_of(en, xx, max_ratio, raw.fuzzy, raw.obsolete)
+            if rule is None and (en.text, xx) in kept:
+                rule = "duplicate"
             if rule is None:
-                if (en.text, xx) in kept:
-                    rule = "duplicate"
-                else:
-                    kept.add((en.text, xx))
-                    per_source[lang] += 1
-                    if doc:
-                        self.doc_english.add(en.text)
-            if rule:
+                kept.add((en.text, xx))
+            else:
                 counts[rule] += 1
-                source_filters[rule] += 1
+
+    def merge(self, other: "Collected", doc: bool) -> tuple[Counter, Counter]:
+        """Add one source's pairs; returns (new pairs per language, filter counts incl. duplicates)."""
+        added, filters = Counter(), Counter()
+        for lang, counts in other.filters.items():
+            self.filters.setdefault(lang, Counter()).update(counts)
+            filters.update(counts)
+        for lang, pairs in other.pairs.items():
+            kept = self.pairs.setdefault(lang, set())
+            before = len(kept)
+            for en, xx in pairs:
+                en = self.text.setdefault(en, en)
+                self.keys.setdefault(en, other.keys[en])
+                kept.add((en, xx))
+                if doc:
+                    self.doc_english.add(en)
+            added[lang] = len(kept) - before
+            dup = len(pairs) - added[lang]
+            if dup:
+                self.filters[lang]["duplicate"] += dup
+                filters["duplicate"] += dup
+        return added, filters
 
 
-def read_source(source: Source, files, collected: Collected, max_ratio: float, progress: bool) -> dict:
-    """Read one source into ``collected``; returns its manifest record."""
+def read_source(source: Source, files, max_ratio: float) -> tuple[dict, Collected]:
+    """Read one source: its manifest record (without counts) and its filtered pairs."""
     skips = Skips()
-    per_lang: Counter = Counter()
-    source_filters: Counter = Counter()
+    collected, english = Collected(), {}
     candidates = 0
     reader = READERS[source.reader]
-    blocks = reader([f.path for f in files], skips, **source.options)
-    for block in tqdm(blocks, desc=f"reading {source.name}", unit="file", disable=not progress, leave=False):
+    for block in reader([f.path for f in files], skips, **source.options):
         lang = corpus_language(block.locale)
         if lang is None:
             reason = ("English or pseudo-locale" if is_pseudo_or_english(block.locale)
@@ -80,16 +97,42 @@ def read_source(source: Source, files, collected: Collected, max_ratio: float, p
             skips.add(f"{reason} (catalogues)")
             continue
         candidates += len(block.candidates)
-        collected.add(lang, block.candidates, max_ratio, per_lang, source_filters, source.domain == "doc")
-    return {"name": source.name, "format": source.reader, "licence": source.licence, "domain": source.domain,
-            "packages": [f.record() for f in files], "candidates": candidates,
-            "pairs": sum(per_lang.values()), "languages": dict(sorted(per_lang.items())),
-            "filters": {r: source_filters[r] for r in RULES}, "skipped": dict(sorted(skips.items()))}
+        collected.add(lang, block.candidates, max_ratio, english)
+    record = {"name": source.name, "format": source.reader, "licence": source.licence, "domain": source.domain,
+              "packages": [f.record() for f in files], "candidates": candidates,
+              "skipped": dict(sorted(skips.items()))}
+    return record, collected
+
+
+def read_sources(fetched, max_ratio: float, workers: int, progress: bool) -> tuple[list[dict], Collected]:
+    """Read every source (``workers`` processes) and merge them in source order, so the
+    result does not depend on ``workers``; a pair already kept from an earlier source
+    counts as a duplicate of the later one."""
+    collected, records = Collected(), []
+    bar = tqdm(total=len(fetched), desc="reading sources", unit="source", disable=not progress)
+
+    def merge(source: Source, record: dict, part: Collected) -> None:
+        added, filters = collected.merge(part, source.domain == "doc")
+        records.append({**record, "pairs": sum(added.values()), "languages": dict(sorted(added.items())),
+                        "filters": {r: filters[r] for r in RULES}})
+        bar.set_postfix_str(f"{source.name}: {sum(added.values()):,} pairs")
+        bar.update()
+
+    if workers <= 1:
+        for source, files in fetched:
+            merge(source, *read_source(source, files, max_ratio))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(read_source, source, files, max_ratio) for source, files in fetched]
+            for (source, _), future in zip(fetched, futures):
+                merge(source, *future.result())
+    bar.close()
+    return records, collected
 
 
 def _assign(collected: Collected, mode: str, sizes: MultiwaySizes, valid_frac: float, test_frac: float):
     """{lang: {split: [(en, xx)]}} with one reference per English key in held-out splits."""
-    keys = {en.text: en.key for en in collected.english.values()}
+    keys = collected.keys
     held: dict[str, str] = {}
     if mode == "multiway":
         coverage: Counter = Counter()
@@ -141,6 +184,7 @@ def build_sources_corpus(
     valid_frac: float = 0.02,
     test_frac: float = 0.03,
     pins_file: str | os.PathLike = PINS_FILE,
+    workers: int = min(2, os.cpu_count() or 1),
     progress: bool = True,
 ) -> dict:
     """Build the corpus of ``sources`` (names of sources or profiles, see ``registry``) in ``out_dir``.
@@ -148,7 +192,7 @@ def build_sources_corpus(
     ``split="multiway"`` holds out the shared English strings chosen by ``multiway.select``
     (``test``, ``valid``, and help paragraphs in the sub-corpus ``out_dir/test_doc``);
     ``"hash"`` splits by a hash of the English as ``catalogs.build_catalog_corpus`` does.
-    Returns the manifest.
+    Sources are read by ``workers`` processes. Returns the manifest.
     """
     out_dir = Path(out_dir)
     if split not in SPLIT_MODES:
@@ -160,9 +204,8 @@ def build_sources_corpus(
     pins = debian_pins(Path(pins_file)) if any(s.kind == "deb" for s in chosen) else {}
     fetched = [(s, fetch(s, pins, cache_dir, from_dir)) for s in tqdm(chosen, desc="fetching", unit="source",
                                                                        disable=not progress)]
-    collected = Collected()
-    records = [read_source(s, files, collected, max_ratio, progress)
-               for s, files in tqdm(fetched, desc="reading sources", unit="source", disable=not progress)]
+    records, collected = read_sources(fetched, max_ratio, workers, progress)
+    read_pairs = sum(len(p) for p in collected.pairs.values())
     splits, held, extra = _assign(collected, split, sizes, valid_frac, test_frac)
     lang_filters = collected.filters
     del collected  # the pair sets; the split lists hold the strings now
@@ -202,7 +245,7 @@ def build_sources_corpus(
             "pivot": PIVOT,
             "pairs": pairs,
             "languages": sorted(p["tgt"] for p in pairs.values()),
-            "stats": corpus_stats(totals),
+            "stats": {**corpus_stats(totals), "pairs_read": read_pairs},
             "test_sets": test_sets,
             "sources": records,
             "builder": {"name": "massive_mt.data.sources", "sources": list(sources), "min_pairs": min_pairs,
