@@ -23,7 +23,7 @@ import pytest
 from massive_mt.cli import main
 from massive_mt.data.catalogs import Candidate, first_failing_rule, normalize
 from massive_mt.data.corpus import canonical_lang, load_corpus
-from massive_mt.data.sources import gettext, keyjson, lohelp, mallard, mozilla
+from massive_mt.data.sources import gettext, keyjson, lohelp, mallard, mozilla, report
 from massive_mt.data.sources.archive import deb_control, iter_deb
 from massive_mt.data.sources.build import build_sources_corpus
 from massive_mt.data.sources.fetch import apt_download, cache_root, fetch
@@ -267,6 +267,10 @@ def test_build_multiway_corpus_and_manifest(tmp_path, libc_deb):
     test = manifest["test_sets"]["test"]
     assert test["english_strings"] == 150 and test["languages_with_at_least"][">=100"] >= 20
     assert all(len(k.split()) >= 4 for k in held["test"])
+    # the figure and the summary of docs/corpus.md
+    png = report.plot_pairs_per_language(manifest, tmp_path / "fig.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert f"| libc | gettext | LGPL-2.1-or-later | {len(source['languages'])} |" in report.summary(manifest)
 
 
 def test_build_does_not_depend_on_the_number_of_workers(tmp_path, libc_deb):
