@@ -20,7 +20,8 @@ def pairs_by_source(manifest: dict) -> dict[str, Counter]:
 
 
 def plot_pairs_per_language(manifest: dict, out: Path) -> Path:
-    """Stacked bars of pairs per language (log scale), languages by size, coloured by source."""
+    """Pairs per language, largest first: on top the totals on a log scale, each bar coloured by the
+    source that gives the language most pairs; below, each language's pairs split by source."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -37,29 +38,36 @@ def plot_pairs_per_language(manifest: dict, out: Path) -> Path:
         other.update(by_source[s])
     if other:
         groups["other"] = other
-    fig, ax = plt.subplots(figsize=(14, 4.5))
-    bottom = [0] * len(langs)
-    x = range(len(langs))
     cmap = plt.get_cmap("tab10")
-    for i, (name, counts) in enumerate(groups.items()):
-        heights = [counts.get(lang, 0) for lang in langs]
-        ax.bar(x, heights, bottom=[max(b, 0.8) if h else b for b, h in zip(bottom, heights)], width=1.0,
-               color=cmap(i % 10), label=name, linewidth=0)
-        bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.set_yscale("log")
-    ax.set_ylim(0.8, max(bottom) * 1.5)
-    step = max(1, len(langs) // 40)
-    ax.set_xticks(list(x)[::step])
-    ax.set_xticklabels(langs[::step], rotation=90, fontsize=7)
-    ax.set_xlim(-0.5, len(langs) - 0.5)
-    ax.set_ylabel("unique (en, xx) pairs")
+    colour = {name: cmap(i % 10) for i, name in enumerate(groups)}
+    x = range(len(langs))
+    fig, (top, share) = plt.subplots(2, 1, figsize=(14, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    main = [max(groups, key=lambda g: groups[g].get(lang, 0)) for lang in langs]
+    top.bar(x, [totals[lang] for lang in langs], width=1.0, color=[colour[m] for m in main], linewidth=0)
+    top.set_yscale("log")
+    top.set_ylabel("unique (en, xx) pairs")
     st = manifest["stats"]
-    ax.set_title(f"{st['pairs']:,} pairs in {st['languages']} languages "
-                 f"({st['languages_ge_1k']} with ≥ 1 k, {st['languages_ge_10k']} with ≥ 10 k), by source")
-    ax.legend(ncol=5, fontsize=8, loc="upper right")
+    top.set_title(f"{st['pairs']:,} pairs in {st['languages']} languages ({st['languages_ge_1k']} with ≥ 1 k, "
+                  f"{st['languages_ge_10k']} with ≥ 10 k); bar colour: the language's largest source")
+    for t in (1_000, 10_000):
+        top.axhline(t, color="grey", linewidth=0.6, linestyle=":")
+    bottom = [0.0] * len(langs)
+    for name, counts in groups.items():
+        frac = [counts.get(lang, 0) / totals[lang] for lang in langs]
+        share.bar(x, frac, bottom=bottom, width=1.0, color=colour[name], label=name, linewidth=0)
+        bottom = [b + f for b, f in zip(bottom, frac)]
+    share.set_ylim(0, 1)
+    share.set_ylabel("share by source")
+    step = max(1, len(langs) // 50)
+    share.set_xticks(list(x)[::step])
+    share.set_xticklabels(langs[::step], rotation=90, fontsize=7)
+    share.set_xlim(-0.5, len(langs) - 0.5)
+    share.set_xlabel("language, by number of pairs")
+    fig.legend(*share.get_legend_handles_labels(), ncol=len(groups), fontsize=8, loc="upper center",
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return out
 
