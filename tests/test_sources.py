@@ -181,7 +181,9 @@ def test_canonical_lang_uses_langcodes(code, expected):
 @pytest.mark.parametrize("locale, expected", [
     ("ca@valencia", "ca_valencia"), ("de-formal", "de"), ("sr-el", "sr_Latn"), ("sr@Latn", "sr_Latn"),
     ("kmr", "ku"), ("zh-hk", "zh_Hant"), ("zh", "zh_Hans"), ("pt-PT", "pt"), ("pt-BR", "pt_BR"),
-    ("en_GB", None), ("qqq", None), ("en@quot", None), ("bat-smg", None),
+    ("gu_IN", "gu"), ("jv_ID", "jv"), ("pa_PK", "pa_PK"), ("es_AR", "es_AR"), ("de_AT", "de_AT"),
+    ("sr@ijekavianlatin", "sr_Latn_ijekavsk"), ("bat-smg", "sgs"),
+    ("en_GB", None), ("en@shaw", None), ("qqq", None), ("en@quot", None), ("map-bms", None),
 ])
 def test_corpus_language(locale, expected):
     assert corpus_language(locale) == expected

@@ -245,7 +245,7 @@ def build_sources_corpus(
             "pivot": PIVOT,
             "pairs": pairs,
             "languages": sorted(p["tgt"] for p in pairs.values()),
-            "stats": {**corpus_stats(totals), "pairs_read": read_pairs},
+            "stats": {**corpus_stats(totals), "pairs_read": read_pairs, "languages_read": len(lang_filters)},
             "test_sets": test_sets,
             "sources": records,
             "builder": {"name": "massive_mt.data.sources", "sources": list(sources), "min_pairs": min_pairs,
