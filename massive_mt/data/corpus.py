@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import langcodes
+
 from massive_mt.errors import DataError
 from massive_mt.io import atomic_write_json, atomic_write_texts, read_json_object
 
@@ -36,8 +38,10 @@ CORPUS_FORMAT = "massive_mt.corpus/1"
 # --------------------------------------------------------------------------------------
 
 # A canonical code: language (ISO 639-1/3, lower case), optional script (ISO 15924,
-# title case), optional region (ISO 3166 upper case or UN M.49 digits).
-LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Z][a-z]{3})?(_([A-Z]{2}|[0-9]{3}))?$")
+# title case), optional region (ISO 3166 upper case or UN M.49 digits), optional BCP 47
+# variant (lower case, 5-8 characters or a digit and 3: ``ca_valencia``, ``be_tarask``).
+LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Z][a-z]{3})?(_([A-Z]{2}|[0-9]{3}))?(_([a-z0-9]{5,8}|[0-9][a-z0-9]{3}))?$")
+VARIANT_RE = re.compile(r"[a-z0-9]{5,8}|[0-9][a-z0-9]{3}")
 
 # Deprecated or non-standard language subtags -> current ISO 639 code.
 LANGUAGE_ALIASES = {
@@ -65,11 +69,40 @@ MODIFIER_SCRIPTS = {"latin": "Latn", "cyrillic": "Cyrl", "arabic": "Arab", "deva
 IGNORED_MODIFIERS = {"euro"}
 
 
+# Languages whose script is always written out, because both scripts are in wide use
+# and a bare code would hide which one a text is in (zh_CN -> zh_Hans, as above).
+EXPLICIT_SCRIPT = {"zh"}
+
+
+def _standardize(lang: str, script: str | None, region: str | None, code: str):
+    """BCP 47 standardisation with ``langcodes``: deprecated or overlong language subtags
+    become the preferred ones (``deu`` -> ``de``, ``tl`` -> ``fil``, ``sh`` -> ``sr_Latn``),
+    and a script that is the language's usual one is dropped (``kk_Cyrl`` -> ``kk``,
+    ``tt_Cyrl`` -> ``tt``; ``sr_Latn`` and ``zh_Hans`` stay)."""
+    if not re.fullmatch(r"[a-z]{2,3}", lang):
+        return lang, script, region  # rejected by the caller
+    try:
+        tag = langcodes.Language.get(langcodes.standardize_tag(lang))
+    except (ValueError, LookupError):
+        raise DataError(f"invalid language code {code!r}: {lang!r} is not a language subtag") from None
+    if tag.language is None or tag.variants or tag.extensions or tag.private:
+        return lang, script, region
+    lang = tag.language
+    script = script or tag.script
+    if script and lang not in EXPLICIT_SCRIPT:
+        likely = langcodes.Language.make(language=lang, territory=region).maximize().script
+        if likely == script:
+            script = None
+    return lang, script, region
+
+
 def canonical_lang(code: str) -> str:
     """Canonicalise a gettext/locale/BCP-47-like language code.
 
     ``pt-br`` -> ``pt_BR``, ``zh-hans`` -> ``zh_Hans``, ``sr@latin`` -> ``sr_Latn``,
-    ``zh_CN`` -> ``zh_Hans``, ``de_DE.UTF-8`` -> ``de_DE``, ``iw`` -> ``he``.
+    ``zh_CN`` -> ``zh_Hans``, ``de_DE.UTF-8`` -> ``de_DE``, ``iw`` -> ``he``,
+    ``kk-cyrl`` -> ``kk``, ``be-tarask`` -> ``be_tarask`` (a variant subtag; a glibc
+    modifier such as ``@valencia`` is still rejected).
     Raises DataError when the result is not a valid code.
     """
     if not isinstance(code, str) or not code.strip():
@@ -78,13 +111,15 @@ def canonical_lang(code: str) -> str:
     base = base.split(".", 1)[0]  # drop the encoding: de_DE.UTF-8, zh_TW.Big5
     lang, *subtags = base.replace("-", "_").split("_")
     lang = LANGUAGE_ALIASES.get(lang.lower(), lang.lower())
-    script = region = None
+    script = region = variant = None
     rest = []
     for tag in subtags:
         if len(tag) == 4 and tag.isalpha() and script is None and region is None:
             script = tag.title()
         elif (len(tag) == 2 and tag.isalpha() or len(tag) == 3 and tag.isdigit()) and region is None:
             region = tag.upper()
+        elif VARIANT_RE.fullmatch(tag.lower()) and variant is None:
+            variant = tag.lower()
         else:
             rest.append(tag)
     modifier = modifier.lower()
@@ -92,8 +127,10 @@ def canonical_lang(code: str) -> str:
         script = MODIFIER_SCRIPTS[modifier]
     elif modifier and modifier not in IGNORED_MODIFIERS:
         rest.append("@" + modifier)
+    lang, script, region = _standardize(lang, script, region, code)
     canonical = "_".join(t for t in (lang, script, region) if t)
     canonical = LOCALE_ALIASES.get(canonical, canonical)
+    canonical = f"{canonical}_{variant}" if variant else canonical
     if rest or not LANG_RE.match(canonical):
         raise DataError(
             f"invalid language code {code!r}: expected language[_Script][_REGION] "
