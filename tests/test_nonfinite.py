@@ -7,7 +7,7 @@ learning rate that makes the parameters non-finite stop the run with exit status
 Each case is one 2-rank CPU job of the `test` preset (4 steps, a checkpoint after every step)."""
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import pytest
@@ -121,3 +121,38 @@ def test_nonfinite_parameters_stop_the_run(data_bin, tmp_path, lr):
     assert p.returncode != 0 and f"exitcode: {NONFINITE_EXIT}" in p.stderr, p.stderr[-6000:]
     assert "massive-mt train: stopped: the parameters are not finite" in p.stderr
     assert not (run / "model").exists() and not (run / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------- GradVac near cosine 1 (item 8)
+
+def test_gradvac_near_parallel_correction_is_left_out():
+    """Cosine 1 - 2e-8, target 1 - 1e-8: the exact correction would add 0.41 g_j to each task (the
+    update 1.41x the plain sum) from cosines at the rounding level of fp32 gradients; within
+    GRADVAC_TOL of |T| = 1 no correction fires, in the Gram form and in the full-vector reference
+    alike. An ordinary correction (cos 0, target 0.5) still fires."""
+    import reference                                        # tests/reference.py
+    from massive_mt.reconcile import make_state, reconcile
+    from massive_mt.reconcile.methods import GRADVAC_TOL
+
+    theta = 2e-4                                            # 1 - cos(theta) = 2e-8
+    g = torch.tensor([[1.0, 0.0, 0.3], [math.cos(theta), math.sin(theta), 0.3]], dtype=torch.float64)
+    g[1] *= 1.3
+    ordinary = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    for grads, target, fires in ((g, 1 - 1e-8, False), (ordinary, 0.5, True)):
+        grams = (grads @ grads.T)[None]
+        state = make_state("gradvac", 1, 2)
+        state.phi_hat.fill_(target)
+        ref_state = make_state("gradvac", 1, 2)
+        ref_state.phi_hat.fill_(target)
+        weights, stats = reconcile("gradvac", grams, [0, 1], state, torch.Generator().manual_seed(0))
+        update = weights[0] @ grads
+        ref, _ = reference.reconcile("gradvac", [grads], [0, 1], ref_state, torch.Generator().manual_seed(0))
+        plain = grads.sum(0)
+        assert int(stats["n_fired"][0]) == (2 if fires else 0)
+        assert torch.allclose(ref[0], update, rtol=1e-9, atol=1e-12)
+        if fires:
+            assert float(update.norm()) > 1.05 * float(plain.norm())
+        else:
+            assert torch.equal(weights, torch.ones(1, 2, dtype=torch.float64))
+            assert math.isclose(float(update.norm()), float(plain.norm()), rel_tol=1e-12)
+        assert (1 - target ** 2 < GRADVAC_TOL) != fires       # the two cases lie on either side
