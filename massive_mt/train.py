@@ -280,7 +280,8 @@ class Trainer:
             why = (f"the parameters are not finite (NaN/inf) after step {self.step}"
                    f"{' (the learning rate may be too high)' if not c.consecutive else ''}")
         elif c.consecutive > limit:
-            why = (f"{c.consecutive} consecutive non-finite steps (steps {c.first_bad_step + 1}-{self.step}; "
+            steps = f"steps {c.first_bad_step + 1}-{self.step}" if c.consecutive > 1 else f"step {self.step}"
+            why = (f"{c.consecutive} consecutive non-finite step{'s' * (c.consecutive > 1)} ({steps}; "
                    f"non-finite tasks: {', '.join(c.bad_tasks)}), more than train.max_nonfinite_steps = {limit}")
         else:
             return

@@ -111,15 +111,18 @@ def test_consecutive_nonfinite_steps_stop_the_run(data_bin, tmp_path):
     assert not (run / "model").exists()
 
 
-@pytest.mark.parametrize("lr", ["inf", "1e6"])
-def test_nonfinite_parameters_stop_the_run(data_bin, tmp_path, lr):
-    """ZeRO-0 fp32 has no overflow check of its own: a learning rate that makes the parameters
-    non-finite stops the run (exit 3), nothing saved or exported."""
+@pytest.mark.parametrize("lr,message", [("inf", "the parameters are not finite (NaN/inf) after step 2"),
+                                        ("1e6", "1 consecutive non-finite step (step 2; non-finite tasks: ")])
+def test_a_learning_rate_that_breaks_the_model_stops_the_run(data_bin, tmp_path, lr, message):
+    """ZeRO-0 fp32 has no overflow check of its own. optim.lr=inf makes the parameters NaN at step 1;
+    1e6 leaves them finite but huge and every later loss NaN. Both stop at step 2 (exit 3),
+    nothing saved or exported."""
     run = tmp_path / "run"
-    p = train(2, train_args(data_bin, run, "zero0.json", "train.max_steps=4", f"optim.lr={lr}"), timeout=400)
+    p = train(2, train_args(data_bin, run, "zero0.json", "train.max_steps=6", f"optim.lr={lr}", "optim.warmup_steps=1",
+                            "train.max_nonfinite_steps=0"), timeout=400)
     assert start_record(run)["world_size"] == 2
     assert p.returncode != 0 and f"exitcode: {NONFINITE_EXIT}" in p.stderr, p.stderr[-6000:]
-    assert "massive-mt train: stopped: the parameters are not finite" in p.stderr
+    assert f"massive-mt train: stopped: {message}" in p.stderr
     assert not (run / "model").exists() and not (run / "checkpoints").exists()
 
 
