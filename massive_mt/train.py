@@ -211,9 +211,9 @@ class Trainer:
         """Without per-task capture: the step's tasks whose loss is not finite on some rank, or all of
         them when only the accumulated gradient is (one all-reduce of K + 1 flags)."""
         import deepspeed.comm as dist
-        from .zero_adapter import local_grads_finite
-        flags = torch.tensor([not bool(torch.isfinite(torch.as_tensor(x))) for x in losses]
-                             + [not local_grads_finite(self.engine)], dtype=torch.int32, device=self.device)
+        from .zero_adapter import local_grads_nonfinite
+        flags = [~torch.isfinite(torch.as_tensor(x, device=self.device)).all() for x in losses]
+        flags = torch.stack(flags + [local_grads_nonfinite(self.engine)]).to(torch.int32)   # no host sync
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         flags = flags.tolist()
         named = [t for t, f in zip(tasks, flags) if f]

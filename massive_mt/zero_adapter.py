@@ -459,9 +459,13 @@ def _local_grads(engine) -> list:
     return [p.grad for p in engine.module.parameters() if p.grad is not None]
 
 
-def local_grads_finite(engine) -> bool:
-    """True when this rank's reduced gradient has no NaN/inf (local: all-reduce the verdict)."""
-    return all(bool(torch.isfinite(t).all()) for t in _local_grads(engine))
+def local_grads_nonfinite(engine) -> torch.Tensor:
+    """0-d bool tensor on the device, True when this rank's reduced gradient has a NaN/inf; no host
+    synchronisation (a local verdict: all-reduce it)."""
+    grads = _local_grads(engine)
+    if not grads:
+        return torch.zeros((), dtype=torch.bool, device=engine.device)
+    return ~torch.stack([torch.isfinite(t).all() for t in grads]).all()
 
 
 def skip_step(engine) -> None:
