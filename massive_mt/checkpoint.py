@@ -287,7 +287,7 @@ def load(engine, ckpt_dir: Path, tag: str) -> dict:
 # What a resume may change (docs/failures.md); everything else is refused with the field named.
 RESUMABLE = {"train.max_steps", "train.log_interval", "train.save_interval", "train.keep_last",
              "train.resume", "train.tensorboard", "train.stop_signals", "train.output_dir",
-             "train.collective_timeout_s", "data.data_bin", "reconcile.log_interval",
+             "train.collective_timeout_s", "train.max_nonfinite_steps", "data.data_bin", "reconcile.log_interval",
              "model.activation_checkpointing", "model.attn_implementation"}
 WHY = {"optim.": "the restored optimizer and learning-rate schedule were built with it",
        "model.": "the saved weights have this architecture",

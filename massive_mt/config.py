@@ -126,6 +126,7 @@ class TrainConfig(Section):
     seed: Seed = 1                          # model initialisation
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)
     collective_timeout_s: int = Field(COLLECTIVE_TIMEOUT_S, ge=1)   # a rank waiting longer for its peers fails (docs/failures.md)
+    max_nonfinite_steps: int = Field(5, ge=0)   # consecutive non-finite steps tolerated; the next stops the run (docs/failures.md)
 
 
 class ReconcileConfig(Section):

@@ -96,12 +96,49 @@ class MetricsWriter:
             self.tb.close()
 
 
-def flatten_scalars(summary: dict, lr: float) -> dict:
+class NonFiniteCount:
+    """Steps with a non-finite task gradient or loss: tasks dropped from a step, steps skipped, in
+    the log interval and since start, and the current run of consecutive non-finite steps."""
+
+    def __init__(self):
+        self.dropped_total = self.skipped_total = self.consecutive = 0
+        self.first_bad_step: Optional[int] = None
+        self.bad_tasks: list[str] = []          # the non-finite tasks of the current run of steps
+        self.interval = {"dropped": 0, "skipped": 0}
+
+    def add(self, step: int, bad_tasks: list[str], skipped: bool) -> None:
+        """Step `step` (0-based): `bad_tasks` non-finite; the whole step skipped or only those dropped."""
+        if not bad_tasks and not skipped:
+            self.consecutive, self.first_bad_step, self.bad_tasks = 0, None, []
+            return
+        self.consecutive += 1
+        self.first_bad_step = step if self.first_bad_step is None else self.first_bad_step
+        self.bad_tasks += [t for t in bad_tasks if t not in self.bad_tasks]
+        key = "skipped" if skipped else "dropped"
+        n = 1 if skipped else len(bad_tasks)
+        self.interval[key] += n
+        if skipped:
+            self.skipped_total += 1
+        else:
+            self.dropped_total += n
+
+    def record(self) -> dict:
+        """Fields of the interval's metrics record (and resets the interval's counts)."""
+        out = {"nonfinite_dropped_tasks": self.interval["dropped"], "nonfinite_skipped_steps": self.interval["skipped"],
+               "nonfinite_dropped_total": self.dropped_total, "nonfinite_skipped_total": self.skipped_total}
+        self.interval = {"dropped": 0, "skipped": 0}
+        return out
+
+
+def flatten_scalars(summary: dict, lr: float, nonfinite: Optional[dict] = None) -> dict:
     """The TensorBoard tags: train/loss, train/loss/<task>, throughput, lr."""
     s = {"train/loss": summary["loss"], "train/nll": summary["nll"], "train/ppl": summary["ppl"],
          "throughput/target_tokens_per_s": summary["tokens_per_s"], "lr": lr}
     for t, m in summary["per_task"].items():
         s[f"train_loss_per_task/{t}"] = m["loss"]
+    if nonfinite is not None:
+        s["nonfinite/dropped_tasks"] = nonfinite["nonfinite_dropped_tasks"]
+        s["nonfinite/skipped_steps"] = nonfinite["nonfinite_skipped_steps"]
     return s
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -29,10 +30,29 @@ from .data.tasks import resolve_tasks, task_name
 from .distributed import init_distributed
 from .errors import ConfigError, MassiveMTError
 from .lock import take as take_lock
-from .metrics import MetricsWriter, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
+from .metrics import MetricsWriter, NonFiniteCount, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from .model import build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss
 from .preemption import REQUEUE_EXIT, StopRequested, StopSignals
+
+NONFINITE_EXIT = 3      # stopped: non-finite parameters, or too many consecutive non-finite steps
+# Tests only: "RANK:STEPS:SLOT" multiplies the loss of the step-local task SLOT (0-based) by NaN on
+# rank RANK at the 0-based steps STEPS ("2" or "2-4"), giving a real non-finite gradient
+FAULT_NONFINITE_ENV = "MASSIVE_MT_FAULT_NONFINITE"
+
+
+class NonFiniteStop(Exception):
+    """The run stops: its parameters are not finite, or train.max_nonfinite_steps was exceeded."""
+
+
+def fault_nonfinite(rank: int) -> Optional[tuple[range, int]]:
+    """The test hook FAULT_NONFINITE_ENV for this rank: (steps, slot), or None."""
+    spec = os.environ.get(FAULT_NONFINITE_ENV)
+    if not spec:
+        return None
+    r, steps, slot = spec.split(":")
+    lo, _, hi = steps.partition("-")
+    return (range(int(lo), int(hi or lo) + 1), int(slot)) if int(r) == rank else None
 
 
 class Trainer:
@@ -93,6 +113,8 @@ class Trainer:
             if self.reconciler.meta_data == "valid":
                 self.valid_sets, self.valid_batches = self.valid_data(data_bin, tasks)
         self.step = 0
+        self.nonfinite = NonFiniteCount()
+        self.fault = fault_nonfinite(rank)
         self.meter = TaskMeter(self.tasks, self.device)
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
@@ -122,10 +144,12 @@ class Trainer:
         return label_smoothed_loss(out.logits, batch["labels"].to(self.device), self.pad_id,
                                    self.cfg.optim.label_smoothing)
 
-    def forward_backward(self, task: str, indices) -> torch.Tensor:
-        """One micro-batch; returns its (detached) loss without waiting for the device."""
+    def forward_backward(self, task: str, indices, k: int = -1) -> torch.Tensor:
+        """One micro-batch of the step's k-th task; returns its (detached) loss without waiting for the device."""
         batch = self.datasets[task].collate(indices)
         loss, nll_sum, n_tok = self.loss(batch)
+        if self.fault is not None and self.step in self.fault[0] and k == self.fault[1]:
+            loss = loss * float("nan")                      # the test hook FAULT_NONFINITE_ENV
         self.engine.backward(loss)
         loss = loss.detach()
         self.meter.add(task, loss, nll_sum, n_tok, int(batch["n_sentences"]))
@@ -138,6 +162,11 @@ class Trainer:
         accumulation boundary, at the step's last micro-batch. With one, every task's last
         micro-batch is a boundary, after which this rank's partition of that task's gradient
         is captured; the reconciled partition is written back before `engine.step()`.
+
+        Non-finite values (docs/failures.md): with a reconciler a task whose gradient or loss is not
+        finite on any rank is dropped from the step; without one, or when every task is dropped,
+        the step is skipped on every rank (zero_adapter.skip_step instead of `engine.step()`).
+        Both decisions come from all-reduced values, so every rank takes the same one.
         """
         plan = self.sampler.plan(self.step)                 # [(task, [this rank's micro-batches])]
         per_task = self.reconciler is not None
@@ -145,23 +174,50 @@ class Trainer:
             self.reconciler.begin_step(len(plan))
             if self.reconciler.needs_valid_statistics():    # CATS meta step on valid batches
                 self.valid_statistics([task for task, _ in plan])
-        n_micro, done = sum(len(mbs) for _, mbs in plan), 0
+        n_micro, done, losses = sum(len(mbs) for _, mbs in plan), 0, []
         for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
             loss_sum = 0.0                                  # a device tensor after the first micro-batch
             for j, indices in enumerate(micro_batches):
                 done += 1
                 boundary = j == len(micro_batches) - 1 if per_task else done == n_micro
                 self.engine.set_gradient_accumulation_boundary(boundary)
-                loss_sum += self.forward_backward(task, indices)
+                loss_sum += self.forward_backward(task, indices, k)
+            losses.append(loss_sum)
             if per_task:
                 self.reconciler.capture(last=k == len(plan) - 1, loss_sum=loss_sum, n_micro=len(micro_batches))
+        tasks = [task for task, _ in plan]
         if per_task:
-            tasks = [task for task, _ in plan]
             stats = self.reconciler.reconcile(tasks, self.step)                   # one all-reduce
-            self.telemetry.add(self.step, tasks, self.reconciler.groups.names, stats)
+            bad, skip = stats["dropped"], not stats["tasks"]
+            if not skip:
+                self.telemetry.add(self.step, stats["tasks"], self.reconciler.groups.names, stats)
             self.engine.set_gradient_accumulation_boundary(True)
-        self.engine.step()                                   # overflow check, clipping, AdamW, schedule
+        else:
+            bad = self.plain_nonfinite(tasks, losses)
+            skip = bool(bad)
+        if skip:
+            from .zero_adapter import skip_step
+            skip_step(self.engine)                           # every rank: no update, optimizer untouched
+            self.scheduler.step()                            # the schedule follows the step counter
+        else:
+            self.engine.step()                               # clipping, AdamW, schedule
+        self.nonfinite.add(self.step, bad, skip)
+        if bad:
+            self.writer.write(self.step + 1, {"event": "nonfinite", "tasks": bad,
+                                              "action": "skipped" if skip else "dropped"})
         self.step += 1
+
+    def plain_nonfinite(self, tasks: list[str], losses: list) -> list[str]:
+        """Without per-task capture: the step's tasks whose loss is not finite on some rank, or all of
+        them when only the accumulated gradient is (one all-reduce of K + 1 flags)."""
+        import deepspeed.comm as dist
+        from .zero_adapter import local_grads_nonfinite
+        flags = [~torch.isfinite(torch.as_tensor(x, device=self.device)).all() for x in losses]
+        flags = torch.stack(flags + [local_grads_nonfinite(self.engine)]).to(torch.int32)   # no host sync
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        flags = flags.tolist()
+        named = [t for t, f in zip(tasks, flags) if f]
+        return named or (list(tasks) if flags[-1] else [])
 
     def valid_statistics(self, tasks: list[str]) -> None:
         """CATS with `meta_data: valid`: one valid micro-batch per step task on each rank (rank r takes
@@ -193,7 +249,10 @@ class Trainer:
         while self.step < max_steps:
             self.train_step()
             bar.update(1)
-            if self.step % self.cfg.train.log_interval == 0 or self.step == max_steps:
+            logs = self.step % self.cfg.train.log_interval == 0 or self.step == max_steps
+            if self.nonfinite.consecutive or logs:
+                self.check_finite()
+            if logs:
                 last = self.log()
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
             if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0:
@@ -202,6 +261,7 @@ class Trainer:
                 break
         bar.close()
         if self.step > start and (not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0):
+            self.check_finite()
             self.save()                                      # (a resume with nothing left to train keeps its tag)
         if self.step < max_steps:
             self.writer.write(self.step, {"event": "stopped", "signal": stop.name, "exit_status": REQUEUE_EXIT})
@@ -210,6 +270,27 @@ class Trainer:
         self.writer.close()
         self.telemetry.close()
         return last
+
+    def check_finite(self) -> None:
+        """Collective. Stop (NonFiniteStop) when the parameters are not finite, or after more than
+        train.max_nonfinite_steps consecutive non-finite steps; nothing is saved then, and the last
+        finite checkpoint stays the one a restart resumes."""
+        c, limit = self.nonfinite, self.cfg.train.max_nonfinite_steps
+        if not checkpoint.params_finite(self.engine):
+            why = (f"the parameters are not finite (NaN/inf) after step {self.step}"
+                   f"{' (the learning rate may be too high)' if not c.consecutive else ''}")
+        elif c.consecutive > limit:
+            steps = f"steps {c.first_bad_step + 1}-{self.step}" if c.consecutive > 1 else f"step {self.step}"
+            why = (f"{c.consecutive} consecutive non-finite step{'s' * (c.consecutive > 1)} ({steps}; "
+                   f"non-finite tasks: {', '.join(c.bad_tasks)}), more than train.max_nonfinite_steps = {limit}")
+        else:
+            return
+        self.writer.write(self.step, {"event": "stopped", "reason": "nonfinite", "message": why,
+                                      "exit_status": NONFINITE_EXIT, **c.record()})
+        self.writer.close()
+        self.telemetry.close()
+        raise NonFiniteStop(f"stopped: {why}; nothing saved, exit status {NONFINITE_EXIT}; a restart "
+                            f"resumes from the last finite checkpoint in {self.ckpt_dir}")
 
     def log_start(self):
         if self.rank != 0:
@@ -239,10 +320,11 @@ class Trainer:
         summary = self.meter.reduce(all_reduce)
         self.meter.reset()
         lr = self.scheduler.get_last_lr()[0]
+        nonfinite = self.nonfinite.record()
         record = {"loss": summary["loss"], "nll": summary["nll"], "ppl": summary["ppl"], "lr": lr,
                   "tokens_per_s": summary["tokens_per_s"], "target_tokens": summary["target_tokens"],
-                  "loss_per_task": per_task_table(summary["per_task"])}
-        self.writer.write(self.step, record, flatten_scalars(summary, lr))
+                  "loss_per_task": per_task_table(summary["per_task"]), **nonfinite}
+        self.writer.write(self.step, record, flatten_scalars(summary, lr, nonfinite))
         return record
 
     # ------------------------------------------------------------------ checkpoints
@@ -343,6 +425,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except StopRequested as e:
         print(f"massive-mt train: {e}", file=sys.stderr, flush=True)
         return REQUEUE_EXIT
+    except NonFiniteStop as e:
+        print(f"massive-mt train: {e}", file=sys.stderr, flush=True)
+        return NONFINITE_EXIT
     return 0
 
 

@@ -57,7 +57,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.runtime.base_optimizer import DeepSpeedOptimizer
 from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
-from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID, DeepSpeedZeroOptimizer
 
 from massive_mt.errors import ConfigError
 
@@ -100,6 +100,17 @@ def _check_engine_config(engine) -> None:
     if not engine.managed_gradient_accumulation():
         raise ConfigError("ds_config field 'managed_gradient_accumulation' = false: step() rebuilds the "
                           "gradient and would overwrite the reconciled one; keep it true (the default)")
+
+
+def _clear_z12(opt) -> None:
+    # What DeepSpeedZeroOptimizer.step() does on overflow. The dicts stay the same objects:
+    # _hp_mapping and the norm code hold references to them.
+    opt.zero_grad(set_to_none=True)             # p.grad = p.grad_accum = None
+    opt._release_preflattened_grad_buffers()
+    for k in list(opt.averaged_gradients.keys()):
+        opt.averaged_gradients[k] = None
+    for k in list(opt.all_grad_tensors.keys()):
+        opt.all_grad_tensors[k] = None
 
 
 class _Backend:
@@ -204,15 +215,7 @@ class _ZeRO12(_Backend):
                 assert o == size, (i, o, size)
 
     def reset(self):
-        # What DeepSpeedZeroOptimizer.step() does on overflow. The dicts stay the same objects:
-        # _hp_mapping and the norm code hold references to them.
-        opt = self.opt
-        opt.zero_grad(set_to_none=True)             # p.grad = p.grad_accum = None
-        opt._release_preflattened_grad_buffers()
-        for k in list(opt.averaged_gradients.keys()):
-            opt.averaged_gradients[k] = None
-        for k in list(opt.all_grad_tensors.keys()):
-            opt.all_grad_tensors[k] = None
+        _clear_z12(self.opt)
 
     def write_back(self, flat):
         # In place, keeping the pieces: step(), the norm and the overflow check read them.
@@ -435,3 +438,49 @@ class GradShards:
         """The part of ``snapshot()`` this rank adds to Gram matrices: disjoint across ranks, and
         together every parameter value exactly once. Equal to ``segments()`` except for z0."""
         return list(self._gram_segments)
+
+
+# ------------------------------------------------------------------ non-finite steps (any layout, plain included)
+
+def _local_grads(engine) -> list:
+    """The reduced gradient this rank holds after the step's last boundary backward (its partition;
+    stage 0: the full gradient), as the tensors DeepSpeed's step() would read."""
+    opt = engine.optimizer
+    if type(opt) is BF16_Optimizer:
+        return list(opt.fp32_groups_gradient_flat_partition)
+    if type(opt) is DeepSpeedZeroOptimizer_Stage3:
+        return [opt.grad_partitions_flat_buffer]
+    if type(opt) is DeepSpeedZeroOptimizer:
+        out = []
+        for ag in opt.averaged_gradients.values():
+            flat = getattr(ag, "flat_partition", None)
+            out += [flat] if flat is not None else list(ag or [])
+        return out
+    return [p.grad for p in engine.module.parameters() if p.grad is not None]
+
+
+def local_grads_nonfinite(engine) -> torch.Tensor:
+    """0-d bool tensor on the device, True when this rank's reduced gradient has a NaN/inf; no host
+    synchronisation (a local verdict: all-reduce it)."""
+    grads = _local_grads(engine)
+    if not grads:
+        return torch.zeros((), dtype=torch.bool, device=engine.device)
+    return ~torch.stack([torch.isfinite(t).all() for t in grads]).all()
+
+
+def skip_step(engine) -> None:
+    """Drop the step's gradient instead of calling engine.step(): the buffers cleared as on
+    DeepSpeed's own overflow path and the optimizer's micro-step count reset as its step() does;
+    parameters, optimizer state and the learning-rate scheduler untouched. Call it on every rank."""
+    opt = engine.optimizer
+    if type(opt) is DeepSpeedZeroOptimizer:
+        _clear_z12(opt)
+        opt.micro_step_id = INITIAL_MICRO_STEP_ID      # what its step() sets
+    elif type(opt) is DeepSpeedZeroOptimizer_Stage3:
+        opt.grad_partitions_flat_buffer.zero_()
+        opt.zero_grad(set_to_none=True)  # also micro_step_id = 0, as after engine.step()
+    elif type(opt) is BF16_Optimizer:
+        opt.clear_hp_grads()
+        opt.clear_lp_grads(set_to_none=True)
+    else:
+        opt.zero_grad(set_to_none=True)

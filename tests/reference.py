@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from massive_mt.reconcile.cats import is_meta_step
-from massive_mt.reconcile.methods import EMA_RATE
+from massive_mt.reconcile.methods import EMA_RATE, GRADVAC_TOL
 
 
 def reconcile(method: str, grads: list[Tensor], task_ids: list[int], state, generator: torch.Generator,
@@ -64,7 +64,7 @@ def correct(method: str, grads: list[Tensor], task_ids: list[int], state, genera
                 a_, b_ = task_ids[i], task_ids[j]
                 phi = min(1.0, max(-1.0, dot / (ni * nj)))
                 target = float(state.phi_hat[k, a_, b_])
-                if phi < target and abs(target) < 1:
+                if phi < target and 1 - target ** 2 >= GRADVAC_TOL:
                     coef = (ni * (target * math.sqrt(1 - phi ** 2) - phi * math.sqrt(1 - target ** 2))
                             / (nj * math.sqrt(1 - target ** 2)))
                     new[i] = gi + coef * gj

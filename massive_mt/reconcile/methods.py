@@ -20,8 +20,9 @@ Zero and non-finite values. In group k a task whose squared norm G[t, t] is not 
 no part: it is not corrected (weight 1) and never serves as j. If entries among the
 remaining tasks are still not finite, the whole group gets the plain update (all-ones
 weights). A visit (i, j) is skipped (no correction, no EMA update) when either task takes no
-part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats, so the
-caller can decide (DeepSpeed's overflow check skips the step anyway).
+part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats. The trainer
+never gets here with a non-finite task: ShardedReconciler drops such a task from the step first
+(docs/failures.md#non-finite-values).
 
 Everything is float64 on the CPU; the scalar recurrences run on Python floats (IEEE double).
 
@@ -42,6 +43,9 @@ from torch import Tensor
 
 F64 = torch.float64
 EMA_RATE = 0.01     # GradVac's default EMA rate of the targets phi_hat (docs/algorithms.md#gradvac)
+# GradVac corrects only when 1 - T^2 >= GRADVAC_TOL: the coefficient divides by sqrt(1 - T^2), and a
+# cosine error d moves it by about d / (1 - T^2) ||g'_i|| / ||g_j|| (docs/algorithms.md#gradvac)
+GRADVAC_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,8 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
         phi = cos(g'_i, g_j)                          (g'_i corrected so far, g_j ORIGINAL)
         if phi < T:  g'_i += ||g'_i|| (T sqrt(1-phi^2) - phi sqrt(1-T^2)) / (||g_j|| sqrt(1-T^2)) g_j
         T <- (1 - ema_rate) T + ema_rate phi          (every visit, after the test)
-    After a correction cos(g'_i, g_j) = T. A correction is left out when sqrt(1-T^2) = 0.
+    After a correction cos(g'_i, g_j) = T. A correction is left out when 1 - T^2 < GRADVAC_TOL
+    (|T| within 5e-7 of 1: the coefficient would be rounding noise); the target still moves.
     vaccinated: the global task ids to correct (None: all). state.phi_hat is replaced by the new
     targets."""
     if not 0.0 <= ema_rate <= 1.0:
@@ -253,9 +258,9 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
                 nj = math.sqrt(G[j][j])
                 phi = min(1.0, max(-1.0, r[j] / ni / nj))
                 t = target[i][j]
-                if phi < t:
-                    den = math.sqrt(max(0.0, 1.0 - t * t))
-                    a = ni / nj * (t * math.sqrt(1.0 - phi * phi) - phi * den) / den if den > 0 else math.nan
+                if phi < t and 1.0 - t * t >= GRADVAC_TOL:
+                    den = math.sqrt(1.0 - t * t)
+                    a = ni / nj * (t * math.sqrt(1.0 - phi * phi) - phi * den) / den
                     if math.isfinite(a):
                         _add(G, c, r, a, j)
                         fired[i][j] = True

@@ -51,6 +51,17 @@ def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str
     return frozenset(tasks.index(t) for t in spec)
 
 
+def nonfinite_tasks(parts: list[torch.Tensor]) -> list[bool]:
+    """Per step task: its gradient or its loss is not finite, from the all-reduced statistics
+    ([n_groups, K, K] Grams, [K, 2] losses, and with CATS valid data the valid Gram and losses).
+    A NaN/inf anywhere in a task's gradient on any rank reaches its Gram diagonal."""
+    grams, losses = parts[0], parts[1]
+    bad = ~torch.isfinite(grams.diagonal(dim1=-2, dim2=-1)).all(0) | ~torch.isfinite(losses[:, 0])
+    if len(parts) > 2:
+        bad |= ~torch.isfinite(parts[2].diagonal()) | ~torch.isfinite(parts[3][:, 0])
+    return bad.tolist()
+
+
 class ShardedReconciler:
     def __init__(self, engine, cfg, tasks: list[str], train_sizes: dict[str, int], seed: int, clip_norm: float):
         self.engine, self.method, self.tasks, self.seed = engine, cfg.method, list(tasks), seed
@@ -139,6 +150,10 @@ class ShardedReconciler:
         self.timings["capture_s"] += time.perf_counter() - t0
 
     def reconcile(self, step_tasks: list[str], step: int) -> dict:
+        """Reconcile the step's captured tasks and write the update back. A task whose gradient or
+        loss is not finite (`nonfinite_tasks`) is dropped: weight 0, left out of the reconciler and
+        of its state. Returns the stats of the kept tasks with `tasks` (kept) and `dropped`; when
+        every task is dropped nothing is written back (`tasks` empty): the caller skips the step."""
         t = time.perf_counter
         t0 = t()
         S = self.buffer[:self.k]                                          # [K, local numel]
@@ -150,15 +165,30 @@ class ShardedReconciler:
                 parts.append(self.groups.local_grams(S, V))                # [n_groups, K, K] training x valid
         t1 = t()
         parts = self._all_reduce(parts, S.device)                         # the ONE collective
-        grams, losses = parts[0], parts[1]
         t2 = t()
-        weights, stats = self._weights(grams, losses, step_tasks, step, parts[2:])
+        bad = nonfinite_tasks(parts)                                      # identical on every rank
+        keep = [i for i in range(self.k) if not bad[i]]
+        dropped = [step_tasks[i] for i in range(self.k) if bad[i]]
+        if not keep:                                                      # nothing left: the step is skipped
+            return {"tasks": [], "dropped": dropped}
+        sub = torch.tensor(keep)
+        grams, losses = parts[0][:, sub][:, :, sub], parts[1][sub]
+        valid = [parts[2][sub][:, sub], parts[3][sub]] if self.k_valid else []
+        if len(parts) == 5:                                              # lookahead: training x valid
+            valid.append(parts[4][:, sub][:, :, sub])
+        w, stats = self._weights(grams, losses, [step_tasks[i] for i in keep], step, valid)
+        weights = torch.zeros(w.shape[0], self.k, dtype=w.dtype)
+        weights[:, sub] = w
+        if dropped:
+            S[torch.tensor(bad, device=S.device)] = 0.0                               # 0 * NaN would be NaN
         t3 = t()
         self.shards.write_back(self.groups.combine(S, weights))
         t4 = t()
         for k, dt in zip(("gram_s", "allreduce_s", "reconcile_s", "write_back_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             self.timings[k] += dt
-        return self._finish(stats, grams, weights)
+        stats = self._finish(stats, grams, w)
+        self.last_weights = weights
+        return dict(stats, tasks=[step_tasks[i] for i in keep], dropped=dropped)
 
     def _weights(self, grams: torch.Tensor, losses: torch.Tensor, step_tasks: list[str], step: int, valid: list):
         """[n_groups, K] weights from the global statistics: identical on every rank."""
