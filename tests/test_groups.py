@@ -47,6 +47,30 @@ def test_partial_grams_and_combine_match_dense():
     assert whole.update_runs == [[(0, 7)]]                   # adjacent segments merge into one run
 
 
+def test_local_grams_within_fp32_rounding_of_the_exact_gram():
+    """fp32 block GEMMs summed in fp64: runs of odd lengths (block tails), runs over several chunks
+    and one-signed sums (correlated tasks, where fp32 accumulation over a whole run would be off by
+    ~1e-5) stay within a few fp32 units of the exact Gram, relative to ||x_i|| ||x_j||."""
+    torch.manual_seed(0)
+    n, K = 300_001, 3
+    segs = [Segment("a", 0, 5), Segment("b", 5, 170_000), Segment("c", 170_005, 129_996)]
+    common = torch.randn(n)
+    S = (0.8 * common + 0.2 * torch.randn(K, n)) * torch.exp(2 * torch.randn(n))
+    groups = ShardGroups(["a", "b", "c"], "all_matrix", segs, segs)
+    groups.CHUNK = 50_000 + 7                      # several chunks per run, none a multiple of BLOCK
+    G = groups.local_grams(S)
+    u = 2.0 ** -24
+    for g, s in enumerate(segs):
+        blk = S[:, s.start:s.start + s.numel].double()
+        ref = blk @ blk.T                          # fp32 products are exact in fp64
+        d = ref.diagonal().sqrt()
+        err = ((G[g] - ref).abs() / (d[:, None] * d[None, :])).max()
+        assert err <= 8 * u, (g, float(err))
+    acc32 = (S[:, 5:170_005] @ S[:, 5:170_005].T).double()   # one fp32 GEMM over the run, for contrast
+    ref = S[:, 5:170_005].double() @ S[:, 5:170_005].double().T
+    assert ((acc32 - ref).abs() / ref.abs()).max() > 8 * u   # the bound above is not vacuous
+
+
 def test_vaccinated_ids():
     tasks = ["en-a", "en-b", "en-c", "en-d"]
     sizes = {"en-a": 1000, "en-b": 500, "en-c": 100, "en-d": 50}
