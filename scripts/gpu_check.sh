@@ -101,7 +101,7 @@ equivalence() {   # equivalence NAME DS_CONFIG TOLERANCE OVERRIDES...: one line 
   torchrun_1 180 tests/dist/reconcile_equivalence.py "ds_configs/$ds" "$EQ_STEPS" plain sum gradvac:all_layer \
     -- "data.data_bin=$DATA_BIN" "data.max_len=48" "model.preset=test" "model.dropout=0.0" \
     "sampling.tasks_per_step=2" "sampling.max_tokens=256" "optim.lr=1e-2" "optim.warmup_steps=1" "optim.eps=1e-3" \
-    "reconcile.beta=1.0" "train.tensorboard=false" "train.output_dir=$OUT/logs/equivalence-run" "$@" >"$log" 2>&1
+    "reconcile.ema_rate=1.0" "train.tensorboard=false" "train.output_dir=$OUT/logs/equivalence-run" "$@" >"$log" 2>&1
   "$PYTHON" - "$name" "$tol" "$log" "$?" >>"$OUT/checks.jsonl" <<'EOF'
 import json, sys
 name, tol, log, rc = sys.argv[1:5]

@@ -62,10 +62,13 @@ def test_bench_accounting(bench_run):
             assert r["allreduce_bytes"] == (r["n_groups"] * K * K + 2 * K) * 8
         assert naive["allreduce_bytes"] == 0
         # measured by DeepSpeed's comms logger: the only extra traffic of a reconciling step over
-        # plain ZeRO-2 is that one all-reduce; the bare loop lacks the trainer's 4-byte stop agreement
-        assert ours["comm_bytes_per_step"] - plain["comm_bytes_per_step"] == ours["allreduce_bytes"]
-        assert cats["comm_bytes_per_step"] - plain["comm_bytes_per_step"] == cats["allreduce_bytes"]
-        assert plain["comm_bytes_per_step"] - bare["comm_bytes_per_step"] == 4
+        # plain ZeRO-2 is that one all-reduce, less plain's non-finite check (K + 1 int32 flags,
+        # which a reconciling step reads from its Gram); the bare loop lacks both plain's check and
+        # the trainer's 8-byte agreement on stop signals and a lost launcher (two int32 flags)
+        flags = (K + 1) * 4
+        assert ours["comm_bytes_per_step"] - plain["comm_bytes_per_step"] == ours["allreduce_bytes"] - flags
+        assert cats["comm_bytes_per_step"] - plain["comm_bytes_per_step"] == cats["allreduce_bytes"] - flags
+        assert plain["comm_bytes_per_step"] - bare["comm_bytes_per_step"] == 8 + flags
         extra = naive["comm_per_step"]["all_gather_into_tensor"]["calls"] - \
             plain["comm_per_step"]["all_gather_into_tensor"]["calls"]
         assert extra == K

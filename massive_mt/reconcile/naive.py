@@ -78,4 +78,5 @@ class NaiveReconciler(ShardedReconciler):
         t4 = t()
         for k, dt in zip(("gram_s", "allreduce_s", "reconcile_s", "write_back_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             self.timings[k] += dt
-        return self._finish(stats, grams, weights)
+        # a benchmark baseline: it does not drop non-finite tasks (the trainer's policy, ShardedReconciler)
+        return dict(self._finish(stats, grams, weights), tasks=list(step_tasks), dropped=[])
