@@ -298,16 +298,6 @@ WHY = {"optim.": "the restored optimizer and learning-rate schedule were built w
 LAYOUT = {"world_size": "world size", "zero_stage": "zero_optimization.stage", "precision": "bf16.enabled"}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_resume(saved: dict, current: dict, where: Path) -> None:
     """Refuse a resume that changes the parallel layout or a field a resume may not change.
     `saved` and `current`: {"world_size", "zero_stage", "precision", "config"}."""
@@ -318,7 +308,9 @@ def check_resume(saved: dict, current: dict, where: Path) -> None:
                 f"a ZeRO checkpoint is tied to its world size, ZeRO stage and precision: resume with the same "
                 f"layout, or convert it with DeepSpeed's universal checkpoint (python -m "
                 f"deepspeed.checkpoint.ds_to_universal), which massive_mt does not load yet")
-    old, new = _flat(saved.get("config", {})), _flat(current["config"])
+    from .config import flatten
+
+    old, new = flatten(saved.get("config", {})), flatten(current["config"])
     for key in sorted(set(old) | set(new)):
         if key in RESUMABLE or old.get(key) == new.get(key):
             continue

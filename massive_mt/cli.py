@@ -293,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="multi-seed comparison of evaluated runs against a baseline configuration")
     c.add_argument("runs", nargs="+", help="training output_dirs, each evaluated (RUN/eval/results.json)")
-    c.add_argument("--baseline", help="configuration name (config 'name') or one of its runs (default: the first run's)")
+    c.add_argument("--baseline", help="configuration name (a study's, from cell.json) or one of its runs (default: the first run's)")
     c.add_argument("--out", default="compare", help="directory for compare.md, compare.json, compare.png")
     c.add_argument("--samples", type=int, default=10000, help="trials of the paired approximate randomisation")
     c.add_argument("--eval-dir", default="eval", help="evaluation directory inside each run")
-    c.add_argument("--corpus", help="read the references here instead of the corpus recorded in results.json")
+    c.add_argument("--corpus", help="look the recorded reference files up in this directory (a moved corpus)")
     c.set_defaults(fn=cmd_compare)
 
     st = sub.add_parser("study", help="train and evaluate a grid of configurations x seeds, then compare")

@@ -34,6 +34,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
+from .config import flatten
 from .errors import ConfigError, DataError
 from .study import CELL_FILE
 
@@ -72,16 +73,6 @@ class Run:
     @property
     def key(self) -> str:
         return json.dumps({k: v for k, v in self.config.items() if k not in IGNORED}, sort_keys=True, default=str)
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _read_json(path: Path, what: str, run: Path) -> dict:

@@ -167,6 +167,17 @@ def _load_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a nested config dict by dotted field names."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _set_dotted(d: dict, key: str, value: Any):
     parts = key.split(".")
     cur = d

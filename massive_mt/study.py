@@ -194,7 +194,7 @@ def state(cell: Cell, grid: Grid) -> str:
         have = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         want = json.loads(json.dumps(cell.cfg.to_dict()))
         if have != want:
-            from .compare import flatten
+            from .config import flatten
             h, w = flatten(have), flatten(want)
             diff = sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
             raise StudyError(f"{run}: holds a run of another configuration (field '{diff[0]}': {h.get(diff[0])!r}, "
