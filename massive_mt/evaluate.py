@@ -257,8 +257,12 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
         tasks = tr.meta.get("tasks")
         if not tasks:
             raise ConfigError(f"{model_dir}/massive_mt.json lists no tasks: pass the tasks to evaluate")
-    directions = [parse_task(t) for t in tasks]
     corpus = load_corpus(corpus_dir)
+    untested = untested_tasks(corpus, tasks, split)         # listed in the report, never silently dropped
+    if len(untested) == len(tasks):
+        raise DataError(f"{corpus_dir}: none of the tasks has {split!r} sentences ({', '.join(tasks)})")
+    tasks = [t for t in tasks if t not in untested]
+    directions = [parse_task(t) for t in tasks]
     rows, files = {}, {}
     for task, (src, tgt) in zip(tasks, directions):       # every file read before any translation
         files[task] = corpus.task_files(split, src, tgt)    # DataError naming the files when the task has none
@@ -307,7 +311,8 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
                                   test_set_identity(split, *files[task], len(refs))))
     n = sum(len(r) for r in rows.values())
     report = {"model": str(model_dir), "corpus": str(corpus_dir), "split": split, "beam": beam,
-              "max_sentences": max_sentences, "tasks": [r.to_dict() for r in results],
+              "max_sentences": max_sentences, "scored": describe_test_set(corpus.root, split),
+              "untested": untested, "tasks": [r.to_dict() for r in results],
               "buckets": bucket_averages(results),
               "speed": {"world_size": world_size, "sentences": n, "translate_s": round(seconds, 3),
                         "rank_sentences": [sum(len(idx) for _, idx, _ in part) for part in parts],
@@ -316,6 +321,47 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     if out_dir is not None:
         write_report(report, hyps_all, Path(out_dir))
     return report
+
+
+def untested_tasks(corpus, tasks: list[str], split: str) -> dict[str, str]:
+    """{task: reason} for the tasks whose language pair is in the corpus but has no ``split``
+    sentences (in a multi-way test set, a language that translated none of the held-out strings).
+    A task whose pair is missing altogether is an error (DataError naming the files)."""
+    out = {}
+    for task in tasks:
+        info = corpus._pair_for(*parse_task(task))
+        if not info.sizes.get(split):
+            out[task] = f"pair {info.name} has no {split!r} sentences in {corpus.root}"
+    return out
+
+
+def describe_test_set(corpus_dir: Path, split: str) -> dict:
+    """Which test set was scored, from the corpus manifest: the multi-way set held out for every
+    language (``build-corpus --sources``), the help-paragraph set (CORPUS/test_doc), or a per-pair
+    split (the default PyPI corpus, or ``--split hash``)."""
+    from .data.corpus import MANIFEST_NAME
+
+    path = Path(corpus_dir) / MANIFEST_NAME
+    manifest = read_json_object(path) if path.exists() else {}
+    info = manifest.get("test_sets", {}).get(split, {})
+    kind = info.get("kind", "per-pair")
+    text = {"multiway": "multi-way set: the same English strings held out of training for every language",
+            "multiway-doc": "multi-way help paragraphs held out of training for every language",
+            "hash": "per-pair hash split of the English strings",
+            "per-pair": "per-pair split of the corpus"}.get(kind, kind)
+    out = {"corpus": str(corpus_dir), "split": split, "kind": kind, "description": text}
+    if info.get("english_strings") is not None:
+        out["english_strings"] = info["english_strings"]
+    return out
+
+
+def scored_line(report: dict) -> str:
+    s = report["scored"]
+    n = f" ({s['english_strings']} English strings)" if "english_strings" in s else ""
+    line = f"scored: {s['corpus']} {s['split']!r}, {s['description']}{n}"
+    if report.get("untested"):
+        line += f"; not scored, no {s['split']!r} sentences: {', '.join(report['untested'])}"
+    return line
 
 
 def bucket_averages(results: list[TaskResult]) -> dict:
@@ -339,6 +385,8 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {b} | {v['tasks']} | {v['bleu']:.2f} | {v['chrf']:.2f} |")
     sigs = sorted({r["bleu_signature"] for r in report["tasks"]}) + sorted({r["chrf_signature"] for r in report["tasks"]})
     lines += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in sigs]
+    if "scored" in report:
+        lines += ["", scored_line(report)]
     return "\n".join(lines)
 
 

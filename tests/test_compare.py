@@ -46,15 +46,17 @@ def corrupt(refs, q, rng, vocab):
     return out
 
 
-def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None, config_name=None):
+def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None, config_name=None,
+             untested=()):
     """A training output_dir as the trainer, `massive-mt evaluate` and `massive-mt study` (cell.json, with
-    the configuration's name) leave it."""
+    the configuration's name) leave it; ``untested``: trained tasks the test set has no sentences for."""
     run = root / f"{name}-s{seed}"
     cfg = load_config(None, [f"train.seed={seed}", f"sampling.seed={seed}", f"train.output_dir={run}", *overrides])
     (run / "model").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    trained = [*tasks, *untested]
     (run / "model" / "massive_mt.json").write_text(json.dumps(
-        {"tasks": list(tasks), "train_sentences": {t: SIZES[t] for t in tasks}, "steps": 10}))
+        {"tasks": trained, "train_sentences": {t: SIZES[t] for t in trained}, "steps": 10}))
     buckets = resource_buckets({t: SIZES[t] for t in tasks})
     results = []
     for t in tasks:
@@ -66,7 +68,8 @@ def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs
                                   test_set))
     n = sum(len(hyps[t]) for t in tasks)
     report = {"model": str(run / "model"), "corpus": str(corpus_dir), "split": "test", "beam": 4,
-              "max_sentences": 0, "tasks": [r.to_dict() for r in results], "buckets": bucket_averages(results),
+              "max_sentences": 0, "untested": {t: "no 'test' sentences" for t in untested},
+              "tasks": [r.to_dict() for r in results], "buckets": bucket_averages(results),
               "speed": {"world_size": 1, "sentences": n, "translate_s": 1.0, "rank_sentences": [n],
                         "sentences_per_s": float(n), "batch_size": 64, "max_tokens": 4096}}
     write_report(report, {t: hyps[t] for t in tasks}, run / "eval")
@@ -245,6 +248,22 @@ def test_missing_seeds_mixed_tasks_and_duplicates_are_named(study, corpus, tmp_p
            "'nope'")
     assert cli.main(["compare", *map(str, base), "--samples", "0"]) == 2
     assert "--samples must be >= 1" in capsys.readouterr().err
+
+
+def test_tasks_without_test_sentences_are_left_out_by_name(corpus, tmp_path, capsys):
+    """Tasks that `evaluate` listed as untested (a multi-way test set without sentences for them) are
+    not compared; a run evaluated on fewer tasks without saying why is still refused."""
+    corpus_dir, refs, vocab = corpus
+    kept, gone = TASKS[:4], TASKS[4:]
+    runs = [make_run(tmp_path, name, s, corpus_dir, system(refs, 0.5, 10 * s + i, vocab, kept), tasks=kept,
+                     untested=gone, refs=refs, overrides=over)
+            for i, (name, over) in enumerate([("a", []), ("b", ["sampling.temperature=2.0"])]) for s in (1, 2)]
+    res = run_compare(runs, tmp_path / "cmp", samples=100)
+    assert sorted(res["tasks"]) == sorted(kept)
+    silent = make_run(tmp_path / "x", "a", 3, corpus_dir, system(refs, 0.5, 7, vocab, kept), tasks=kept, refs=refs)
+    meta = silent / "model" / "massive_mt.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "tasks": TASKS}))
+    _fails(capsys, [*runs[:2], silent], silent, "evaluated on tasks")
 
 
 def test_run_compare_without_a_baseline_difference(study, tmp_path):

@@ -82,6 +82,39 @@ def test_results_identify_the_test_set(trained_run, real_corpus, tmp_path):
     assert rep["speed"]["world_size"] == 1 and rep["speed"]["sentences"] == 6 == sum(rep["speed"]["rank_sentences"])
 
 
+def test_report_says_which_set_it_scored_and_lists_untested_tasks(trained_run, real_corpus, tmp_path, capsys):
+    """The default corpus's per-pair split is named as such; a multi-way corpus's test set is named as
+    the multi-way set; a task whose pair has no test sentences is listed, not silently dropped."""
+    import shutil
+
+    rep = evaluate(trained_run / "model", real_corpus, tasks=["ja-en"], max_sentences=1, beam=1,
+                   max_new_tokens=2, progress=False)
+    assert rep["scored"]["kind"] == "per-pair" and rep["untested"] == {}
+
+    corpus = tmp_path / "multiway"
+    shutil.copytree(real_corpus, corpus)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    manifest["test_sets"] = {"test": {"kind": "multiway", "english_strings": 123}}
+    manifest["pairs"]["en-ja"]["test"] = 0                     # ja translated none of the held-out strings
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+    for side in ("en", "ja"):
+        (corpus / f"test.en-ja.{side}").unlink()
+    out = tmp_path / "e"
+    rc = cli.main(["evaluate", "--model", str(trained_run / "model"), "--corpus", str(corpus), "--tasks",
+                   "ja-en", "fr-en", "--max-sentences", "1", "--beam", "1", "--max-new-tokens", "2", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "results.json").read_text())
+    assert [r["task"] for r in rep["tasks"]] == ["fr-en"] and list(rep["untested"]) == ["ja-en"]
+    assert rep["scored"] == {"corpus": str(corpus), "split": "test", "kind": "multiway", "english_strings": 123,
+                             "description": rep["scored"]["description"]}
+    printed = capsys.readouterr().out
+    assert "multi-way set" in printed and "123 English strings" in printed and "ja-en" in printed
+    assert "ja-en" in (out / "results.md").read_text()
+    rc = cli.main(["evaluate", "--model", str(trained_run / "model"), "--corpus", str(corpus), "--tasks", "ja-en",
+                   "--out", str(tmp_path / "e2")])
+    assert rc == 2 and "none of the tasks has 'test' sentences" in capsys.readouterr().err
+
+
 def test_batches_are_token_bounded_and_in_input_order(trained_run, monkeypatch):
     tr = Translator(trained_run / "model", device="cpu")
     sentences = ["Save", "Delete this item permanently from the list of saved items?", "Cancel", "Sign in",

@@ -163,8 +163,10 @@ def _write_doc_corpus(root: Path, items: dict[str, list], description: str) -> d
     for lang, rows in sorted(items.items()):
         write_parallel(root, "test", PIVOT, lang, rows)
         pairs[f"{PIVOT}-{lang}"] = {"src": PIVOT, "tgt": lang, "train": 0, "valid": 0, "test": len(rows)}
-    write_manifest(root, {"format": CORPUS_FORMAT, "pivot": PIVOT, "pairs": pairs, "description": description})
-    return {lang: len(rows) for lang, rows in items.items()}
+    per_lang = {lang: len(rows) for lang, rows in items.items()}
+    write_manifest(root, {"format": CORPUS_FORMAT, "pivot": PIVOT, "pairs": pairs, "description": description,
+                          "test_sets": {"test": {"kind": "multiway-doc", "languages": len(per_lang)}}})
+    return per_lang
 
 
 def corpus_stats(totals: dict[str, int]) -> dict:
