@@ -355,3 +355,5 @@ def test_registry_profiles():
     assert len(full) == len(SOURCES) and {s.reader for s in full} == {"gettext", "keyjson", "mozilla", "lohelp", "mallard"}
     with pytest.raises(DataError, match="unknown corpus source 'nope'"):
         resolve(["nope"])
+    from massive_mt.data.sources.registry import default_min_pairs
+    assert default_min_pairs(["full"]) == 100 and default_min_pairs(["debian", "vlc"]) == default_min_pairs([]) == 200

@@ -10,12 +10,14 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+from tqdm import tqdm
 
 from massive_mt.data.corpus import Corpus, load_corpus, read_lines
 from massive_mt.data.sampler import temperature_probs
@@ -89,7 +91,8 @@ def train_spm(
     tags = [lang_tag(lang) for lang in sorted(set(files) | set(extra_langs))]
 
     # Two streaming passes keep memory to one language's line hashes: count, then sample.
-    counts = {lang: sum(1 for _ in _unique_lines(paths)) for lang, paths in files.items()}
+    counts = {lang: sum(1 for _ in _unique_lines(paths))
+              for lang, paths in tqdm(files.items(), desc="spm count", unit="lang", dynamic_ncols=True)}
     empty = [lang for lang, n in counts.items() if n == 0]
     if empty:
         raise DataError(f"{corpus_dir}: no train sentences for language(s) {empty}")
@@ -100,7 +103,7 @@ def train_spm(
     with tempfile.TemporaryDirectory(dir=out_prefix.parent, prefix=".spm-") as tmp:
         text = Path(tmp) / "input.txt"
         with open(text, "w", encoding="utf-8") as f:
-            for lang_index, lang in enumerate(sorted(files)):
+            for lang_index, lang in enumerate(tqdm(sorted(files), desc="spm sample", unit="lang", dynamic_ncols=True)):
                 rng = np.random.default_rng([seed, lang_index])
                 keep = np.zeros(counts[lang], dtype=bool)
                 keep[rng.choice(counts[lang], size=take[lang], replace=False)] = True
@@ -108,6 +111,8 @@ def train_spm(
                     if keep[i]:
                         f.write(line + "\n")
         total = sum(take.values())
+        print(f"SentencePiece: training a {vocab_size}-piece {model_type} model on {total:,} sentences of "
+              f"{len(files)} languages", file=sys.stderr, flush=True)
         spm.set_random_generator_seed(seed)
         try:
             spm.SentencePieceTrainer.train(

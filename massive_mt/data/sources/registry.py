@@ -79,6 +79,13 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "debian": DEBIAN,
     "full": ("pypi", *PYPI_GPL, *DEBIAN),
 }
+MIN_PAIRS = 200                              # training pairs a language needs to be kept
+PROFILE_MIN_PAIRS = {"full": 100}            # `full` keeps the long tail: >= 500 languages (docs/corpus.md)
+
+
+def default_min_pairs(names: list[str]) -> int:
+    """--min-pairs when none is given: the lowest of the named profiles' own thresholds."""
+    return min(PROFILE_MIN_PAIRS.get(n, MIN_PAIRS) for n in names) if names else MIN_PAIRS
 
 
 def resolve(names: list[str]) -> list[Source]:
