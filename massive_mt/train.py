@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import Optional
@@ -323,7 +324,8 @@ class Trainer:
         nonfinite = self.nonfinite.record()
         record = {"loss": summary["loss"], "nll": summary["nll"], "ppl": summary["ppl"], "lr": lr,
                   "tokens_per_s": summary["tokens_per_s"], "target_tokens": summary["target_tokens"],
-                  "loss_per_task": per_task_table(summary["per_task"]), **nonfinite}
+                  "loss_per_task": per_task_table(summary["per_task"]), **nonfinite,
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}  # of the writing rank
         self.writer.write(self.step, record, flatten_scalars(summary, lr, nonfinite))
         return record
 

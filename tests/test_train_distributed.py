@@ -27,6 +27,7 @@ def test_zero2_two_ranks_trains_and_loss_falls(trained_run):
     # every logged record has per-language losses, tokens/s and lr
     last = metrics[-1]
     assert set(last["loss_per_task"]) <= set(start["tasks"]) and last["tokens_per_s"] > 0 and last["lr"] > 0
+    assert last["peak_rss_mb"] > 100                  # rank 0's resident peak, in MiB
     assert (out / "checkpoints" / "latest").read_text().strip() == "step40"
     assert (out / "checkpoints" / "step20").is_dir()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
