@@ -54,6 +54,8 @@ class TaskResult:
     bleu_signature: str
     chrf_signature: str
     test_set: dict          # what identifies the test set: split, files, their sha256, sentences
+    nll: Optional[float] = None     # test NLL: nats per reference token (teacher-forced, tag excluded)
+    nll_tokens: Optional[int] = None
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -135,6 +137,28 @@ class Translator:
                                   forced_bos_token_id=tok.lang_id(tgt), decoder_start_token_id=tok.eos_id,
                                   early_stopping=True)
         return [tok.decode(g) for g in gen.tolist()]
+
+    @torch.inference_mode()
+    def nll(self, encoded: list[list[int]], tgt: str, refs: list[str]) -> list[tuple[float, int]]:
+        """(summed negative log-likelihood in nats, tokens) of each reference given its source, teacher
+        forced as in training (``labels = [tgt_tag] + tokens + [eos]``, ``decoder_input_ids = [eos] +
+        labels[:-1]``, no label smoothing); the target tag, which decoding forces, is not scored."""
+        tok = self.tokenizer
+        labels = [[tok.lang_id(tgt)] + tok.encode(r)[: self.max_len - 2] + [tok.eos_id] for r in refs]
+        ids = torch.full((len(encoded), max(map(len, encoded))), tok.pad_id, dtype=torch.long)
+        lab = torch.full((len(labels), max(map(len, labels))), tok.pad_id, dtype=torch.long)
+        for row, (e, y) in enumerate(zip(encoded, labels)):
+            ids[row, :len(e)] = torch.tensor(e)
+            lab[row, :len(y)] = torch.tensor(y)
+        dec = torch.cat([torch.full((len(labels), 1), tok.eos_id, dtype=torch.long), lab[:, :-1]], dim=1)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=ids.ne(tok.pad_id).long().to(self.device),
+                            decoder_input_ids=dec.to(self.device)).logits.float()
+        lab = lab.to(self.device)
+        tok_nll = -torch.log_softmax(logits, -1).gather(-1, lab.unsqueeze(-1)).squeeze(-1)
+        scored = lab.ne(tok.pad_id)
+        scored[:, 0] = False                                  # the forced target tag
+        tok_nll = tok_nll.masked_fill(~scored, 0.0)
+        return [(float(s), int(n)) for s, n in zip(tok_nll.double().sum(1).tolist(), scored.sum(1).tolist())]
 
     def translate(self, sentences: list[str], src: str, tgt: str, beam: int = 4, batch_size: int = 64,
                   max_tokens: int = 4096, max_new_tokens: int = 128, length_penalty: float = 1.0) -> list[str]:
@@ -283,8 +307,9 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
                disable=not progress or rank != 0, dynamic_ncols=True)
     with bar:
         for task, idx, encoded in mine:
-            done.append((task, idx.tolist(), tr.generate(encoded, parse_task(task)[1], beam, max_new_tokens,
-                                                         length_penalty)))
+            tgt = parse_task(task)[1]
+            done.append((task, idx.tolist(), tr.generate(encoded, tgt, beam, max_new_tokens, length_penalty),
+                         tr.nll(encoded, tgt, [rows[task][i][1] for i in idx])))
             bar.update(len(idx))
     parts = [done]
     if world_size > 1:
@@ -296,9 +321,10 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     done = [d for part in parts for d in part]
 
     hyps_all: dict[str, list[Optional[str]]] = {task: [None] * len(rows[task]) for task in tasks}
-    for task, idx, hyps in done:
-        for i, h in zip(idx, hyps):
-            hyps_all[task][i] = h
+    nll_all: dict[str, list[Optional[tuple[float, int]]]] = {task: [None] * len(rows[task]) for task in tasks}
+    for task, idx, hyps, nlls in done:
+        for i, h, x in zip(idx, hyps, nlls):
+            hyps_all[task][i], nll_all[task][i] = h, x
     train_sizes = tr.meta.get("train_sentences", {})
     buckets = resource_buckets({t: train_sizes[t] for t in tasks if t in train_sizes})
     results = []
@@ -306,21 +332,28 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
         hyps, refs = hyps_all[task], [r for _, r in rows[task]]
         assert None not in hyps, f"{task}: a sentence was not translated"
         bleu, chrf, bsig, csig = score(hyps, refs, tgt)
+        nll, n_tok = nll_score(nll_all[task])
         results.append(TaskResult(task, len(refs), train_sizes.get(task), buckets.get(task, "-"),
                                   round(bleu, 2), round(chrf, 2), bsig, csig,
-                                  test_set_identity(split, *files[task], len(refs))))
+                                  test_set_identity(split, *files[task], len(refs)), round(nll, 4), n_tok))
     n = sum(len(r) for r in rows.values())
     report = {"model": str(model_dir), "corpus": str(corpus_dir), "split": split, "beam": beam,
               "max_sentences": max_sentences, "scored": describe_test_set(corpus.root, split),
               "untested": untested, "tasks": [r.to_dict() for r in results],
               "buckets": bucket_averages(results),
               "speed": {"world_size": world_size, "sentences": n, "translate_s": round(seconds, 3),
-                        "rank_sentences": [sum(len(idx) for _, idx, _ in part) for part in parts],
+                        "rank_sentences": [sum(len(d[1]) for d in part) for part in parts],
                         "sentences_per_s": round(n / seconds, 2) if seconds > 0 else None,
                         "batch_size": batch_size, "max_tokens": max_tokens}}
     if out_dir is not None:
-        write_report(report, hyps_all, Path(out_dir))
+        write_report(report, hyps_all, Path(out_dir), nll_all)
     return report
+
+
+def nll_score(per_sentence: list[tuple[float, int]]) -> tuple[float, int]:
+    """(nats per reference token, tokens) of a task from its sentences' (NLL sum, tokens)."""
+    n = sum(k for _, k in per_sentence)
+    return (math.fsum(x for x, _ in per_sentence) / n if n else float("nan")), n
 
 
 def untested_tasks(corpus, tasks: list[str], split: str) -> dict[str, str]:
@@ -371,18 +404,24 @@ def bucket_averages(results: list[TaskResult]) -> dict:
         if rs:
             out[b] = {"tasks": len(rs), "bleu": round(float(np.mean([r.bleu for r in rs])), 2),
                       "chrf": round(float(np.mean([r.chrf for r in rs])), 2)}
+            if all(r.nll is not None for r in rs):
+                out[b]["nll"] = round(float(np.mean([r.nll for r in rs])), 4)
     return out
 
 
+def _nll(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def markdown_table(report: dict) -> str:
-    lines = ["| task | train pairs | bucket | test sents | BLEU | chrF |", "|---|---:|---|---:|---:|---:|"]
+    lines = ["| task | train pairs | bucket | test sents | BLEU | chrF | NLL |", "|---|---:|---|---:|---:|---:|---:|"]
     rows = sorted(report["tasks"], key=lambda r: -(r["train_sentences"] or 0))
     for r in rows:
         lines.append(f"| {r['task']} | {r['train_sentences'] if r['train_sentences'] is not None else '-'} | "
-                     f"{r['bucket']} | {r['n_sentences']} | {r['bleu']:.2f} | {r['chrf']:.2f} |")
-    lines += ["", "| bucket | tasks | avg BLEU | avg chrF |", "|---|---:|---:|---:|"]
+                     f"{r['bucket']} | {r['n_sentences']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {_nll(r.get('nll'))} |")
+    lines += ["", "| bucket | tasks | avg BLEU | avg chrF | avg NLL |", "|---|---:|---:|---:|---:|"]
     for b, v in report["buckets"].items():
-        lines.append(f"| {b} | {v['tasks']} | {v['bleu']:.2f} | {v['chrf']:.2f} |")
+        lines.append(f"| {b} | {v['tasks']} | {v['bleu']:.2f} | {v['chrf']:.2f} | {_nll(v.get('nll'))} |")
     sigs = sorted({r["bleu_signature"] for r in report["tasks"]}) + sorted({r["chrf_signature"] for r in report["tasks"]})
     lines += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in sigs]
     if "scored" in report:
@@ -390,13 +429,17 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, hyps: dict[str, list[str]], out_dir: Path) -> None:
-    """results.json, results.md and one hypothesis file per task, each written atomically."""
+def write_report(report: dict, hyps: dict[str, list[str]], out_dir: Path,
+                 nlls: Optional[dict[str, list[tuple[float, int]]]] = None) -> None:
+    """results.json, results.md, one hypothesis file per task and, with ``nlls``, one file of
+    per-sentence "NLL<TAB>tokens" lines per task (nll.SPLIT.TASK.tsv), each written atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {out_dir / "results.json": json.dumps(report, indent=2, ensure_ascii=False),
              out_dir / "results.md": markdown_table(report) + "\n"}
     for task, hs in hyps.items():
         files[out_dir / f"hyp.{report['split']}.{task}.txt"] = "".join(h + "\n" for h in hs)
+    for task, xs in (nlls or {}).items():
+        files[out_dir / f"nll.{report['split']}.{task}.tsv"] = "".join(f"{x!r}\t{n}\n" for x, n in xs)
     atomic_write_texts(files)
 
 

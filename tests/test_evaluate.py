@@ -82,6 +82,35 @@ def test_results_identify_the_test_set(trained_run, real_corpus, tmp_path):
     assert rep["speed"]["world_size"] == 1 and rep["speed"]["sentences"] == 6 == sum(rep["speed"]["rank_sentences"])
 
 
+def test_test_nll_is_the_teacher_forced_loss_of_training(trained_run, real_corpus, tmp_path):
+    """Per-task test NLL (nats per reference token, the forced tag not scored) equals the unsmoothed
+    cross-entropy of the training batch format on the same sentences; per-sentence values go to
+    nll.SPLIT.TASK.tsv in the order of the source file."""
+    import math
+
+    import torch
+
+    rep = evaluate(trained_run / "model", real_corpus, tasks=["en-fr"], max_sentences=6, beam=1,
+                   max_new_tokens=4, progress=False, out_dir=tmp_path / "e")
+    r = rep["tasks"][0]
+    lines = [l.split("\t") for l in (tmp_path / "e" / "nll.test.en-fr.tsv").read_text().splitlines()]
+    assert len(lines) == 6 and r["nll_tokens"] == sum(int(n) for _, n in lines)
+    assert r["nll"] == round(math.fsum(float(x) for x, _ in lines) / r["nll_tokens"], 4)
+    assert rep["buckets"]["all"]["nll"] == r["nll"] and "| NLL |" in (tmp_path / "e" / "results.md").read_text()
+
+    tr = Translator(trained_run / "model")
+    from massive_mt.data.corpus import load_corpus
+
+    (src, ref), = load_corpus(real_corpus).read("test", "en", "fr")[:1]
+    enc = tr.encode([src], "en")
+    labels = torch.tensor([[tr.tokenizer.lang_id("fr")] + tr.tokenizer.encode(ref) + [tr.tokenizer.eos_id]])
+    dec = torch.cat([torch.tensor([[tr.tokenizer.eos_id]]), labels[:, :-1]], dim=1)
+    with torch.no_grad():
+        logits = tr.model(input_ids=torch.tensor(enc), decoder_input_ids=dec).logits
+    want = torch.nn.functional.cross_entropy(logits[0, 1:], labels[0, 1:], reduction="sum").item()
+    assert float(lines[0][0]) == pytest.approx(want, rel=1e-5) and int(lines[0][1]) == labels.shape[1] - 1
+
+
 def test_report_says_which_set_it_scored_and_lists_untested_tasks(trained_run, real_corpus, tmp_path, capsys):
     """The default corpus's per-pair split is named as such; a multi-way corpus's test set is named as
     the multi-way set; a task whose pair has no test sentences is listed, not silently dropped."""
