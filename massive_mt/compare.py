@@ -44,7 +44,10 @@ IGNORED = ("train.output_dir", "train.resume", "train.seed", "sampling.seed", "t
            "train.log_interval", "reconcile.log_interval")
 # what results.json records of a task's test set that must be the same for every run
 TEST_SET_KEYS = ("split", "sentences", "reference_sha256", "source_sha256")
-METRICS = ("bleu", "chrf")
+METRICS = ("bleu", "chrf")              # always compared
+NLL = "nll"                             # test NLL, compared when every run recorded it; lower is better
+NAMES = {"bleu": "BLEU", "chrf": "chrF", NLL: "NLL"}
+NLL_TOLERANCE = 6e-5                    # results.json rounds to 4 decimals
 BUCKETS = ("high", "medium", "low", "all")
 LEVEL = 0.95
 ALPHA = 0.05
@@ -68,7 +71,8 @@ class Run:
     hyps: dict                   # task -> hypotheses
     refs: dict                   # task -> references
     test_sets: dict              # task -> results.json's test_set
-    scores: dict = field(default_factory=dict)   # task -> {"bleu": x, "chrf": y}, recomputed
+    scores: dict = field(default_factory=dict)   # task -> {"bleu": x, "chrf": y[, "nll": z]}, recomputed
+    nll: dict = field(default_factory=dict)      # task -> (per-sentence NLL sums, tokens) when recorded
 
     @property
     def key(self) -> str:
@@ -128,7 +132,7 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     label = None
     if (run / CELL_FILE).is_file():
         label = _read_json(run / CELL_FILE, "", run).get("config")
-    hyps, refs, test_sets, scores = {}, {}, {}, {}
+    hyps, refs, test_sets, scores, nll = {}, {}, {}, {}, {}
     for r in report["tasks"]:
         task = r["task"]
         if not isinstance(r.get("test_set"), dict):
@@ -149,11 +153,31 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
                 raise CompareError(f"{run}: {name} of {task} recorded in results.json ({r[name]}) does not match its "
                                    f"hypotheses ({got:.2f}): {hyp_path} changed since the evaluation")
         scores[task] = {"bleu": bleu, "chrf": chrf}
+        if r.get(NLL) is not None:
+            nll[task] = _read_nll(run, run / eval_dir / f"nll.{report['split']}.{task}.tsv", r)
+            scores[task][NLL] = float(nll[task][0].sum() / nll[task][1].sum())
     seed = str(config.get("train.seed"))
     if config.get("sampling.seed") != config.get("train.seed"):
         seed += f"/{config.get('sampling.seed')}"
     return Run(run, config, label, seed, evaluated, meta.get("train_sentences", {}),
-               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores)
+               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores, nll)
+
+
+def _read_nll(run: Path, path: Path, r: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The per-sentence (NLL sum, tokens) of a task, checked against its sentence count and the NLL
+    results.json recorded."""
+    try:
+        rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+        x = np.array([float(a) for a, _ in rows], dtype=np.float64)
+        n = np.array([int(b) for _, b in rows], dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise CompareError(f"{run}: per-sentence NLL of {r['task']} unreadable ({path}: {e})") from None
+    if len(x) != r["n_sentences"] or not np.isfinite(x).all() or n.sum() == 0:
+        raise CompareError(f"{run}: {path} has {len(x)} finite lines for {r['n_sentences']} sentences")
+    if abs(x.sum() / n.sum() - r[NLL]) > NLL_TOLERANCE:
+        raise CompareError(f"{run}: nll of {r['task']} recorded in results.json ({r[NLL]}) does not match "
+                           f"{path.name} ({x.sum() / n.sum():.4f}): the file changed since the evaluation")
+    return x, n
 
 
 def check_comparable(runs: list[Run]) -> None:
@@ -276,8 +300,34 @@ def paired_test(base: list[Run], system: list[Run], task: str, samples: int) -> 
     return out
 
 
-def verdict(delta: float, p: float) -> str:
-    return "win" if p < ALPHA and delta > 0 else ("loss" if p < ALPHA and delta < 0 else "tie")
+def paired_nll_test(base: list[Run], system: list[Run], task: str, samples: int, seed: int = 0) -> dict:
+    """Paired approximate randomisation of the test NLL of one language, on the seeds' concatenated
+    per-sentence NLL sums (line i of the system paired with line i of the baseline, as for BLEU).
+    Both systems score the same references, so the token counts pair too and the statistic is
+    |Σ_i (x_i - y_i)| / Σ_i n_i; a trial swaps each pair with probability 1/2 (flips the sign of its
+    difference). p = (trials at least as extreme + 1) / (trials + 1), two-sided."""
+    x = np.concatenate([r.nll[task][0] for r in system])
+    y = np.concatenate([r.nll[task][0] for r in base])
+    n = float(np.concatenate([r.nll[task][1] for r in base]).sum())
+    d = x - y
+    observed = abs(d.sum())
+    if not d.any():
+        return {"pooled_baseline": float(y.sum() / n), "pooled": float(x.sum() / n), "p": 1.0, "differing_lines": 0}
+    rng = np.random.default_rng(seed)
+    extreme, done = 0, 0
+    while done < samples:
+        k = min(1000, samples - done)
+        signs = rng.integers(0, 2, size=(k, len(d)), dtype=np.int8) * 2 - 1
+        extreme += int((np.abs(signs @ d) >= observed * (1 - 1e-12)).sum())
+        done += k
+    return {"pooled_baseline": float(y.sum() / n), "pooled": float(x.sum() / n),
+            "p": (extreme + 1) / (samples + 1), "differing_lines": int(np.count_nonzero(d))}
+
+
+def verdict(delta: float, p: float, metric: str = "bleu") -> str:
+    """win / tie / loss at p < ALPHA; for NLL a lower value wins."""
+    better = -delta if metric == NLL else delta
+    return "win" if p < ALPHA and better > 0 else ("loss" if p < ALPHA and better < 0 else "tie")
 
 
 def _interval(t) -> dict:
@@ -291,11 +341,15 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
     base_label = _baseline_label(groups, baseline)
     first = runs[0]
     tasks = sorted(first.tasks, key=lambda t: (-(first.train_sentences.get(t) or 0), t))
-    per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in METRICS} for t in tasks}
+    nll_left_out = _nll_left_out(runs, tasks)
+    metrics = METRICS + (() if nll_left_out else (NLL,))
+    per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in metrics} for t in tasks}
                 for label, rs in groups.items()}
     out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples,
            "interval": "Student t over seeds (mean); Welch t (difference to the baseline)",
-           "test": "sacrebleu paired approximate randomisation on the seeds' concatenated hypotheses",
+           "test": "sacrebleu paired approximate randomisation on the seeds' concatenated hypotheses"
+                   + ("; NLL: paired approximate randomisation of the per-sentence NLL" if NLL in metrics else ""),
+           "metrics": list(metrics), **({"nll_left_out": nll_left_out} if nll_left_out else {}),
            "split": first.report["split"], "beam": first.report["beam"],
            "max_sentences": first.report.get("max_sentences", 0),
            "signatures": sorted({s for r in runs for s in _signatures(r)}),
@@ -308,16 +362,18 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
         row = {"bucket": first.buckets.get(t, "-"), "train_sentences": first.train_sentences.get(t),
                "n_sentences": len(first.refs[t]), "test_set": first.test_sets[t], "configs": {}}
         for label, rs in groups.items():
-            c = {m: {**_interval(t_interval(per_seed[label][t][m])), "per_seed": per_seed[label][t][m]} for m in METRICS}
+            c = {m: {**_interval(t_interval(per_seed[label][t][m])), "per_seed": per_seed[label][t][m]} for m in metrics}
             if label != base_label:
                 test = paired_test(groups[base_label], rs, t, samples)
-                for m in METRICS:
+                if NLL in metrics:
+                    test[NLL] = paired_nll_test(groups[base_label], rs, t, samples)
+                for m in metrics:
                     d = welch_interval(per_seed[label][t][m], base[t][m])
                     c[m]["diff"] = _interval(d)
                     c[m]["p"] = test[m]["p"]
                     for k in ("pooled", "pooled_baseline", "differing_lines"):
                         c[m][k] = test[m][k]
-                    c[m]["verdict"] = verdict(test[m]["pooled"] - test[m]["pooled_baseline"], test[m]["p"])
+                    c[m]["verdict"] = verdict(test[m]["pooled"] - test[m]["pooled_baseline"], test[m]["p"], m)
                 if "test_signatures" in test:
                     out.setdefault("test_signatures", test["test_signatures"])
             row["configs"][label] = c
@@ -328,18 +384,31 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
         if not members:
             continue
         avg = {label: {m: [float(np.mean([per_seed[label][t][m][k] for t in members])) for k in range(n_seeds)]
-                       for m in METRICS} for label in groups}
+                       for m in metrics} for label in groups}
         entry = {"tasks": members, "configs": {}}
         for label in groups:
-            c = {m: {**_interval(t_interval(avg[label][m])), "per_seed": avg[label][m]} for m in METRICS}
+            c = {m: {**_interval(t_interval(avg[label][m])), "per_seed": avg[label][m]} for m in metrics}
             if label != base_label:
-                for m in METRICS:
+                for m in metrics:
                     c[m]["diff"] = _interval(welch_interval(avg[label][m], avg[base_label][m]))
                     v = [out["tasks"][t]["configs"][label][m]["verdict"] for t in members]
                     c[m]["win_tie_loss"] = [v.count("win"), v.count("tie"), v.count("loss")]
             entry["configs"][label] = c
         out["buckets"][b] = entry
     return out
+
+
+def _nll_left_out(runs: list[Run], tasks: list[str]) -> Optional[str]:
+    """Why test NLL is not compared (None: it is): a run did not record it, or the runs' references
+    have other token counts (another SentencePiece model: NLL per token would not compare)."""
+    missing = [str(r.path) for r in runs if any(t not in r.nll for t in tasks)]
+    if missing:
+        return f"not recorded by {len(missing)} run(s), e.g. {missing[0]}"
+    for t in tasks:
+        for r in runs[1:]:
+            if not np.array_equal(r.nll[t][1], runs[0].nll[t][1]):
+                return f"token counts of the {t} references differ between {runs[0].path} and {r.path} (another tokenizer)"
+    return None
 
 
 def _signatures(run: Run) -> list[str]:
@@ -360,8 +429,9 @@ def _baseline_label(groups: dict, baseline: Optional[str]) -> str:
 
 # ----------------------------------------------------------------------------- reports
 
-def _fmt(c: dict) -> str:
-    return f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+def _fmt(c: dict, metric: str = "bleu") -> str:
+    d = 3 if metric == NLL else 2
+    return f"{c['mean']:.{d}f} [{c['low']:.{d}f}, {c['high']:.{d}f}]"
 
 
 def _p(p: float) -> str:
@@ -375,6 +445,7 @@ def lang_label(task: str) -> str:
 
 def markdown(res: dict) -> str:
     base = res["baseline"]
+    metrics = res.get("metrics", METRICS)
     L = [f"# Comparison against `{base}`", "",
          f"Test split `{res['split']}`, beam {res['beam']}, max_sentences {res['max_sentences'] or 'all'}. "
          f"Means over seeds with {int(res['level'] * 100)} % Student t-intervals; differences with Welch "
@@ -387,22 +458,22 @@ def markdown(res: dict) -> str:
     for label in res["configs"]:
         if label == base:
             continue
-        L += ["", f"## {label} vs {base}", "",
-              "| language | train pairs | bucket | test sents | BLEU baseline | BLEU | Δ BLEU | p | chrF baseline | "
-              "chrF | Δ chrF | p |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        head = "".join(f" {NAMES[m]} baseline | {NAMES[m]} | Δ {NAMES[m]} | p |" for m in metrics)
+        L += ["", f"## {label} vs {base}", "", "| language | train pairs | bucket | test sents |" + head,
+              "|---|---:|---|---:|" + "---:|---:|---:|---:|" * len(metrics)]
         for t, row in res["tasks"].items():
             b, s = row["configs"][base], row["configs"][label]
             cells = [t, str(row["train_sentences"] or "-"), row["bucket"], str(row["n_sentences"])]
-            for m in METRICS:
-                cells += [_fmt(b[m]), _fmt(s[m]), _fmt(s[m]["diff"]), _p(s[m]["p"])]
+            for m in metrics:
+                cells += [_fmt(b[m], m), _fmt(s[m], m), _fmt(s[m]["diff"], m), _p(s[m]["p"])]
             L.append("| " + " | ".join(cells) + " |")
-        L += ["", "| bucket | tasks | BLEU baseline | BLEU | Δ BLEU | W/T/L BLEU | chrF baseline | chrF | Δ chrF | "
-              "W/T/L chrF |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+        head = "".join(f" {NAMES[m]} baseline | {NAMES[m]} | Δ {NAMES[m]} | W/T/L {NAMES[m]} |" for m in metrics)
+        L += ["", "| bucket | tasks |" + head, "|---|---:|" + "---:|---:|---:|---|" * len(metrics)]
         for bname, e in res["buckets"].items():
             b, s = e["configs"][base], e["configs"][label]
             cells = [bname, str(len(e["tasks"]))]
-            for m in METRICS:
-                cells += [_fmt(b[m]), _fmt(s[m]), _fmt(s[m]["diff"]), "/".join(map(str, s[m]["win_tie_loss"]))]
+            for m in metrics:
+                cells += [_fmt(b[m], m), _fmt(s[m], m), _fmt(s[m]["diff"], m), "/".join(map(str, s[m]["win_tie_loss"]))]
             L.append("| " + " | ".join(cells) + " |")
     L += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in res["signatures"]]
     L += [f"- test: `{s}`" for s in res.get("test_signatures", {}).values()]
@@ -419,12 +490,13 @@ def plot(res: dict, out: Path) -> Path:
     from .plots import _save
 
     base = res["baseline"]
+    metrics = res.get("metrics", METRICS)
     others = [c for c in res["configs"] if c != base] or [base]
     colours = {"high": "tab:blue", "medium": "tab:orange", "low": "tab:red", "-": "tab:gray"}
-    fig, axes = plt.subplots(len(METRICS), len(others), figsize=(5.5 * len(others), 3.8 * len(METRICS)),
+    fig, axes = plt.subplots(len(metrics), len(others), figsize=(5.5 * len(others), 3.8 * len(metrics)),
                              squeeze=False, layout="constrained")
     for j, label in enumerate(others):
-        for i, m in enumerate(METRICS):
+        for i, m in enumerate(metrics):
             ax = axes[i, j]
             for t, row in res["tasks"].items():
                 c = row["configs"][label][m]
@@ -438,7 +510,7 @@ def plot(res: dict, out: Path) -> Path:
                             textcoords="offset points")
             ax.axhline(0, color="k", lw=0.5)
             ax.set_xscale("log")
-            ax.set(xlabel="training sentences", ylabel=f"Δ {'BLEU' if m == 'bleu' else 'chrF'} vs {base}",
+            ax.set(xlabel="training sentences", ylabel=f"Δ {NAMES[m]} vs {base}" + (" (lower is better)" if m == NLL else ""),
                    title=label if i == 0 else None)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=b) for b, c in colours.items() if b != "-"]
     handles.append(plt.Line2D([], [], marker="o", ls="", color="k", mfc="white", label=f"p ≥ {res['alpha']}"))

@@ -47,7 +47,7 @@ def corrupt(refs, q, rng, vocab):
 
 
 def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs=None, config_name=None,
-             untested=()):
+             untested=(), nlls=None):
     """A training output_dir as the trainer, `massive-mt evaluate` and `massive-mt study` (cell.json, with
     the configuration's name) leave it; ``untested``: trained tasks the test set has no sentences for."""
     run = root / f"{name}-s{seed}"
@@ -64,15 +64,17 @@ def make_run(root, name, seed, corpus_dir, hyps, tasks=TASKS, overrides=(), refs
         src, tgt = t.split("-")
         test_set = set_identity("test", corpus_dir / f"test.{t}.{src}", corpus_dir / f"test.{t}.{tgt}",
                                      len(hyps[t]))
+        nll = (round(sum(x for x, _ in nlls[t]) / sum(n for _, n in nlls[t]), 4),
+               sum(n for _, n in nlls[t])) if nlls else (None, None)
         results.append(TaskResult(t, len(hyps[t]), SIZES[t], buckets[t], round(bleu, 2), round(chrf, 2), bsig, csig,
-                                  test_set))
+                                  test_set, *nll))
     n = sum(len(hyps[t]) for t in tasks)
     report = {"model": str(run / "model"), "corpus": str(corpus_dir), "split": "test", "beam": 4,
               "max_sentences": 0, "untested": {t: "no 'test' sentences" for t in untested},
               "tasks": [r.to_dict() for r in results], "buckets": bucket_averages(results),
               "speed": {"world_size": 1, "sentences": n, "translate_s": 1.0, "rank_sentences": [n],
                         "sentences_per_s": float(n), "batch_size": 64, "max_tokens": 4096}}
-    write_report(report, {t: hyps[t] for t in tasks}, run / "eval")
+    write_report(report, {t: hyps[t] for t in tasks}, run / "eval", nlls)
     (run / CELL_FILE).write_text(json.dumps({"config": config_name or name, "seed": seed}))
     return run
 
@@ -264,6 +266,51 @@ def test_tasks_without_test_sentences_are_left_out_by_name(corpus, tmp_path, cap
     meta = silent / "model" / "massive_mt.json"
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "tasks": TASKS}))
     _fails(capsys, [*runs[:2], silent], silent, "evaluated on tasks")
+
+
+def test_test_nll_is_compared_when_every_run_has_it(corpus, tmp_path, capsys):
+    """Per-sentence NLL 0.2 nats per token lower on every language is a significant win (NLL: lower
+    wins) with an interval below 0; a system drawn like the baseline is a tie on most languages; a
+    run whose nll file no longer matches results.json is named; without NLL in every run, BLEU and
+    chrF alone are compared."""
+    corpus_dir, refs, vocab = corpus
+    rng = np.random.default_rng(5)
+
+    tokens = {t: rng.integers(5, 15, size=N_SENT) for t in TASKS}     # the references' token counts
+
+    def nlls(shift):
+        return {t: [(float(k * (3.0 + shift + rng.normal(0, 0.2))), int(k)) for k in tokens[t]] for t in TASKS}
+
+    runs = {}
+    for s in (1, 2, 3):
+        h = system(refs, 0.5, 400 + s, vocab)
+        runs[("base", s)] = make_run(tmp_path, "base", s, corpus_dir, h, refs=refs, nlls=nlls(0.0))
+        runs[("lower", s)] = make_run(tmp_path, "lower", s, corpus_dir, h, refs=refs, nlls=nlls(-0.2),
+                                      overrides=["reconcile.method=gradvac"])
+        runs[("same", s)] = make_run(tmp_path, "same", s, corpus_dir, h, refs=refs, nlls=nlls(0.0),
+                                     overrides=["sampling.temperature=2.0"])
+    res = run_compare(list(runs.values()), tmp_path / "cmp", baseline="base", samples=2000)
+    assert res["metrics"] == ["bleu", "chrf", "nll"]
+    for t in TASKS:
+        lower, same = res["tasks"][t]["configs"]["lower"]["nll"], res["tasks"][t]["configs"]["same"]["nll"]
+        assert lower["verdict"] == "win" and lower["diff"]["high"] < 0 and lower["p"] < 0.01, (t, lower)
+        assert res["tasks"][t]["configs"]["lower"]["bleu"]["p"] == 1.0          # the same hypotheses
+    assert res["buckets"]["all"]["configs"]["lower"]["nll"]["win_tie_loss"] == [len(TASKS), 0, 0]
+    assert res["buckets"]["all"]["configs"]["same"]["nll"]["win_tie_loss"][1] >= len(TASKS) - 2
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Δ NLL" in md and "W/T/L NLL" in md
+    bad = runs[("same", 3)] / "eval" / "nll.test.en-fr.tsv"
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(["999.0\t" + lines[0].split("\t")[1], *lines[1:]]) + "\n")
+    _fails(capsys, list(runs.values()), runs[("same", 3)], "nll of en-fr")
+    retok = {t: [(x, n + 1) for x, n in v] for t, v in nlls(0.0).items()}      # another tokenizer
+    other = make_run(tmp_path / "o", "base", 4, corpus_dir, system(refs, 0.5, 9, vocab), refs=refs, nlls=retok)
+    res = run_compare([*(runs[("base", s)] for s in (1, 2, 3)), other], tmp_path / "c3", samples=10)
+    assert res["metrics"] == ["bleu", "chrf"] and "token counts" in res["nll_left_out"]
+    plain = [make_run(tmp_path / "plain", n, s, corpus_dir, system(refs, 0.5, s, vocab), refs=refs,
+                      overrides=o) for n, o in (("a", ["optim.lr=0.001"]), ("b", ["sampling.temperature=2.0"])) for s in (1, 2)]
+    assert run_compare([runs[("base", 1)], runs[("base", 2)], *plain], tmp_path / "c2", samples=10)["metrics"] == \
+        ["bleu", "chrf"]
 
 
 def test_run_compare_without_a_baseline_difference(study, tmp_path):
