@@ -362,7 +362,7 @@ def untested_tasks(corpus, tasks: list[str], split: str) -> dict[str, str]:
     A task whose pair is missing altogether is an error (DataError naming the files)."""
     out = {}
     for task in tasks:
-        info = corpus._pair_for(*parse_task(task))
+        info = corpus.pair_for(*parse_task(task))
         if not info.sizes.get(split):
             out[task] = f"pair {info.name} has no {split!r} sentences in {corpus.root}"
     return out

@@ -274,7 +274,8 @@ class Corpus:
             raise DataError(f"{self.root}: pair {pair} has no {split!r} split")
         return self.root / pair_file_name(split, info.src, info.tgt, lang)
 
-    def _pair_for(self, src: str, tgt: str) -> PairInfo:
+    def pair_for(self, src: str, tgt: str) -> PairInfo:
+        """The pair whose files serve the task src->tgt (either orientation); DataError if none."""
         for name in (f"{src}-{tgt}", f"{tgt}-{src}"):
             if name in self.pairs:
                 return self.pairs[name]
@@ -282,7 +283,7 @@ class Corpus:
 
     def task_files(self, split: str, src: str, tgt: str) -> tuple[Path, Path]:
         """(source file, target file) for the task src->tgt; a pair file serves both directions."""
-        info = self._pair_for(src, tgt)
+        info = self.pair_for(src, tgt)
         return self.path(split, info.name, src), self.path(split, info.name, tgt)
 
     def read(self, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
