@@ -1,6 +1,7 @@
-"""Multi-seed comparison of evaluated runs: mean BLEU/chrF over seeds with 95 % t-intervals, the
-difference to a baseline configuration with its Welch interval, per-language paired significance
-(sacrebleu's paired approximate randomisation) and win/tie/loss counts per resource bucket.
+"""Multi-seed comparison of evaluated runs: mean BLEU/chrF (and test NLL, when every run recorded
+it) over seeds with 95 % t-intervals, the difference to a baseline configuration with its Welch
+interval, per-language paired significance (paired approximate randomisation: sacrebleu's for BLEU
+and chrF, `paired_nll_test` for NLL) and win/tie/loss counts per resource bucket.
 
 A run is a training output_dir (config.yaml, model/massive_mt.json) evaluated by `massive-mt
 evaluate` (eval/results.json and one hypothesis file per task). Runs are grouped into
