@@ -152,9 +152,9 @@ class Translator:
             lab[row, :len(y)] = torch.tensor(y)
         dec = torch.cat([torch.full((len(labels), 1), tok.eos_id, dtype=torch.long), lab[:, :-1]], dim=1)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=ids.ne(tok.pad_id).long().to(self.device),
-                            decoder_input_ids=dec.to(self.device)).logits.float()
+                            decoder_input_ids=dec.to(self.device)).logits
         lab = lab.to(self.device)
-        tok_nll = -torch.log_softmax(logits, -1).gather(-1, lab.unsqueeze(-1)).squeeze(-1)
+        tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), lab, reduction="none")
         scored = lab.ne(tok.pad_id)
         scored[:, 0] = False                                  # the forced target tag
         tok_nll = tok_nll.masked_fill(~scored, 0.0)
