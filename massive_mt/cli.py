@@ -223,6 +223,8 @@ def _loss_curve(path: Path):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.catalogs import MIN_PAIRS
+
     p = argparse.ArgumentParser(prog="massive-mt", description="Massively multilingual translation under DeepSpeed ZeRO.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -290,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nproc", type=int, default=2)
     d.add_argument("--launcher", default="deepspeed", choices=["deepspeed", "torchrun"])
     d.add_argument("--vocab-size", type=int, default=8000)
-    d.add_argument("--min-pairs", type=int, default=200)
+    d.add_argument("--min-pairs", type=int, default=MIN_PAIRS, help="as for build-corpus")
     d.add_argument("--beam", type=int, default=4)
     d.add_argument("--eval-sentences", type=int, default=100, help="test sentences per task")
     d.add_argument("--method", help="reconcile.method instead of the demo config's (gradvac); e.g. --method plain")

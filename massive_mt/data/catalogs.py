@@ -38,6 +38,8 @@ from massive_mt.data.corpus import (
 from massive_mt.errors import DataError
 from massive_mt.io import staged_dir
 
+MIN_PAIRS = 200      # training pairs a language needs to be kept (build-corpus --min-pairs)
+
 # Pinned wheels; all licences are permissive (read from each wheel's METADATA into
 # the manifest): Django BSD-3-Clause, Sphinx BSD-2-Clause, Wagtail BSD-3-Clause,
 # django-allauth MIT, Trac BSD (3-clause; its wheel ships only .mo catalogues).
@@ -368,7 +370,7 @@ def build_catalog_corpus(
     out_dir: str | os.PathLike,
     wheels: Iterable[str] = DEFAULT_WHEELS,
     cache_dir: str | os.PathLike | None = None,
-    min_pairs: int = 200,
+    min_pairs: int = MIN_PAIRS,
     valid_frac: float = 0.02,
     test_frac: float = 0.03,
     max_ratio: float = 3.0,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from massive_mt.data.catalogs import PIVOT, Candidate, normalize, split_of
+from massive_mt.data.catalogs import MIN_PAIRS, PIVOT, Candidate, normalize, split_of
 from massive_mt.io import require_empty_dir, staged_dir
 from massive_mt.data.corpus import CORPUS_FORMAT, SPLITS, write_manifest, write_parallel
 from massive_mt.data.sources import gettext, keyjson, lohelp, mallard, mozilla
@@ -180,7 +180,7 @@ def build_sources_corpus(
     sources: list[str],
     cache_dir: str | os.PathLike | None = None,
     from_dir: str | os.PathLike | None = None,
-    min_pairs: int = 200,
+    min_pairs: int = MIN_PAIRS,
     max_ratio: float = 3.0,
     split: str = "multiway",
     sizes: MultiwaySizes = MultiwaySizes(),

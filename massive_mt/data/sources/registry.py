@@ -11,7 +11,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from massive_mt.data.catalogs import DEFAULT_WHEELS
+from massive_mt.data.catalogs import DEFAULT_WHEELS, MIN_PAIRS
 from massive_mt.errors import DataError
 
 PINS_FILE = Path(__file__).with_name("debian-bookworm.txt")
@@ -79,7 +79,6 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "debian": DEBIAN,
     "full": ("pypi", *PYPI_GPL, *DEBIAN),
 }
-MIN_PAIRS = 200                              # training pairs a language needs to be kept
 PROFILE_MIN_PAIRS = {"full": 100}            # `full` keeps the long tail: >= 500 languages (docs/corpus.md)
 
 
