@@ -338,7 +338,7 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
                                   test_set_identity(split, *files[task], len(refs)), round(nll, 4), n_tok))
     n = sum(len(r) for r in rows.values())
     report = {"model": str(model_dir), "corpus": str(corpus_dir), "split": split, "beam": beam,
-              "max_sentences": max_sentences, "scored": describe_test_set(corpus.root, split),
+              "max_sentences": max_sentences, "scored": describe_test_set(corpus, split),
               "untested": untested, "tasks": [r.to_dict() for r in results],
               "buckets": bucket_averages(results),
               "speed": {"world_size": world_size, "sentences": n, "translate_s": round(seconds, 3),
@@ -352,8 +352,8 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
 
 def nll_score(per_sentence: list[tuple[float, int]]) -> tuple[float, int]:
     """(nats per reference token, tokens) of a task from its sentences' (NLL sum, tokens)."""
-    n = sum(k for _, k in per_sentence)
-    return (math.fsum(x for x, _ in per_sentence) / n if n else float("nan")), n
+    n = sum(k for _, k in per_sentence)                # > 0: every reference has its </s> scored
+    return math.fsum(x for x, _ in per_sentence) / n, n
 
 
 def untested_tasks(corpus, tasks: list[str], split: str) -> dict[str, str]:
@@ -368,21 +368,17 @@ def untested_tasks(corpus, tasks: list[str], split: str) -> dict[str, str]:
     return out
 
 
-def describe_test_set(corpus_dir: Path, split: str) -> dict:
-    """Which test set was scored, from the corpus manifest: the multi-way set held out for every
-    language (``build-corpus --sources``), the help-paragraph set (CORPUS/test_doc), or a per-pair
-    split (the default PyPI corpus, or ``--split hash``)."""
-    from .data.corpus import MANIFEST_NAME
-
-    path = Path(corpus_dir) / MANIFEST_NAME
-    manifest = read_json_object(path) if path.exists() else {}
-    info = manifest.get("test_sets", {}).get(split, {})
+def describe_test_set(corpus, split: str) -> dict:
+    """Which test set was scored, from the corpus manifest's `test_sets`: the multi-way set held out
+    for every language (``build-corpus --sources``), the help-paragraph set (CORPUS/test_doc), or a
+    per-pair split (the default PyPI corpus, or ``--split hash``)."""
+    info = corpus.test_sets.get(split, {})
     kind = info.get("kind", "per-pair")
     text = {"multiway": "multi-way set: the same English strings held out of training for every language",
             "multiway-doc": "multi-way help paragraphs held out of training for every language",
             "hash": "per-pair hash split of the English strings",
             "per-pair": "per-pair split of the corpus"}.get(kind, kind)
-    out = {"corpus": str(corpus_dir), "split": split, "kind": kind, "description": text}
+    out = {"corpus": str(corpus.root), "split": split, "kind": kind, "description": text}
     if info.get("english_strings") is not None:
         out["english_strings"] = info["english_strings"]
     return out

@@ -262,6 +262,7 @@ class Corpus:
     pairs: dict[str, PairInfo]
     pivot: str = "en"
     sources: list = field(default_factory=list)
+    test_sets: dict = field(default_factory=dict)   # the manifest's held-out sets (multi-way builds)
 
     def path(self, split: str, pair: str, lang: str) -> Path:
         """Path of the ``lang`` side of ``pair`` in ``split``; DataError if the corpus lacks it."""
@@ -408,4 +409,6 @@ def load_corpus(root: str | os.PathLike, verify: bool = True) -> Corpus:
         path = root / pair_file_name(split, src, tgt, sorted(found[split, src, tgt])[0])
         raise DataError(f"{path}: not listed in {manifest_path} (pair {src}-{tgt}, split {split})")
     sources = manifest.get("sources", [])
-    return Corpus(root, pairs, pivot=pivot, sources=sources if isinstance(sources, list) else [])
+    test_sets = manifest.get("test_sets")
+    return Corpus(root, pairs, pivot=pivot, sources=sources if isinstance(sources, list) else [],
+                  test_sets=test_sets if isinstance(test_sets, dict) else {})
