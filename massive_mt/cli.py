@@ -35,6 +35,8 @@ def cmd_build_corpus(a) -> int:
     if a.min_pairs is None:
         from .data.sources.registry import default_min_pairs
         a.min_pairs = default_min_pairs(getattr(a, "sources", None) or [])
+    if (a.pins != "prefer" or a.pins_file or a.update_pins) and not getattr(a, "sources", None):
+        raise MassiveMTError("--pins/--pins-file/--update-pins govern Debian packages: they need --sources")
     if getattr(a, "sources", None) and a.sources not in (["pypi"], ["default"]):
         from .data.sources.multiway import MultiwaySizes
         if a.wheels or a.cache:
@@ -42,8 +44,13 @@ def cmd_build_corpus(a) -> int:
         sizes = MultiwaySizes(test=a.test_size, valid=a.valid_size, doc_test=a.doc_test_size)
         manifest = build_catalog_corpus(a.out, min_pairs=a.min_pairs, max_ratio=a.max_ratio, sources=a.sources,
                                         cache_dir=a.package_cache, from_dir=a.from_dir, split=a.split, sizes=sizes,
-                                        workers=a.workers)
+                                        workers=a.workers, pins_policy=a.pins, write_pins=a.update_pins,
+                                        **({"pins_file": a.pins_file} if a.pins_file else {}))
         st = manifest["stats"]
+        for d in manifest["pins"]["deviations"]:
+            print(f"  pinned {d['package']}={d['pinned']}, used {d['used']} (--pins {a.pins})")
+        if a.update_pins and manifest["pins"]["policy"]:
+            print(f"  pins file rewritten with the versions fetched: {manifest['pins']['file']}")
         print(f"{a.out}: {st['languages']} languages, {st['pairs']:,} pairs ({st['languages_ge_1k']} languages "
               f">= 1k, {st['languages_ge_10k']} >= 10k)")
         for name, t in manifest["test_sets"].items():
@@ -224,6 +231,7 @@ def _loss_curve(path: Path):
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.catalogs import MIN_PAIRS
+    from .data.sources.fetch import PIN_POLICIES
 
     p = argparse.ArgumentParser(prog="massive-mt", description="Massively multilingual translation under DeepSpeed ZeRO.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -242,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--from-dir", help="use the .deb/.whl files in this folder instead of downloading")
     b.add_argument("--package-cache", help="download cache with wheels/ and debs/ (default ~/.cache/massive_mt "
                                            "or $MASSIVE_MT_CACHE)")
+    b.add_argument("--pins", choices=PIN_POLICIES, default="prefer",
+                   help="Debian pins the archive no longer serves: take the served version with a warning and a "
+                        "deviation in the manifest (prefer, default), fail (strict), or always take the served "
+                        "version (latest); see docs/corpus.md#reproducibility")
+    b.add_argument("--pins-file", help="package=version lines (default: the package's debian-bookworm.txt)")
+    b.add_argument("--update-pins", action="store_true", help="rewrite the pins file with the versions fetched")
     b.add_argument("--split", choices=["multiway", "hash"], default="multiway",
                    help="with --sources: held-out sets shared by all languages (default) or a hash split")
     b.add_argument("--test-size", type=int, default=2000, help="multi-way test: English strings held out")

@@ -24,7 +24,7 @@ from massive_mt.data.sources.filters import RULES, English, rule_of
 from massive_mt.data.sources.langs import corpus_language, is_pseudo_or_english
 from massive_mt.data.sources.multiway import MultiwaySizes, coverage_summary, select
 from massive_mt.data.sources.records import Skips
-from massive_mt.data.sources.registry import PINS_FILE, Source, debian_pins, resolve
+from massive_mt.data.sources.registry import PINS_FILE, Source, debian_pins, resolve, update_pins
 from massive_mt.errors import DataError
 
 READERS = {"gettext": gettext.read, "keyjson": keyjson.read, "mozilla": mozilla.read, "lohelp": lohelp.read,
@@ -187,6 +187,8 @@ def build_sources_corpus(
     valid_frac: float = 0.02,
     test_frac: float = 0.03,
     pins_file: str | os.PathLike = PINS_FILE,
+    pins_policy: str = "prefer",
+    write_pins: bool = False,
     workers: int = min(2, os.cpu_count() or 1),
     progress: bool = True,
 ) -> dict:
@@ -195,7 +197,9 @@ def build_sources_corpus(
     ``split="multiway"`` holds out the shared English strings chosen by ``multiway.select``
     (``test``, ``valid``, and help paragraphs in the sub-corpus ``out_dir/test_doc``);
     ``"hash"`` splits by a hash of the English as ``catalogs.build_catalog_corpus`` does.
-    Sources are read by ``workers`` processes. Returns the manifest.
+    Sources are read by ``workers`` processes. ``pins_policy`` (``fetch.PIN_POLICIES``) governs
+    Debian pins the archive no longer serves; ``write_pins`` rewrites ``pins_file`` with the
+    versions fetched. Returns the manifest.
     """
     out_dir = Path(out_dir)
     if split not in SPLIT_MODES:
@@ -205,8 +209,10 @@ def build_sources_corpus(
     require_empty_dir(out_dir)
     chosen = resolve(list(sources))
     pins = debian_pins(Path(pins_file)) if any(s.kind == "deb" for s in chosen) else {}
-    fetched = [(s, fetch(s, pins, cache_dir, from_dir)) for s in tqdm(chosen, desc="fetching", unit="source",
-                                                                       disable=not progress)]
+    fetched = [(s, fetch(s, pins, cache_dir, from_dir, pins_policy))
+               for s in tqdm(chosen, desc="fetching", unit="source", disable=not progress)]
+    files = [f for _, fs in fetched for f in fs]
+    deviations = [f.deviation for f in files if f.deviation]
     records, collected = read_sources(fetched, max_ratio, workers, progress)
     read_pairs = sum(len(p) for p in collected.pairs.values())
     splits, held, extra = _assign(collected, split, sizes, valid_frac, test_frac)
@@ -251,6 +257,7 @@ def build_sources_corpus(
             "stats": {**corpus_stats(totals), "pairs_read": read_pairs, "languages_read": len(lang_filters)},
             "test_sets": test_sets,
             "sources": records,
+            "pins": {"file": str(pins_file), "policy": pins_policy if pins else None, "deviations": deviations},
             "builder": {"name": "massive_mt.data.sources", "sources": list(sources), "min_pairs": min_pairs,
                         "max_ratio": max_ratio, "split": split, "multiway": vars(sizes) if split == "multiway" else None,
                         "valid_frac": valid_frac, "test_frac": test_frac,
@@ -260,4 +267,6 @@ def build_sources_corpus(
             "dropped_languages": dropped,
         }
         write_manifest(tmp, manifest)
+    if write_pins and pins:
+        update_pins(Path(pins_file), {f.package: f.version for s, fs in fetched if s.kind == "deb" for f in fs})
     return manifest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from massive_mt.data.catalogs import DEFAULT_WHEELS, MIN_PAIRS
 from massive_mt.errors import DataError
+from massive_mt.io import atomic_write_text
 
 PINS_FILE = Path(__file__).with_name("debian-bookworm.txt")
 
@@ -115,6 +116,17 @@ def debian_pins(path: Path = PINS_FILE) -> dict[str, str]:
             raise DataError(f"{path}:{i}: expected 'package=version', got {line!r}")
         pins[name.strip()] = version.strip()
     return pins
+
+
+def update_pins(path: Path, versions: dict[str, str]) -> None:
+    """Rewrite the pins file ``path`` with ``versions`` ({package: version}): lines of those
+    packages get the new version, comments and the other lines stay, atomically."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        name = line.split("#", 1)[0].partition("=")[0].strip()
+        if name in versions:
+            lines[i] = f"{name}={versions[name]}"
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def debian_packages(source: Source, pins: dict[str, str]) -> list[str]:
