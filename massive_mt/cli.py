@@ -229,6 +229,29 @@ def _loss_curve(path: Path):
     return (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
 
 
+def cmd_language_codes(a) -> int:
+    from .data.corpus import load_corpus
+    from .data.language_codes import coverage
+
+    if not (a.langs or a.corpus):
+        raise MassiveMTError("language-codes: give --corpus DIR or --langs CODE...")
+    corpus = None if a.langs else load_corpus(a.corpus)
+    langs = a.langs or sorted({l for p in corpus.pairs.values() for l in (p.src, p.tgt)} - {corpus.pivot})
+    cov = coverage(langs)
+    if a.list:
+        print("language\tnllb\tm2m100")
+        for lang in langs:
+            print(f"{lang}\t{cov['nllb']['codes'][lang] or '-'}\t{cov['m2m100']['codes'][lang] or '-'}")
+    for family, c in cov.items():
+        print(f"{family}: {len(langs) - len(c['lacking'])} of the {len(langs)} languages have a code; "
+              f"{len(c['shared'])} codes are shared by several languages")
+        if c["lacking"]:
+            print(f"  without a code: {' '.join(c['lacking'])}")
+        for code, ls in c["shared"].items():
+            print(f"  {code}: {' '.join(ls)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.catalogs import MIN_PAIRS
     from .data.sources.fetch import PIN_POLICIES
@@ -273,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=1)
     pr.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
     pr.set_defaults(fn=cmd_prepare)
+
+    lc = sub.add_parser("language-codes", help="the corpus's languages as NLLB-200/FLORES-200 and M2M-100 name them")
+    lc.add_argument("--corpus", help="corpus directory (its manifest's languages)")
+    lc.add_argument("--langs", nargs="+", help="corpus language codes instead of a corpus")
+    lc.add_argument("--list", action="store_true", help="print every language with its codes")
+    lc.set_defaults(fn=cmd_language_codes)
 
     sub.add_parser("train", help="train (one process per rank; see `massive-mt train --help`)")
 
