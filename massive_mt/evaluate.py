@@ -1,8 +1,12 @@
-"""Evaluation: batched beam search with the target-language tag forced, sacrebleu BLEU and chrF per
-task with their signatures, averages per resource bucket, JSON and a markdown table.
+"""Evaluation: batched beam search with the target-language tag forced, sacrebleu BLEU, chrF and
+chrF++ (spBLEU with a FLORES-200 SentencePiece model) per task with their signatures, the
+off-target rate, the teacher-forced test NLL, averages per resource bucket, JSON and a markdown
+table.
 
-Works on any parallel files in the corpus layout ({split}.{src}-{tgt}.{lang}) and any model
+Works on any parallel files in the corpus layout ({split}.{src}-{tgt}.{lang}), on FLORES-200 /
+FLORES+ from a local directory (``--benchmark flores200``, massive_mt/flores.py), and any model
 directory written by the trainer (`save_pretrained` + spm.model + massive_mt.json).
+``--metrics nll`` scores the test NLL alone, without decoding.
 
 Data-parallel over the launcher's ranks (`torchrun --nproc_per_node N -m massive_mt.evaluate ...`
 or `massive-mt evaluate --nproc N`): the sentences of every task are cut into length-sorted,
@@ -31,16 +35,13 @@ from .data.sampler import token_budget_batches
 from .data.tasks import parse_task
 from .errors import ConfigError, DataError, MassiveMTError
 from .io import atomic_write_texts, read_json_object
+from .scoring import bleu_tokenize_for, score, sha256_file  # noqa: F401 (compare uses them from here)
 
-# sacrebleu tokenizers for scripts written without spaces; chrF needs none
-BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "my": "char", "km": "char", "lo": "char"}
+METRICS = ("all", "nll")   # --metrics: decode and score everything, or the test NLL alone
+
 # weight files of a `save_pretrained` directory, in the order transformers looks for them
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
-
-
-def bleu_tokenize_for(lang: str) -> str:
-    return BLEU_TOKENIZE.get(lang.split("_")[0], "13a")
 
 
 @dataclass
@@ -49,13 +50,18 @@ class TaskResult:
     n_sentences: int
     train_sentences: Optional[int]
     bucket: str
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
+    bleu: Optional[float]           # None with --metrics nll (nothing decoded)
+    chrf: Optional[float]
+    bleu_signature: Optional[str]
+    chrf_signature: Optional[str]
     test_set: dict          # what identifies the test set: split, files, their sha256, sentences
     nll: Optional[float] = None     # test NLL: nats per reference token (teacher-forced, tag excluded)
     nll_tokens: Optional[int] = None
+    chrf_pp: Optional[float] = None         # chrF++ (word order 2)
+    chrf_pp_signature: Optional[str] = None
+    spbleu: Optional[float] = None          # with --spm-model
+    spbleu_signature: Optional[str] = None
+    off_target: Optional[float] = None      # share of hypotheses not in the target language; None: not measured
 
     def to_dict(self):
         return dict(self.__dict__)
@@ -71,21 +77,6 @@ def resource_buckets(train_sizes: dict[str, int]) -> dict[str, str]:
     for i, t in enumerate(names):
         out[t] = "high" if i < math.ceil(n / 3) else ("medium" if i < math.ceil(2 * n / 3) else "low")
     return out
-
-
-def score(hyps: list[str], refs: list[str], tgt_lang: str):
-    import sacrebleu
-
-    bleu = sacrebleu.BLEU(tokenize=bleu_tokenize_for(tgt_lang))
-    chrf = sacrebleu.CHRF()
-    b = bleu.corpus_score(hyps, [refs])
-    c = chrf.corpus_score(hyps, [refs])
-    return b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature())
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def test_set_identity(split: str, src_path: Path, ref_path: Path, n_sentences: int) -> dict:
@@ -241,12 +232,14 @@ def check_writable(out_dir: Path) -> None:
     probe.unlink()
 
 
-def _agree(rank: int, world_size: int, fn) -> None:
-    """Run ``fn`` on rank 0; when it raises, every rank raises (no rank is left waiting)."""
+def _agree(rank: int, world_size: int, fn):
+    """Run ``fn`` on rank 0 and return its result there (None on the other ranks); when it raises,
+    every rank raises (no rank is left waiting)."""
     error: Optional[BaseException] = None
+    result = None
     if rank == 0:
         try:
-            fn()
+            result = fn()
         except (MassiveMTError, OSError) as e:
             error = e
     if world_size > 1:
@@ -258,39 +251,40 @@ def _agree(rank: int, world_size: int, fn) -> None:
             raise MassiveMTError(f"rank 0: {box[0]}")
     if error is not None:
         raise error
+    return result
 
 
-def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list[str]] = None,
+def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Optional[list[str]] = None,
              split: str = "test", beam: int = 4, batch_size: int = 64, max_tokens: int = 4096,
              max_sentences: int = 0, max_new_tokens: int = 128, length_penalty: float = 1.0,
              device: Optional[str] = None, out_dir: Optional[str | Path] = None, progress: bool = True,
-             rank: int = 0, world_size: int = 1) -> Optional[dict]:
+             rank: int = 0, world_size: int = 1, flores_dir: Optional[str | Path] = None, metrics: str = "all",
+             spm_model: Optional[str | Path] = None, lid_model: Optional[str | Path] = None) -> Optional[dict]:
     """Translate and score every task; returns the report dict on rank 0 (None on the other ranks) and
     writes results.json, results.md and one hypothesis file per task to ``out_dir``.
 
-    With ``world_size`` > 1 the process group must be initialised (:func:`main` does it); every rank
-    translates its share of the batches, rank 0 gathers, scores and writes.
+    The test set is the corpus's ``split``, or with ``flores_dir`` FLORES-200/FLORES+ (``split``
+    dev or devtest). ``metrics="nll"`` scores the test NLL alone (nothing decoded);
+    ``spm_model`` adds spBLEU, ``lid_model`` (a fastText model) replaces py3langid for the
+    off-target rate. With ``world_size`` > 1 the process group must be initialised (:func:`main`
+    does it); every rank translates its share of the batches, rank 0 gathers, scores and writes.
     """
     from tqdm import tqdm
 
-    from .data.corpus import load_corpus
-
     check_options(beam, batch_size, max_tokens, max_sentences, max_new_tokens)
+    if metrics not in METRICS:
+        raise ConfigError(f"--metrics {metrics!r}: expected one of {', '.join(METRICS)}")
     tr = Translator(model_dir, device=device)
     if tasks is None:
         tasks = tr.meta.get("tasks")
         if not tasks:
             raise ConfigError(f"{model_dir}/massive_mt.json lists no tasks: pass the tasks to evaluate")
-    corpus = load_corpus(corpus_dir)
-    untested = untested_tasks(corpus, tasks, split)         # listed in the report, never silently dropped
-    if len(untested) == len(tasks):
-        raise DataError(f"{corpus_dir}: none of the tasks has {split!r} sentences ({', '.join(tasks)})")
+    rows, files, untested, scored = test_rows(tasks, split, corpus_dir, flores_dir)
+    rows = {task: r[:max_sentences or None] for task, r in rows.items()}
     tasks = [t for t in tasks if t not in untested]
     directions = [parse_task(t) for t in tasks]
-    rows, files = {}, {}
-    for task, (src, tgt) in zip(tasks, directions):       # every file read before any translation
-        files[task] = corpus.task_files(split, src, tgt)    # DataError naming the files when the task has none
-        rows[task] = corpus.read(split, src, tgt)[:max_sentences or None]
+    decode = metrics == "all"
+    scorers = _agree(rank, world_size, lambda: Scorers(spm_model, lid_model)) if decode else None  # rank 0 scores
     if out_dir is not None:
         _agree(rank, world_size, lambda: check_writable(Path(out_dir)))
 
@@ -308,8 +302,8 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     with bar:
         for task, idx, encoded in mine:
             tgt = parse_task(task)[1]
-            done.append((task, idx.tolist(), tr.generate(encoded, tgt, beam, max_new_tokens, length_penalty),
-                         tr.nll(encoded, tgt, [rows[task][i][1] for i in idx])))
+            hyps = tr.generate(encoded, tgt, beam, max_new_tokens, length_penalty) if decode else [""] * len(idx)
+            done.append((task, idx.tolist(), hyps, tr.nll(encoded, tgt, [rows[task][i][1] for i in idx])))
             bar.update(len(idx))
     parts = [done]
     if world_size > 1:
@@ -331,14 +325,17 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     for task, (src, tgt) in zip(tasks, directions):
         hyps, refs = hyps_all[task], [r for _, r in rows[task]]
         assert None not in hyps, f"{task}: a sentence was not translated"
-        bleu, chrf, bsig, csig = score(hyps, refs, tgt)
         nll, n_tok = nll_score(nll_all[task])
-        results.append(TaskResult(task, len(refs), train_sizes.get(task), buckets.get(task, "-"),
-                                  round(bleu, 2), round(chrf, 2), bsig, csig,
-                                  test_set_identity(split, *files[task], len(refs)), round(nll, 4), n_tok))
+        result = TaskResult(task, len(refs), train_sizes.get(task), buckets.get(task, "-"), None, None, None, None,
+                            test_set_identity(scored["split_name"], *files[task], len(refs)), round(nll, 4), n_tok)
+        if scorers is not None:
+            scorers.score(result, hyps, refs, tgt)
+        results.append(result)
     n = sum(len(r) for r in rows.values())
-    report = {"model": str(model_dir), "corpus": str(corpus_dir), "split": split, "beam": beam,
-              "max_sentences": max_sentences, "scored": describe_test_set(corpus, split),
+    report = {"model": str(model_dir), "corpus": str(corpus_dir) if corpus_dir else None, "split": split,
+              "beam": beam, "max_sentences": max_sentences, "metrics": metrics,
+              "scored": {k: v for k, v in scored.items() if k != "split_name"},
+              "off_target_lid": scorers.lid.name if scorers else None,
               "untested": untested, "tasks": [r.to_dict() for r in results],
               "buckets": bucket_averages(results),
               "speed": {"world_size": world_size, "sentences": n, "translate_s": round(seconds, 3),
@@ -346,8 +343,68 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
                         "sentences_per_s": round(n / seconds, 2) if seconds > 0 else None,
                         "batch_size": batch_size, "max_tokens": max_tokens}}
     if out_dir is not None:
-        write_report(report, hyps_all, Path(out_dir), nll_all)
+        write_report(report, hyps_all if decode else {}, Path(out_dir), nll_all)
     return report
+
+
+def test_rows(tasks: list[str], split: str, corpus_dir, flores_dir):
+    """(rows {task: [(source, reference)]}, files {task: (source file, reference file)}, untested
+    {task: reason}, what was scored) from the corpus's ``split`` or from FLORES; every file is read
+    before any translation, and a task that cannot be scored is listed, never silently dropped."""
+    if flores_dir is not None:
+        from .flores import Flores
+
+        rows, files, untested = Flores(Path(flores_dir), split).rows([(t, *parse_task(t)) for t in tasks])
+        if not rows:
+            raise DataError(f"{flores_dir}: none of the tasks can be scored on FLORES {split}: "
+                            + "; ".join(f"{t}: {why}" for t, why in untested.items()))
+        n = len(next(iter(rows.values())))
+        scored = {"benchmark": "flores200", "corpus": str(flores_dir), "split": split, "kind": "flores200",
+                  "description": f"FLORES-200 {split}: {n} sentences, multi-way", "split_name": f"flores200:{split}"}
+        return rows, files, untested, scored
+    if corpus_dir is None:
+        raise ConfigError("evaluate: give --corpus (the corpus's test split) or --benchmark-dir (FLORES)")
+    from .data.corpus import load_corpus
+
+    corpus = load_corpus(corpus_dir)
+    untested = untested_tasks(corpus, tasks, split)
+    if len(untested) == len(tasks):
+        raise DataError(f"{corpus_dir}: none of the tasks has {split!r} sentences ({', '.join(tasks)})")
+    rows, files = {}, {}
+    for task in tasks:
+        if task not in untested:
+            src, tgt = parse_task(task)
+            files[task] = corpus.task_files(split, src, tgt)  # DataError naming the files when the task has none
+            rows[task] = corpus.read(split, src, tgt)
+    return rows, files, untested, {**describe_test_set(corpus, split), "split_name": split}
+
+
+class Scorers:
+    """The decoded metrics of a task: BLEU, chrF, chrF++, spBLEU (with ``spm_model``) and the
+    off-target rate (py3langid, or the fastText ``lid_model``)."""
+
+    def __init__(self, spm_model, lid_model):
+        import tempfile
+
+        from .lid import identifier
+        from .scoring import SpBleu
+
+        self.lid = identifier(lid_model)
+        self._sacrebleu_home = tempfile.TemporaryDirectory(prefix="massive_mt-sacrebleu-") if spm_model else None
+        self.spbleu = SpBleu(spm_model, self._sacrebleu_home.name) if spm_model else None
+
+    def score(self, result: TaskResult, hyps: list[str], refs: list[str], tgt: str) -> None:
+        from .lid import off_target_rate
+        from .scoring import extra_scores
+
+        bleu, chrf, result.bleu_signature, result.chrf_signature = score(hyps, refs, tgt)
+        result.bleu, result.chrf = round(bleu, 2), round(chrf, 2)
+        extra, sigs = extra_scores(hyps, refs, self.spbleu)
+        result.chrf_pp, result.chrf_pp_signature = round(extra["chrf_pp"], 2), sigs["chrf_pp"]
+        if self.spbleu is not None:
+            result.spbleu, result.spbleu_signature = round(extra["spbleu"], 2), sigs["spbleu"]
+        rate = off_target_rate(self.lid, hyps, tgt)
+        result.off_target = None if rate is None else round(rate, 4)
 
 
 def nll_score(per_sentence: list[tuple[float, int]]) -> tuple[float, int]:
@@ -393,33 +450,62 @@ def scored_line(report: dict) -> str:
     return line
 
 
+AVERAGED = (("bleu", 2), ("chrf", 2), ("chrf_pp", 2), ("spbleu", 2), ("nll", 4))
+
+
 def bucket_averages(results: list[TaskResult]) -> dict:
+    """Per resource bucket and overall: the mean of each metric every task has, and the mean
+    off-target rate over the tasks where it was measured (``off_target_tasks`` of them)."""
     out = {}
     for b in ("high", "medium", "low", "all"):
         rs = [r for r in results if b == "all" or r.bucket == b]
-        if rs:
-            out[b] = {"tasks": len(rs), "bleu": round(float(np.mean([r.bleu for r in rs])), 2),
-                      "chrf": round(float(np.mean([r.chrf for r in rs])), 2)}
-            if all(r.nll is not None for r in rs):
-                out[b]["nll"] = round(float(np.mean([r.nll for r in rs])), 4)
+        if not rs:
+            continue
+        out[b] = {"tasks": len(rs)}
+        for name, digits in AVERAGED:
+            if all(getattr(r, name) is not None for r in rs):
+                out[b][name] = round(float(np.mean([getattr(r, name) for r in rs])), digits)
+        measured = [r.off_target for r in rs if r.off_target is not None]
+        if measured:
+            out[b]["off_target"], out[b]["off_target_tasks"] = round(float(np.mean(measured)), 4), len(measured)
     return out
 
 
-def _nll(x) -> str:
-    return "-" if x is None else f"{x:.3f}"
+def _fmt(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x) -> str:
+    return "n/m" if x is None else f"{100 * x:.1f}"
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| task | train pairs | bucket | test sents | BLEU | chrF | NLL |", "|---|---:|---|---:|---:|---:|---:|"]
-    rows = sorted(report["tasks"], key=lambda r: -(r["train_sentences"] or 0))
-    for r in rows:
+    tasks = report["tasks"]
+    cols = [("BLEU", "bleu", 2), ("chrF", "chrf", 2), ("chrF++", "chrf_pp", 2), ("spBLEU", "spbleu", 2),
+            ("NLL", "nll", 3)]
+    cols = [c for c in cols if any(r.get(c[1]) is not None for r in tasks)]
+    off = any(r.get("bleu") is not None for r in tasks)           # decoded: the off-target column
+    head = [c[0] for c in cols] + (["off-target %"] if off else [])
+    lines = ["| task | train pairs | bucket | test sents | " + " | ".join(head) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(head)]
+    for r in sorted(tasks, key=lambda r: -(r["train_sentences"] or 0)):
+        cells = [_fmt(r.get(key), d) for _, key, d in cols] + ([_pct(r.get("off_target"))] if off else [])
         lines.append(f"| {r['task']} | {r['train_sentences'] if r['train_sentences'] is not None else '-'} | "
-                     f"{r['bucket']} | {r['n_sentences']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {_nll(r.get('nll'))} |")
-    lines += ["", "| bucket | tasks | avg BLEU | avg chrF | avg NLL |", "|---|---:|---:|---:|---:|"]
+                     f"{r['bucket']} | {r['n_sentences']} | " + " | ".join(cells) + " |")
+    lines += ["", "| bucket | tasks | " + " | ".join(f"avg {h}" for h in head) + " |",
+              "|---|---:|" + "---:|" * len(head)]
     for b, v in report["buckets"].items():
-        lines.append(f"| {b} | {v['tasks']} | {v['bleu']:.2f} | {v['chrf']:.2f} | {_nll(v.get('nll'))} |")
-    sigs = sorted({r["bleu_signature"] for r in report["tasks"]}) + sorted({r["chrf_signature"] for r in report["tasks"]})
-    lines += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in sigs]
+        cells = [_fmt(v.get(key), d) for _, key, d in cols]
+        if off:
+            cells.append(_pct(v.get("off_target")) + (f" ({v['off_target_tasks']} tasks)" if "off_target" in v else ""))
+        lines.append(f"| {b} | {v['tasks']} | " + " | ".join(cells) + " |")
+    sigs = sorted({r[f"{k}_signature"] for k in ("bleu", "chrf", "chrf_pp", "spbleu") for r in tasks
+                   if r.get(f"{k}_signature")})
+    if sigs:
+        lines += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in sigs]
+    if off:
+        lines += ["", f"off-target: share of hypotheses whose language ({report.get('off_target_lid')}) is not the "
+                      "target; n/m: the identifier does not know the target language (not measured)"]
     if "scored" in report:
         lines += ["", scored_line(report)]
     return "\n".join(lines)
@@ -457,9 +543,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Beam search + sacrebleu BLEU/chrF per task. Data-parallel under a launcher "
         "(torchrun --nproc_per_node N -m massive_mt.evaluate ...) or with --nproc N."))
     p.add_argument("--model", required=True, help="model directory written by training (run/model)")
-    p.add_argument("--corpus", required=True, help="corpus directory in the {split}.{src}-{tgt}.{lang} layout")
+    p.add_argument("--corpus", help="corpus directory in the {split}.{src}-{tgt}.{lang} layout")
     p.add_argument("--tasks", nargs="*", help="tasks such as en-fr en-pt_BR (default: the model's training tasks)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", help="the corpus's split (default test), or FLORES's dev|devtest (default devtest)")
+    p.add_argument("--benchmark", choices=["flores200"], help="score on a benchmark instead of the corpus")
+    p.add_argument("--benchmark-dir", help="FLORES-200 release (dev/eng_Latn.dev) or FLORES+ text files "
+                                           "(dev/dev.eng_Latn); see docs/evaluation.md#flores-200")
+    p.add_argument("--metrics", choices=METRICS, default="all",
+                   help="all: decode and score BLEU/chrF/chrF++/off-target/NLL; nll: the test NLL alone, no decoding")
+    p.add_argument("--spm-model", help="the FLORES-200 SentencePiece model (a local file) for spBLEU")
+    p.add_argument("--lid-model", help="a local fastText language-ID model (GlotLID, OpenLID) for the off-target "
+                                       "rate instead of py3langid")
     p.add_argument("--beam", type=_count(1), default=4)
     p.add_argument("--batch-size", type=_count(1), default=64, help="most sentences per batch")
     p.add_argument("--max-tokens", type=_count(1), default=4096,
@@ -513,7 +607,8 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     report = evaluate(a.model, a.corpus, tasks=a.tasks, split=a.split, beam=a.beam, batch_size=a.batch_size,
                       max_tokens=a.max_tokens, max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens,
                       device=device, out_dir=a.out, progress=not a.no_progress,
-                      rank=rank, world_size=world)
+                      rank=rank, world_size=world, flores_dir=a.benchmark_dir, metrics=a.metrics,
+                      spm_model=a.spm_model, lid_model=a.lid_model)
     if report is not None:
         print(markdown_table(report))
         s = report["speed"]
@@ -528,7 +623,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .cli import run_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = build_parser().parse_intermixed_args(argv)
+    parser = build_parser()
+    a = parser.parse_intermixed_args(argv)
+    if (a.benchmark is None) != (a.benchmark_dir is None):
+        parser.error("--benchmark flores200 and --benchmark-dir DIR go together")
+    if a.benchmark is None and a.corpus is None:
+        parser.error("--corpus DIR is required (or --benchmark flores200 --benchmark-dir DIR)")
+    if a.split is None:
+        a.split = "devtest" if a.benchmark else "test"
     if a.out is None:
         a.out = str(Path(a.model).parent / "eval")
     return run_command("evaluate", a.out, run, a, argv)

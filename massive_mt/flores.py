@@ -9,7 +9,7 @@ Two layouts are read, each one sentence per line, line i of every language the s
   looked for).
 
 Languages are found through the NLLB/FLORES-200 code map (``data.language_codes``).
-Nothing is downloaded.
+Nothing is downloaded (docs/evaluation.md#flores-200 says where to get the data).
 """
 
 from __future__ import annotations

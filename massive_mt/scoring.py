@@ -73,15 +73,26 @@ class SpBleu:
         return f"{self.metric.get_signature()}|spm-sha256:{self.sha256}"
 
 
-def score(hyps: list[str], refs: list[str], tgt_lang: str, spbleu: SpBleu | None = None) -> tuple[dict, dict]:
-    """({metric: score}, {metric: sacrebleu signature}) of one task: bleu, chrf, chrf++ and,
-    with ``spbleu``, spbleu."""
+def score(hyps: list[str], refs: list[str], tgt_lang: str) -> tuple[float, float, str, str]:
+    """(BLEU, chrF, BLEU signature, chrF signature) of one task."""
     import sacrebleu
 
-    metrics = {"bleu": sacrebleu.BLEU(tokenize=bleu_tokenize_for(tgt_lang)), "chrf": sacrebleu.CHRF(),
-               "chrf++": sacrebleu.CHRF(word_order=2)}
-    scores = {name: m.corpus_score(hyps, [refs]).score for name, m in metrics.items()}
-    signatures = {name: str(m.get_signature()) for name, m in metrics.items()}
+    bleu = sacrebleu.BLEU(tokenize=bleu_tokenize_for(tgt_lang))
+    chrf = sacrebleu.CHRF()
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return b.score, c.score, str(bleu.get_signature()), str(chrf.get_signature())
+
+
+def extra_scores(hyps: list[str], refs: list[str], spbleu: SpBleu | None = None) -> tuple[dict, dict]:
+    """({metric: score}, {metric: signature}) beside BLEU and chrF: chrf_pp (chrF++) and, with
+    ``spbleu``, spbleu."""
+    import sacrebleu
+
+    chrf_pp = sacrebleu.CHRF(word_order=2)
+    scores = {"chrf_pp": chrf_pp.corpus_score(hyps, [refs]).score}
+    signatures = {"chrf_pp": str(chrf_pp.get_signature())}
     if spbleu is not None:
-        scores["spbleu"], signatures["spbleu"] = spbleu(hyps, refs), spbleu.signature
+        scores["spbleu"] = spbleu(hyps, refs)
+        signatures["spbleu"] = spbleu.signature
     return scores, signatures
