@@ -507,14 +507,7 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
     metrics = METRICS + (() if nll_left_out else (NLL,))
     per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in metrics} for t in tasks}
                 for label, rs in groups.items()}
-    out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples,
-           "interval": "Student t over seeds (mean); Welch t (difference to the baseline per language)",
-           "verdict": "linear mixed model per metric, run (configuration x seed) as a random effect, "
-                      "t with df = runs - configurations, Holm across the contrasts",
-           "test": "paired sentence-level test (trained models held fixed): sacrebleu paired approximate "
-                   "randomisation on the seeds' concatenated hypotheses"
-                   + ("; NLL: paired approximate randomisation of the per-sentence NLL" if NLL in metrics else "")
-                   + "; win/tie/loss at its Holm-corrected p over the languages",
+    out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples, **_methods(metrics),
            "metrics": list(metrics), **({"nll_left_out": nll_left_out} if nll_left_out else {}),
            "split": first.report["split"], "beam": first.report["beam"],
            "max_sentences": first.report.get("max_sentences", 0),
@@ -543,6 +536,17 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
             row["configs"][label] = c
         out["tasks"][t] = row
     return seed_statistics(out)
+
+
+def _methods(metrics) -> dict:
+    """What compare.json's numbers are, in words."""
+    return {"interval": "Student t over seeds (mean); Welch t (difference to the baseline per language)",
+            "verdict": "linear mixed model per metric, run (configuration x seed) as a random effect, t with "
+                       "df = runs - configurations, Holm over the configurations per bucket",
+            "test": "paired sentence-level test (trained models held fixed): sacrebleu paired approximate "
+                    "randomisation on the seeds' concatenated hypotheses"
+                    + ("; NLL: paired approximate randomisation of the per-sentence NLL" if NLL in metrics else "")
+                    + "; win/tie/loss at its Holm-corrected p over the languages"}
 
 
 def seed_statistics(out: dict) -> dict:
@@ -807,7 +811,7 @@ def recompute(json_path, out_dir) -> dict:
     for key in ("baseline", "metrics", "configs", "tasks", "level"):
         if key not in res:
             raise CompareError(f"{path}: no '{key}' (not a compare.json)")
-    res = seed_statistics(res)
+    res = seed_statistics({**res, **_methods(res["metrics"])})
     write_outputs(res, Path(out_dir))
     print(summary(res), flush=True)
     return res
