@@ -404,6 +404,13 @@ def seed_model(scores: dict, buckets: dict, base: str, level: float = LEVEL) -> 
         out.update(run_variance=0.0, residual_variance=0.0, converged=True,
                    note="every score is the same: every difference is 0")
         beta, cov = np.zeros(X.shape[1]), np.zeros((X.shape[1], X.shape[1]))
+    elif len(tasks) == 1:              # one score per run: the run effect is the residual, OLS is the model
+        import statsmodels.api as sm
+
+        fit = sm.OLS((y - y.mean()) / scale, X).fit()
+        beta, cov = np.asarray(fit.params) * scale, np.asarray(fit.cov_params()) * scale ** 2
+        out.update(run_variance=float(fit.scale) * scale ** 2, residual_variance=0.0, converged=True,
+                   note="one language: ordinary least squares on the runs' scores (df = runs - configurations)")
     else:
         z = (y - y.mean()) / scale
         with warnings.catch_warnings(record=True) as caught:

@@ -236,6 +236,10 @@ def test_seed_model_is_the_pooled_two_sample_t_on_run_means():
     assert fit["df"] == df and fit["runs"] == 12 and fit["observations"] == 3 * 4 * 9
     assert fit["contrasts"]["up"]["all"]["p_holm"] < 0.05 < fit["contrasts"]["same"]["all"]["p_holm"]
     assert fit["run_variance"] > 0.3                          # the seed effect (variance 1) is found
+    # one language: one score per run, the model is scipy's two-sample t-test
+    one = seed_model({c: {"l0": scores[c]["l0"]} for c in ("base", "up")}, {"l0": "high"}, "base")
+    t = stats.ttest_ind(scores["up"]["l0"], scores["base"]["l0"])
+    assert (one["contrasts"]["up"]["all"]["t"], one["contrasts"]["up"]["all"]["p"]) == pytest.approx((t.statistic, t.pvalue))
 
 
 def test_seed_model_type_one_error_is_nominal():
