@@ -244,20 +244,23 @@ def test_seed_model_is_the_pooled_two_sample_t_on_run_means():
 
 def test_seed_model_type_one_error_is_nominal():
     """200 simulated null studies (2 configurations x 3 seeds x 9 languages, seed effect as large as
-    the noise): the overall contrast rejects at p < 0.05 in 5 % of them within a 99.9 % binomial
-    band; the same statistic referred to the normal distribution (MixedLM's own z-intervals, or
+    the noise): the overall contrast and a bucket's reject at p < 0.05 in 5 % of them within a
+    99.9 % binomial band; the same statistic referred to the normal distribution (MixedLM's own z-intervals, or
     degrees of freedom counted in observations) rejects more often."""
     from scipy import stats
 
     rng = np.random.default_rng(11)
     null = {c: {"high": 0.0, "medium": 0.0, "low": 0.0} for c in ("base", "sys")}
-    reject = reject_normal = 0
+    reject = reject_normal = reject_bucket = 0
     for _ in range(200):
-        e = seed_model(simulate(rng, null), BUCKETS9, "base")["contrasts"]["sys"]["all"]
+        fit = seed_model(simulate(rng, null), BUCKETS9, "base")["contrasts"]["sys"]
+        e = fit["all"]
         reject += e["p"] < 0.05
         reject_normal += 2 * stats.norm.sf(abs(e["t"])) < 0.05
+        reject_bucket += fit["low"]["p"] < 0.05
     lo, hi = stats.binom.interval(0.999, 200, 0.05)
     assert lo <= reject <= hi, reject
+    assert lo <= reject_bucket <= hi, reject_bucket          # a bucket's contrast too
     # P(|t_4| > 1.96) = 0.12: about 24 of 200
     assert reject_normal >= reject + 5, (reject, reject_normal)
 
