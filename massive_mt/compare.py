@@ -806,7 +806,8 @@ def run_compare(run_dirs: list, out_dir, baseline: Optional[str] = None, samples
     runs = [load_run(r, eval_dir, corpus) for r in run_dirs]
     res = compare(runs, baseline, samples)
     write_outputs(res, Path(out_dir))
-    print(summary(res), flush=True)
+    if res["seed_model"] and any(f["contrasts"] for f in res["seed_model"].values()):
+        print(summary(res), flush=True)
     return res
 
 
