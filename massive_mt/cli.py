@@ -131,7 +131,8 @@ def cmd_relatedness(a) -> int:
     from .relatedness import run_relatedness
 
     out = run_relatedness(Path(a.run), Path(a.out or Path(a.run) / "relatedness"), spans=a.spans,
-                          permutations=a.permutations, group=a.group, tasks=a.tasks)
+                          permutations=a.permutations, group=a.group, tasks=a.tasks,
+                          alternative="two-sided" if a.two_sided else "less")
     print(f"{out}: relatedness.md, relatedness.json, relatedness_{a.group}.png")
     return 0
 
@@ -370,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--permutations", type=int, default=999, help="Mantel permutations")
     r.add_argument("--group", default="model", help="parameter group drawn in the figure ('model' or a logged group)")
     r.add_argument("--tasks", nargs="*", help="subset of tasks (one per language)")
+    r.add_argument("--two-sided", action="store_true",
+                   help="two-sided Mantel p-values (default: one-sided, similarity falls as distance grows)")
     r.add_argument("--out", help="directory (default RUN/relatedness)")
     r.set_defaults(fn=cmd_relatedness)
     return p

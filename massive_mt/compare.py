@@ -1,7 +1,10 @@
 """Multi-seed comparison of evaluated runs: mean BLEU/chrF (and test NLL, when every run recorded
-it) over seeds with 95 % t-intervals, the difference to a baseline configuration with its Welch
-interval, per-language paired significance (paired approximate randomisation: sacrebleu's for BLEU
-and chrF, `paired_nll_test` for NLL) and win/tie/loss counts per resource bucket.
+it) over seeds with 95 % t-intervals, the difference to a baseline configuration per resource
+bucket from a linear mixed model with the run (configuration x seed) as a random effect (the
+primary verdict, Holm-corrected across the contrasts), the seeds a contrast would need for 80 %
+power, and per language the Welch interval over seeds and a paired sentence-level test (paired
+approximate randomisation: sacrebleu's for BLEU and chrF, `paired_nll_test` for NLL) with
+win/tie/loss counts from its Holm-corrected p-values.
 
 A run is a training output_dir (config.yaml, model/massive_mt.json) evaluated by `massive-mt
 evaluate` (eval/results.json and one hypothesis file per task). Runs are grouped into
@@ -18,16 +21,21 @@ results.json recorded: a reference or hypothesis file that changed since the eva
 Statistics (docs/comparing.md):
 - seed interval: mean over the n seeds +- t(0.975, n-1) * s / sqrt(n), s the sample standard
   deviation of the per-seed corpus scores (Student t-interval; seeds are the sampling unit);
-- difference to the baseline: mean(system) - mean(baseline) with a Welch t-interval (unequal
-  variances, Welch-Satterthwaite degrees of freedom): the seeds of two configurations are
+- difference to the baseline per language: mean(system) - mean(baseline) with a Welch t-interval
+  (unequal variances, Welch-Satterthwaite degrees of freedom): the seeds of two configurations are
   independent draws, a seed number shared by both does not pair them;
-- paired test per language: see `paired_test`.
+- seed-level verdict: see `seed_model`; power: see `seeds_for_power`;
+- paired test per language: see `paired_test` (it holds the trained models fixed).
+
+`python -m massive_mt.compare --from-json OLD/compare.json --out DIR` recomputes everything but the
+paired tests (kept from the file) from the per-seed scores a compare.json records.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -265,12 +273,13 @@ def paired_test(base: list[Run], system: list[Run], task: str, samples: int) -> 
 
     The k-th seed of each configuration translates the same test sentences; the seeds' outputs are
     concatenated (references repeated once per seed) and line i of the system is paired with line
-    i of the baseline. Under the null hypothesis that the two configurations are interchangeable,
-    swapping any paired line is as likely as not, which is what approximate randomisation
-    samples; the concatenation makes the seed variation part of the test, so a difference that
-    one lucky seed produces is not called significant the way a single-seed test would, and one
-    p-value per language comes out (rather than per-seed p-values to combine). The statistic is
-    the absolute difference of corpus BLEU (chrF) of the pooled outputs: two-sided.
+    i of the baseline. Under the null hypothesis that the two sets of outputs are interchangeable,
+    swapping any paired line is as likely as not, which is what approximate randomisation samples.
+    The trained models are held fixed: the test asks whether these 2 x n models' outputs differ
+    beyond what resampling the test sentences would give, not whether another draw of seeds would
+    differ. Seed variation is not part of it (one lucky seed can make a language "significant");
+    the seed-level question is `seed_model`'s. The statistic is the absolute difference of corpus
+    BLEU (chrF) of the pooled outputs: two-sided.
 
     sacrebleu (2.x, as MultEval) counts the trials whose difference is strictly above the observed
     one, so outputs identical line for line (every trial ties at 0) would get p = 1/(trials+1);
@@ -331,6 +340,165 @@ def verdict(delta: float, p: float, metric: str = "bleu") -> str:
     return "win" if p < ALPHA and better > 0 else ("loss" if p < ALPHA and better < 0 else "tie")
 
 
+def holm(p) -> list[float]:
+    """Holm's step-down adjusted p-values: the i-th smallest of m gets max_{j<=i} (m - j + 1) p_(j),
+    capped at 1; reading each at p_holm < ALPHA holds the family-wise error rate at ALPHA. (What
+    statsmodels' multipletests(method='holm') returns, without its gc.collect() per call.)"""
+    p = np.asarray(list(p), dtype=float)
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(adj)
+    out[order] = adj
+    return [float(x) for x in out]
+
+
+def seed_model(scores: dict, buckets: dict, base: str, level: float = LEVEL) -> dict:
+    """The seed-level test of one metric: a linear mixed model of the per-language scores,
+
+        y[c, k, l] = a[l] + b[c, bucket(l)] + u[c, k] + e[c, k, l],   u ~ N(0, s2_run), e ~ N(0, s2_res)
+
+    with the language (a) and configuration x bucket (b, 0 for the baseline) as fixed effects and
+    the run (configuration c x seed k) as a random intercept, fitted by REML (statsmodels MixedLM).
+    ``scores``: {config: {task: [score per seed]}}; ``buckets``: {task: bucket}.
+
+    Contrasts: b[c, B] (config c minus the baseline in bucket B) and, over all languages,
+    sum_B n_B / n * b[c, B]. The runs are the replicates of a configuration, so the t-statistics
+    are referred to t with df = runs - configurations (the between-run degrees of freedom, the
+    containment rule; MixedLM's own intervals are normal and its t_test would count the
+    observations). For a balanced design the "all" contrast is exactly the pooled two-sample t on
+    the runs' mean scores. Holm's correction (`p_holm`, which the verdict reads) runs over the
+    configurations' contrasts to the baseline in one bucket (or "all"): one family per question
+    "which configurations differ from the baseline here"; `p_holm_all` corrects over every contrast
+    of the metric at once (configurations x buckets and "all"), stricter, since the bucket contrasts
+    of one configuration are nearly the same whole-model shift. The scores are standardised for the
+    fit and the estimates scaled back."""
+    from scipy import stats
+    from statsmodels.regression.mixed_linear_model import MixedLM
+
+    labels = [base] + [c for c in scores if c != base]
+    tasks = list(next(iter(scores.values())))
+    names = [b for b in BUCKETS if b != "all" and any(buckets[t] == b for t in tasks)]
+    names += sorted({buckets[t] for t in tasks} - set(names))
+    n_seeds = len(scores[base][tasks[0]])
+    others = labels[1:]
+    cols = [(c, b) for c in others for b in names]
+    y, X, groups = [], [], []
+    for ci, c in enumerate(labels):
+        for k in range(n_seeds):
+            for ti, t in enumerate(tasks):
+                row = np.zeros(len(tasks) + len(cols))
+                row[ti] = 1.0
+                if c != base:
+                    row[len(tasks) + cols.index((c, buckets[t]))] = 1.0
+                X.append(row)
+                y.append(scores[c][t][k])
+                groups.append(ci * n_seeds + k)
+    y, X = np.asarray(y, dtype=float), np.asarray(X)
+    runs, df = len(labels) * n_seeds, len(labels) * (n_seeds - 1)
+    out = {"model": "score ~ language + configuration:bucket + (1 | run), REML (statsmodels MixedLM)",
+           "df": df, "df_rule": "runs - configurations", "runs": runs, "observations": len(y), "level": level}
+    if not others:
+        return {**out, "contrasts": {}}
+    scale = float(y.std())
+    if scale == 0.0:                                      # every score equal: nothing differs
+        out.update(run_variance=0.0, residual_variance=0.0, converged=True,
+                   note="every score is the same: every difference is 0")
+        beta, cov = np.zeros(X.shape[1]), np.zeros((X.shape[1], X.shape[1]))
+    elif len(tasks) == 1:              # one score per run: the run effect is the residual, OLS is the model
+        import statsmodels.api as sm
+
+        fit = sm.OLS((y - y.mean()) / scale, X).fit()
+        beta, cov = np.asarray(fit.params) * scale, np.asarray(fit.cov_params()) * scale ** 2
+        out.update(run_variance=float(fit.scale) * scale ** 2, residual_variance=0.0, converged=True,
+                   note="one language: ordinary least squares on the runs' scores (df = runs - configurations)")
+    else:
+        z = (y - y.mean()) / scale
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = _fit_mixed(MixedLM(z, X, groups=np.asarray(groups)))
+        k = X.shape[1]
+        beta = np.asarray(fit.fe_params) * scale
+        cov = np.asarray(fit.cov_params())[:k, :k] * scale ** 2
+        out.update(run_variance=float(np.asarray(fit.cov_re).item()) * scale ** 2,
+                   residual_variance=float(fit.scale) * scale ** 2, converged=bool(fit.converged))
+        msgs = sorted({str(w.message).splitlines()[0] for w in caught})
+        if msgs:
+            out["warnings"] = msgs
+    q = stats.t.ppf((1 + level) / 2, df)
+    contrasts, flat = {}, []
+    n_in = {b: sum(buckets[t] == b for t in tasks) for b in names}
+    for c in others:
+        contrasts[c] = {}
+        for b in names + ["all"]:
+            L = np.zeros(X.shape[1])
+            for bb in (names if b == "all" else [b]):
+                L[len(tasks) + cols.index((c, bb))] = n_in[bb] / len(tasks) if b == "all" else 1.0
+            est, se = float(L @ beta), float(np.sqrt(max(L @ cov @ L, 0.0)))
+            tval = est / se if se > 0 else (0.0 if est == 0 else math.copysign(math.inf, est))
+            p = float(2 * stats.t.sf(abs(tval), df)) if se > 0 else (1.0 if est == 0 else 0.0)
+            contrasts[c][b] = {"mean": est, "low": float(est - q * se), "high": float(est + q * se), "se": se,
+                               "t": float(tval), "p": p}
+            flat.append(contrasts[c][b])
+    for b in names + ["all"]:                           # the family of a question: every configuration in b
+        family = [contrasts[c][b] for c in others]
+        for entry, ph in zip(family, holm([e["p"] for e in family])):
+            entry["p_holm"] = ph
+    for entry, ph in zip(flat, holm([e["p"] for e in flat])):
+        entry["p_holm_all"] = ph
+    out["contrasts"] = contrasts
+    return out
+
+
+def _fit_mixed(model):
+    """REML fit, by the first optimiser that converges (L-BFGS can step onto a singular X'V^-1X)."""
+    from numpy.linalg import LinAlgError
+
+    fit, errors = None, []
+    for method in ("bfgs", "lbfgs", "powell", "nm"):
+        try:
+            fit = model.fit(reml=True, method=method)
+        except (LinAlgError, ValueError) as e:
+            errors.append(f"{method}: {e}")
+            continue
+        if fit.converged:
+            return fit
+    if fit is None:
+        raise CompareError(f"the seed-level mixed model could not be fitted ({'; '.join(errors)})")
+    return fit
+
+
+def seeds_for_power(system, baseline, power: float = 0.8, alpha: float = ALPHA) -> dict:
+    """How many seeds per configuration a two-sided two-sample t-test at ``alpha`` (equal seeds,
+    pooled SD of the two configurations' per-seed scores) needs to detect the observed difference
+    with probability ``power``, and its power at the seeds there are (statsmodels TTestIndPower).
+    The observed difference and SD stand for the true ones: a rough planning figure."""
+    from statsmodels.stats.power import TTestIndPower
+
+    x, y = np.asarray(system, dtype=float), np.asarray(baseline, dtype=float)
+    sd = float(math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2))
+    diff = float(x.mean() - y.mean())
+    out = {"diff": diff, "sd_pooled": sd, "seeds": len(x), "power_target": power}
+    if sd == 0.0 or diff == 0.0:
+        return {**out, "effect_size": None, "power_now": None, "seeds_needed": None,
+                "note": "no seed variance" if sd == 0.0 else "no difference"}
+    d = abs(diff) / sd
+    analysis = TTestIndPower()
+
+    def power_at(n):        # scipy's noncentral t gives nan far in its tail: there the power is 1
+        p = float(analysis.power(effect_size=d, nobs1=n, alpha=alpha, ratio=1.0))
+        return p if math.isfinite(p) or d < 5 else 1.0
+
+    now, needed = power_at(len(x)), None
+    if power_at(2) >= power:
+        needed = 2
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # solve_power warns and returns nan where it fails
+            n = float(analysis.solve_power(effect_size=d, power=power, alpha=alpha, ratio=1.0, nobs1=None))
+        needed = math.ceil(n) if math.isfinite(n) else None
+    return {**out, "effect_size": d, "power_now": now, "seeds_needed": needed}
+
+
 def _interval(t) -> dict:
     return {"mean": t[0], "low": t[1], "high": t[2]}
 
@@ -346,10 +514,7 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
     metrics = METRICS + (() if nll_left_out else (NLL,))
     per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in metrics} for t in tasks}
                 for label, rs in groups.items()}
-    out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples,
-           "interval": "Student t over seeds (mean); Welch t (difference to the baseline)",
-           "test": "sacrebleu paired approximate randomisation on the seeds' concatenated hypotheses"
-                   + ("; NLL: paired approximate randomisation of the per-sentence NLL" if NLL in metrics else ""),
+    out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples, **_methods(metrics),
            "metrics": list(metrics), **({"nll_left_out": nll_left_out} if nll_left_out else {}),
            "split": first.report["split"], "beam": first.report["beam"],
            "max_sentences": first.report.get("max_sentences", 0),
@@ -369,33 +534,68 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
                 if NLL in metrics:
                     test[NLL] = paired_nll_test(groups[base_label], rs, t, samples)
                 for m in metrics:
-                    d = welch_interval(per_seed[label][t][m], base[t][m])
-                    c[m]["diff"] = _interval(d)
+                    c[m]["diff"] = _interval(welch_interval(per_seed[label][t][m], base[t][m]))
                     c[m]["p"] = test[m]["p"]
                     for k in ("pooled", "pooled_baseline", "differing_lines"):
                         c[m][k] = test[m][k]
-                    c[m]["verdict"] = verdict(test[m]["pooled"] - test[m]["pooled_baseline"], test[m]["p"], m)
                 if "test_signatures" in test:
                     out.setdefault("test_signatures", test["test_signatures"])
             row["configs"][label] = c
         out["tasks"][t] = row
-    n_seeds = len(groups[base_label])
+    return seed_statistics(out)
+
+
+def _methods(metrics) -> dict:
+    """What compare.json's numbers are, in words."""
+    return {"interval": "Student t over seeds (mean); Welch t (difference to the baseline per language)",
+            "verdict": "linear mixed model per metric, run (configuration x seed) as a random effect, t with "
+                       "df = runs - configurations, Holm over the configurations per bucket",
+            "test": "paired sentence-level test (trained models held fixed): sacrebleu paired approximate "
+                    "randomisation on the seeds' concatenated hypotheses"
+                    + ("; NLL: paired approximate randomisation of the per-sentence NLL" if NLL in metrics else "")
+                    + "; win/tie/loss at its Holm-corrected p over the languages"}
+
+
+def seed_statistics(out: dict) -> dict:
+    """Everything `compare` derives from the per-seed scores and the paired tests' p-values recorded
+    in ``out`` (a compare.json): the Holm-corrected paired verdicts and win/tie/loss, the buckets'
+    per-seed averages with their intervals, the power figures and the seed-level mixed model."""
+    base_label, metrics, tasks = out["baseline"], out["metrics"], list(out["tasks"])
+    labels = list(out["configs"])
+    for label in [x for x in labels if x != base_label]:
+        for m in metrics:
+            cells = [out["tasks"][t]["configs"][label][m] for t in tasks]
+            for c, ph in zip(cells, holm([c["p"] for c in cells])):
+                c["p_holm"] = ph
+                c["verdict"] = verdict(c["pooled"] - c["pooled_baseline"], ph, m)
+    n_seeds = len(out["configs"][base_label]["seeds"])
+    out["buckets"] = {}
     for b in BUCKETS:
         members = [t for t in tasks if b == "all" or out["tasks"][t]["bucket"] == b]
         if not members:
             continue
-        avg = {label: {m: [float(np.mean([per_seed[label][t][m][k] for t in members])) for k in range(n_seeds)]
-                       for m in metrics} for label in groups}
+        avg = {label: {m: [float(np.mean([out["tasks"][t]["configs"][label][m]["per_seed"][k] for t in members]))
+                           for k in range(n_seeds)] for m in metrics} for label in labels}
         entry = {"tasks": members, "configs": {}}
-        for label in groups:
+        for label in labels:
             c = {m: {**_interval(t_interval(avg[label][m])), "per_seed": avg[label][m]} for m in metrics}
             if label != base_label:
                 for m in metrics:
                     c[m]["diff"] = _interval(welch_interval(avg[label][m], avg[base_label][m]))
+                    c[m]["power"] = seeds_for_power(avg[label][m], avg[base_label][m])
                     v = [out["tasks"][t]["configs"][label][m]["verdict"] for t in members]
                     c[m]["win_tie_loss"] = [v.count("win"), v.count("tie"), v.count("loss")]
             entry["configs"][label] = c
         out["buckets"][b] = entry
+    buckets = {t: out["tasks"][t]["bucket"] for t in tasks}
+    out["seed_model"] = {}
+    for m in metrics:
+        fit = seed_model({label: {t: out["tasks"][t]["configs"][label][m]["per_seed"] for t in tasks}
+                          for label in labels}, buckets, base_label, out["level"])
+        for c in fit["contrasts"].values():
+            for e in c.values():
+                e["verdict"] = verdict(e["mean"], e["p_holm"], m)
+        out["seed_model"][m] = fit
     return out
 
 
@@ -435,8 +635,8 @@ def _fmt(c: dict, metric: str = "bleu") -> str:
     return f"{c['mean']:.{d}f} [{c['low']:.{d}f}, {c['high']:.{d}f}]"
 
 
-def _p(p: float) -> str:
-    return f"{p:.4f}" + (" *" if p < ALPHA else "")
+def _p(p: float, alpha: float = ALPHA) -> str:
+    return f"{p:.4f}" + (" *" if p < alpha else "")
 
 
 def lang_label(task: str) -> str:
@@ -444,32 +644,95 @@ def lang_label(task: str) -> str:
     return tgt if src == "en" else (src if tgt == "en" else task)
 
 
+def _verdict_rows(res: dict, metric: str) -> list[list[str]]:
+    """Per contrast (configuration x bucket): the mixed model's difference, interval, p, Holm p,
+    verdict, and the power figures, as table cells."""
+    fit = res["seed_model"][metric]
+    d = 3 if metric == NLL else 2
+    rows = []
+    for label, by_bucket in fit["contrasts"].items():
+        for b, e in by_bucket.items():
+            pw = res["buckets"][b]["configs"][label][metric]["power"]
+            rows.append([label, b, f"{e['mean']:+.{d}f} [{e['low']:+.{d}f}, {e['high']:+.{d}f}]", f"{e['p']:.4f}",
+                         _p(e["p_holm"], res["alpha"]), f"{e['p_holm_all']:.4f}", e["verdict"],
+                         "-" if pw["power_now"] is None else f"{pw['power_now']:.2f}",
+                         "-" if pw["seeds_needed"] is None else str(pw["seeds_needed"])])
+    return rows
+
+
+VERDICT_HEAD = ["configuration", "bucket", "Δ", "p", "p Holm", "p Holm (all)", "verdict", "power", "seeds for 80 %"]
+
+
+def summary(res: dict) -> str:
+    """The seed-level verdicts as printed by `massive-mt compare`."""
+    L = []
+    for m in res["metrics"]:
+        fit = res["seed_model"][m]
+        if not fit["contrasts"]:
+            continue
+        L.append(f"{NAMES[m]} vs {res['baseline']}: mixed model, run as random effect, t({fit['df']}) "
+                 f"({fit['df_rule']}); Holm over the configurations per bucket; power of a two-sample t at "
+                 f"{len(res['configs'][res['baseline']]['seeds'])} seeds and the seeds per configuration for 80 %"
+                 + (" (lower is better)" if m == NLL else ""))
+        rows = [VERDICT_HEAD] + _verdict_rows(res, m)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(VERDICT_HEAD))]
+        L += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(L)
+
+
 def markdown(res: dict) -> str:
     base = res["baseline"]
     metrics = res.get("metrics", METRICS)
+    n = len(res["configs"][base]["seeds"])
     L = [f"# Comparison against `{base}`", "",
-         f"Test split `{res['split']}`, beam {res['beam']}, max_sentences {res['max_sentences'] or 'all'}. "
-         f"Means over seeds with {int(res['level'] * 100)} % Student t-intervals; differences with Welch "
-         f"t-intervals; p: sacrebleu paired approximate randomisation ({res['ar_samples']} trials) on the seeds' "
-         f"concatenated hypotheses, two-sided; * and win/loss at p < {res['alpha']}.", "",
+         f"Test split `{res['split']}`, beam {res['beam']}, max_sentences {res['max_sentences'] or 'all'}, "
+         f"{n} seeds per configuration.", "",
          "| configuration | seeds | runs |", "|---|---|---|"]
     for label, c in res["configs"].items():
         L.append(f"| {label}{' (baseline)' if label == base else ''} | {', '.join(c['seeds'])} | "
                  f"{'<br>'.join(c['runs'])} |")
+    fits = {m: res["seed_model"][m] for m in metrics if res["seed_model"][m]["contrasts"]}
+    if fits:
+        df = next(iter(fits.values()))["df"]
+        L += ["", "## Seed-level verdict", "",
+              f"Linear mixed model per metric: score ~ language + configuration × bucket + (1 | run), the run "
+              f"(configuration × seed) a random effect, REML (statsmodels MixedLM); Δ with its "
+              f"{int(res['level'] * 100)} % interval and p from t with {df} degrees of freedom (runs − "
+              f"configurations). p Holm: Holm over the configurations within the bucket (the verdict, at "
+              f"p Holm < {res['alpha']}, * marks it); p Holm (all): over every contrast of the metric. power: of a "
+              f"two-sided two-sample t-test (α {res['alpha']}, pooled SD of the per-seed bucket means) at {n} "
+              f"seeds for the observed Δ; seeds for 80 %: seeds per configuration it needs for power 0.8."]
+        for m, fit in fits.items():
+            L += ["", f"### {NAMES[m]}" + (" (lower is better)" if m == NLL else ""), "",
+                  f"Run variance {fit['run_variance']:.4g}, residual variance {fit['residual_variance']:.4g}"
+                  + ("" if fit.get("converged", True) else " (the fit did not converge)")
+                  + (f"; {'; '.join(fit['warnings'])}" if fit.get("warnings") else "") + ".", "",
+                  "| " + " | ".join(VERDICT_HEAD) + " |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
+            L += ["| " + " | ".join(r) + " |" for r in _verdict_rows(res, m)]
     for label in res["configs"]:
         if label == base:
             continue
-        head = "".join(f" {NAMES[m]} baseline | {NAMES[m]} | Δ {NAMES[m]} | p |" for m in metrics)
-        L += ["", f"## {label} vs {base}", "", "| language | train pairs | bucket | test sents |" + head,
+        L += ["", f"## {label} vs {base}, per language", "",
+              f"Means over seeds with {int(res['level'] * 100)} % Student t-intervals; Δ with Welch t-intervals. "
+              f"p (Holm): the paired sentence-level test (approximate randomisation, {res['ar_samples']} trials, "
+              f"on the seeds' concatenated outputs, two-sided) and in brackets its Holm correction over the "
+              f"{len(res['tasks'])} languages; * and win/loss at Holm p < {res['alpha']}. The paired test holds "
+              f"the trained models fixed: it says whether these models' outputs differ, not whether other "
+              f"seeds would."]
+        head = "".join(f" {NAMES[m]} baseline | {NAMES[m]} | Δ {NAMES[m]} | p (Holm) |" for m in metrics)
+        L += ["", "| language | train pairs | bucket | test sents |" + head,
               "|---|---:|---|---:|" + "---:|---:|---:|---:|" * len(metrics)]
         for t, row in res["tasks"].items():
             b, s = row["configs"][base], row["configs"][label]
             cells = [t, str(row["train_sentences"] or "-"), row["bucket"], str(row["n_sentences"])]
             for m in metrics:
-                cells += [_fmt(b[m], m), _fmt(s[m], m), _fmt(s[m]["diff"], m), _p(s[m]["p"])]
+                cells += [_fmt(b[m], m), _fmt(s[m], m), _fmt(s[m]["diff"], m),
+                          f"{s[m]['p']:.4f} ({_p(s[m]['p_holm'], res['alpha'])})"]
             L.append("| " + " | ".join(cells) + " |")
         head = "".join(f" {NAMES[m]} baseline | {NAMES[m]} | Δ {NAMES[m]} | W/T/L {NAMES[m]} |" for m in metrics)
-        L += ["", "| bucket | tasks |" + head, "|---|---:|" + "---:|---:|---:|---|" * len(metrics)]
+        L += ["", "Per bucket: the per-seed average over its languages; Δ with its Welch interval; W/T/L: "
+              "languages the paired test (Holm) calls better / not different / worse.", "",
+              "| bucket | tasks |" + head, "|---|---:|" + "---:|---:|---:|---|" * len(metrics)]
         for bname, e in res["buckets"].items():
             b, s = e["configs"][base], e["configs"][label]
             cells = [bname, str(len(e["tasks"]))]
@@ -483,7 +746,7 @@ def markdown(res: dict) -> str:
 
 def plot(res: dict, out: Path) -> Path:
     """Per-language difference to the baseline against training-set size (log x), coloured by
-    bucket, with the Welch intervals; filled markers where the paired test says p < alpha."""
+    bucket, with the Welch intervals; filled markers where the paired test's Holm p < alpha."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -506,7 +769,7 @@ def plot(res: dict, out: Path) -> Path:
                 d = c["diff"]
                 col = colours.get(row["bucket"], "tab:gray")
                 ax.errorbar(row["train_sentences"], d["mean"], yerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]],
-                            fmt="o", color=col, mfc=col if c["p"] < res["alpha"] else "white", ms=5, capsize=2, lw=1)
+                            fmt="o", color=col, mfc=col if c["p_holm"] < res["alpha"] else "white", ms=5, capsize=2, lw=1)
                 ax.annotate(lang_label(t), (row["train_sentences"], d["mean"]), fontsize=6, xytext=(3, 2),
                             textcoords="offset points")
             ax.axhline(0, color="k", lw=0.5)
@@ -514,7 +777,7 @@ def plot(res: dict, out: Path) -> Path:
             ax.set(xlabel="training sentences", ylabel=f"Δ {NAMES[m]} vs {base}" + (" (lower is better)" if m == NLL else ""),
                    title=label if i == 0 else None)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=b) for b, c in colours.items() if b != "-"]
-    handles.append(plt.Line2D([], [], marker="o", ls="", color="k", mfc="white", label=f"p ≥ {res['alpha']}"))
+    handles.append(plt.Line2D([], [], marker="o", ls="", color="k", mfc="white", label=f"paired test, Holm p ≥ {res['alpha']}"))
     axes[0, -1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(f"difference to {base} per language, {int(res['level'] * 100)} % Welch intervals over seeds",
                  fontsize=10)
@@ -543,4 +806,35 @@ def run_compare(run_dirs: list, out_dir, baseline: Optional[str] = None, samples
     runs = [load_run(r, eval_dir, corpus) for r in run_dirs]
     res = compare(runs, baseline, samples)
     write_outputs(res, Path(out_dir))
+    if res["seed_model"] and any(f["contrasts"] for f in res["seed_model"].values()):
+        print(summary(res), flush=True)
     return res
+
+
+def recompute(json_path, out_dir) -> dict:
+    """compare.json's seed-level statistics, Holm corrections and power figures recomputed from the
+    per-seed scores and paired p-values it records (no runs needed), written to out_dir."""
+    path = Path(json_path)
+    res = _read_json(path, "no compare.json", path.parent)
+    for key in ("baseline", "metrics", "configs", "tasks", "level"):
+        if key not in res:
+            raise CompareError(f"{path}: no '{key}' (not a compare.json)")
+    res = seed_statistics({**res, **_methods(res["metrics"])})
+    write_outputs(res, Path(out_dir))
+    print(summary(res), flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m massive_mt.compare", description=recompute.__doc__)
+    ap.add_argument("--from-json", required=True, help="a compare.json written by `massive-mt compare`")
+    ap.add_argument("--out", required=True, help="directory for the new compare.md, compare.json, compare.png")
+    a = ap.parse_args()
+    try:
+        recompute(a.from_json, a.out)
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

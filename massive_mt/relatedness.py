@@ -2,7 +2,8 @@
 a run's telemetry): per parameter group and per span of training, Spearman's rho between the
 pairwise cosines of the languages' gradients (reconcile.jsonl) and their typological distances
 from URIEL (genetic, syntactic, geographic; the `urielplus` package, CC-BY-SA, data in its
-wheel), with a Mantel permutation p-value.
+wheel), with a Mantel permutation p-value: one-sided by default (the hypothesis has a direction:
+similarity falls as distance grows, rho < 0), two-sided on request.
 
 Language codes of the tasks (pt_BR, zh_Hans, sr_Latn, ...) are mapped to ISO 639-3 with
 `langcodes` (pt_BR -> por, zh_Hans -> zho, a macrolanguage where URIEL has one); languages
@@ -10,7 +11,7 @@ without a code, unknown to URIEL or without features of a distance type are list
 report for that type, and the correlation is over the others.
 
     pip install massive_mt[typology]
-    massive-mt relatedness RUN [--spans 3] [--permutations 999] [--group model]
+    massive-mt relatedness RUN [--spans 3] [--permutations 999] [--group model] [--two-sided]
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .errors import DataError, MassiveMTError
 from .plots import _save, cosine_matrices, read_jsonl, similarity_windows
 
 DISTANCES = ("genetic", "syntactic", "geographic")
+ALTERNATIVES = ("less", "two-sided", "greater")       # scipy's words: "less" is rho < 0
 INSTALL = "pip install massive_mt[typology]"
 
 
@@ -57,11 +59,16 @@ def spearman_rows(x: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.where((n >= 3) & (den > 0), rho, np.nan), n
 
 
-def mantel(a: np.ndarray, b: np.ndarray, permutations: int = 999, seed: int = 0) -> tuple[float, float, int]:
+def mantel(a: np.ndarray, b: np.ndarray, permutations: int = 999, seed: int = 0,
+           alternative: str = "less") -> tuple[float, float, int]:
     """Mantel test of two symmetric n x n matrices: Spearman's rho of their off-diagonal pairs and
-    a two-sided permutation p-value, (1 + #{|rho_perm| >= |rho|}) / (1 + permutations), where each
-    permutation relabels the languages of `b` (its rows and columns together) and keeps `a`.
-    Pairs that are NaN in either matrix are left out (of every permutation's rho as well)."""
+    a permutation p-value, where each permutation relabels the languages of `b` (its rows and
+    columns together) and keeps `a`: (1 + #{rho_perm <= rho}) / (1 + permutations) for
+    ``alternative`` "less" (rho < 0), #{rho_perm >= rho} for "greater", #{|rho_perm| >= |rho|} for
+    "two-sided". Pairs that are NaN in either matrix are left out (of every permutation's rho as
+    well)."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     iu = np.triu_indices(len(a), k=1)
     (rho,), (n,) = spearman_rows(a[iu], b[iu][None, :])
     if not np.isfinite(rho):
@@ -70,7 +77,9 @@ def mantel(a: np.ndarray, b: np.ndarray, permutations: int = 999, seed: int = 0)
     perm = np.stack([rng.permutation(len(b)) for _ in range(permutations)])
     shuffled = b[perm[:, :, None], perm[:, None, :]][:, iu[0], iu[1]]
     r, _ = spearman_rows(a[iu], shuffled)
-    hits = int(np.sum(np.isfinite(r) & (np.abs(r) >= abs(rho) - 1e-12)))
+    extreme = {"less": r <= rho + 1e-12, "greater": r >= rho - 1e-12,
+               "two-sided": np.abs(r) >= abs(rho) - 1e-12}[alternative]
+    hits = int(np.sum(np.isfinite(r) & extreme))
     return float(rho), (1 + hits) / (1 + permutations), int(n)
 
 
@@ -183,7 +192,8 @@ def family_order(genetic: np.ndarray, families: list[str]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the analysis
 
-def analyse(run_dir: Path, spans: int = 3, permutations: int = 999, tasks: Optional[list[str]] = None) -> dict:
+def analyse(run_dir: Path, spans: int = 3, permutations: int = 999, tasks: Optional[list[str]] = None,
+            alternative: str = "less") -> dict:
     records = read_jsonl(Path(run_dir) / "reconcile.jsonl")
     names = records[0]["tasks"]
     if tasks:
@@ -197,7 +207,8 @@ def analyse(run_dir: Path, spans: int = 3, permutations: int = 999, tasks: Optio
     groups = ["model"] + (list(records[0]["groups"]) if "cos_groups" in records[0] else [])
     res = {"run": str(run_dir), "tasks": [names[i] for i in keep], "languages": langs,
            "iso639_3": list(isos), "families": [uriel["family"].get(i, "?") for i in isos],
-           "permutations": permutations, "spans": [], "groups": {}, "missing": {}, "distances": {}}
+           "permutations": permutations, "alternative": alternative, "pairs_total": len(keep) * (len(keep) - 1) // 2,
+           "spans": [], "groups": {}, "missing": {}, "distances": {}}
     for kind in DISTANCES:
         m, missing = uriel[kind]
         res["missing"][kind] = [{"language": x, "iso639_3": i, "reason": missing[i]}
@@ -211,8 +222,9 @@ def analyse(run_dir: Path, spans: int = 3, permutations: int = 999, tasks: Optio
             cos = cos[np.ix_(keep, keep)]
             entry = {"steps": [a, b]}
             for kind in DISTANCES:
-                rho, p, n = mantel(cos, uriel[kind][0], permutations)
-                entry[kind] = {"rho": None if np.isnan(rho) else rho, "p": None if np.isnan(p) else p, "pairs": n}
+                rho, p, n = mantel(cos, uriel[kind][0], permutations, alternative=alternative)
+                entry[kind] = {"rho": None if np.isnan(rho) else rho, "p": None if np.isnan(p) else p, "pairs": n,
+                               "dropped": res["pairs_total"] - n}
             rows.append(entry)
         res["groups"][g] = rows
     return res
@@ -222,17 +234,25 @@ def _cell(e: dict) -> str:
     return "-" if e["rho"] is None else f"{e['rho']:+.2f} ({e['p']:.3f})"
 
 
+SIDES = {"less": "one-sided (rho < 0: related languages have more similar gradients)",
+         "greater": "one-sided (rho > 0)", "two-sided": "two-sided"}
+
+
 def markdown(res: dict) -> str:
     L = [f"# Gradient similarity against language relatedness: {res['run']}", "",
          "Spearman's rho between the pairwise cosines of the languages' gradients and their URIEL "
-         "distance (negative: related languages have more similar gradients), with the two-sided Mantel "
-         f"permutation p-value ({res['permutations']} permutations of the languages) in parentheses.", ""]
+         f"distance (negative: related languages have more similar gradients), with the {SIDES[res['alternative']]} "
+         f"Mantel permutation p-value ({res['permutations']} permutations of the languages) in parentheses; "
+         f"below each table the language pairs measured and dropped of {res['pairs_total']}: a pair is dropped from a span when "
+         "its two tasks never shared a logged step there (no cosine) or URIEL has no distance for it.", ""]
     spans = " | ".join(f"steps {a}-{b}" for a, b in res["spans"])
     for kind in DISTANCES:
         L += [f"## {kind} distance", "", f"| group | {spans} |", "|---|" + "---:|" * len(res["spans"])]
         for g, rows in res["groups"].items():
             L.append(f"| {g} | " + " | ".join(_cell(r[kind]) for r in rows) + " |")
-        L.append("")
+        L += ["", "Pairs measured / dropped: " + ", ".join(
+            f"steps {a}-{b}: {r[kind]['pairs']} / {r[kind]['dropped']}"
+            for (a, b), r in zip(res["spans"], res["groups"]["model"])), ""]
     L += ["## Languages URIEL lacks", ""]
     for kind in DISTANCES:
         miss = res["missing"][kind]
@@ -285,14 +305,14 @@ def plot(res: dict, run_dir: Path, group: str, out: Path) -> Path:
 
 
 def run_relatedness(run_dir: Path, out_dir: Path, spans: int = 3, permutations: int = 999, group: str = "model",
-                    tasks: Optional[list[str]] = None) -> Path:
+                    tasks: Optional[list[str]] = None, alternative: str = "less") -> Path:
     if spans < 1 or permutations < 1:
         raise DataError(f"--spans and --permutations must be >= 1, got {spans} and {permutations}")
     first = read_jsonl(Path(run_dir) / "reconcile.jsonl")[0]
     logged = ["model"] + (list(first["groups"]) if "cos_groups" in first else [])
     if group not in logged:
         raise DataError(f"--group {group!r}: not logged; groups: {', '.join(logged)}")
-    res = analyse(run_dir, spans, permutations, tasks)
+    res = analyse(run_dir, spans, permutations, tasks, alternative)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(res, run_dir, group, out_dir / f"relatedness_{group}.png")
     for name, text in (("relatedness.json", json.dumps(res, indent=2)), ("relatedness.md", markdown(res))):

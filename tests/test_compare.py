@@ -1,4 +1,5 @@
-"""`massive-mt compare` on synthetic evaluated runs: intervals, paired tests, bad input."""
+"""`massive-mt compare` on synthetic evaluated runs: intervals, the seed-level mixed model, power,
+paired tests, bad input."""
 import json
 import shutil
 
@@ -7,7 +8,8 @@ import pytest
 import yaml
 
 from massive_mt import cli
-from massive_mt.compare import run_compare, t_interval, welch_interval
+from massive_mt.compare import (CompareError, holm, recompute, run_compare, seed_model, seeds_for_power, t_interval,
+                                welch_interval)
 from massive_mt.config import load_config
 from massive_mt.evaluate import TaskResult, bucket_averages, resource_buckets, score, write_report
 from massive_mt.evaluate import test_set_identity as set_identity   # not collected as a test
@@ -138,6 +140,7 @@ def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
             assert better["verdict"] == "tie", (t, better)
         else:
             assert better["verdict"] == "win" and better["p"] < 0.01 and better["diff"]["low"] > 0, (t, better)
+            assert better["p_holm"] < 0.05 and better["p_holm"] >= better["p"]
         assert copy["p"] == 1.0 and copy["diff"]["mean"] == 0.0 and copy["diff"]["low"] < 0 < copy["diff"]["high"]
         assert copy["verdict"] == "tie"
         # the reported interval is the t-interval of the seeds' sacrebleu scores
@@ -152,10 +155,148 @@ def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
     assert res["buckets"]["high"]["configs"]["better"]["bleu"]["win_tie_loss"] == [2, 0, 0]
     assert res["buckets"]["medium"]["configs"]["better"]["bleu"]["win_tie_loss"] == [0, 2, 0]
     assert res["buckets"]["all"]["configs"]["copy"]["chrf"]["win_tie_loss"] == [0, 6, 0]
+    # the seed-level verdict: better on the high and low buckets, no difference where the quality is the same
+    fit = res["seed_model"]["bleu"]
+    assert fit["df"] == 4 * 3 - 4 and fit["df_rule"] == "runs - configurations"
+    for b, want in (("high", "win"), ("low", "win"), ("medium", "tie")):
+        assert fit["contrasts"]["better"][b]["verdict"] == want, (b, fit["contrasts"]["better"][b])
+    assert all(fit["contrasts"]["copy"][b]["p"] > 0.99 for b in ("high", "medium", "low", "all"))
+    assert res["buckets"]["high"]["configs"]["better"]["bleu"]["power"]["seeds_needed"] >= 2
     md = (out / "compare.md").read_text()
-    assert "## better vs base" in md and "| high | 2 |" in md and "approximate randomisation" in md
+    assert "## better vs base, per language" in md and "| high | 2 |" in md and "approximate randomisation" in md
+    assert "## Seed-level verdict" in md and "| better | high |" in md and "runs − configurations" in md
     assert "nrefs:1" in md and "ar:1000" in md
     assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_compare_prints_the_seed_level_verdict_and_recomputes_from_its_json(study, tmp_path, capsys):
+    """The printed report is the mixed model's table with the seeds for 80 % power; `python -m
+    massive_mt.compare --from-json` recomputes the same statistics from a compare.json alone."""
+    root, runs = study
+    res = run_compare([runs[(c, s)] for c in ("base", "better") for s in (1, 2, 3)], tmp_path / "a", samples=200)
+    printed = capsys.readouterr().out
+    assert "mixed model, run as random effect, t(4)" in printed and "seeds for 80 %" in printed
+    assert __import__("re").search(r"better +high +\+", printed) and "nan" not in printed, printed
+    again = recompute(tmp_path / "a" / "compare.json", tmp_path / "b")
+    for m in res["metrics"]:
+        for b, e in res["seed_model"][m]["contrasts"]["better"].items():
+            assert again["seed_model"][m]["contrasts"]["better"][b] == pytest.approx(e, rel=1e-6, abs=1e-9)
+    (tmp_path / "bad.json").write_text(json.dumps({"baseline": "base"}))
+    with pytest.raises(CompareError, match="no 'metrics'"):
+        recompute(tmp_path / "bad.json", tmp_path / "c")
+
+
+TASKS9 = [f"l{i}" for i in range(9)]
+BUCKETS9 = {t: ("high", "medium", "low")[i // 3] for i, t in enumerate(TASKS9)}
+
+
+def simulate(rng, effects, seeds=3, run_sd=1.0, res_sd=0.5):
+    """Per-language scores of configurations x seeds: language level + the configuration's effect in
+    the language's bucket + a run (seed) effect + noise. ``effects``: {config: {bucket: effect}}."""
+    level = {t: 0.4 * i for i, t in enumerate(TASKS9)}
+    out = {}
+    for c, eff in effects.items():
+        out[c] = {t: [] for t in TASKS9}
+        for _ in range(seeds):
+            u = rng.normal(0, run_sd)
+            for t in TASKS9:
+                out[c][t].append(level[t] + eff[BUCKETS9[t]] + u + rng.normal(0, res_sd))
+    return out
+
+
+def test_seed_model_is_the_pooled_two_sample_t_on_run_means():
+    """Balanced design, a known seed effect: the mixed model's overall contrast equals the estimate,
+    standard error, interval and p of a t-test on the runs' mean scores with the variance pooled over
+    all configurations (df = runs - configurations), computed here by hand; a bucket contrast is
+    the difference of the bucket means; the interval covers the true effect."""
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    truth = {"base": {"high": 0.0, "medium": 0.0, "low": 0.0}, "up": {"high": 4.0, "medium": 4.0, "low": 4.0},
+             "same": {"high": 0.0, "medium": 0.0, "low": 0.0}}
+    scores = simulate(rng, truth, seeds=4)
+    fit = seed_model(scores, BUCKETS9, "base")
+    means = {c: np.array([np.mean([scores[c][t][k] for t in TASKS9]) for k in range(4)]) for c in scores}
+    df = 3 * 4 - 3
+    mse = sum(((m - m.mean()) ** 2).sum() for m in means.values()) / df
+    se = np.sqrt(mse * (1 / 4 + 1 / 4))
+    for c in ("up", "same"):
+        d = means[c].mean() - means["base"].mean()
+        p = 2 * stats.t.sf(abs(d / se), df)
+        q = stats.t.ppf(0.975, df)
+        got = fit["contrasts"][c]["all"]
+        assert got["mean"] == pytest.approx(d, abs=1e-6)
+        assert got["se"] == pytest.approx(se, rel=2e-3)
+        assert (got["low"], got["high"], got["p"]) == pytest.approx((d - q * se, d + q * se, p), rel=5e-3, abs=1e-4)
+        assert got["low"] <= truth[c]["high"] <= got["high"]             # the same effect in every bucket
+        for b in ("high", "medium", "low"):
+            members = [t for t in TASKS9 if BUCKETS9[t] == b]
+            bd = np.mean([scores[c][t] for t in members]) - np.mean([scores["base"][t] for t in members])
+            assert fit["contrasts"][c][b]["mean"] == pytest.approx(bd, abs=1e-6)
+    assert fit["df"] == df and fit["runs"] == 12 and fit["observations"] == 3 * 4 * 9
+    assert fit["contrasts"]["up"]["all"]["p_holm"] < 0.05 < fit["contrasts"]["same"]["all"]["p_holm"]
+    assert fit["run_variance"] > 0.3                          # the seed effect (variance 1) is found
+    # one language: one score per run, the model is scipy's two-sample t-test
+    one = seed_model({c: {"l0": scores[c]["l0"]} for c in ("base", "up")}, {"l0": "high"}, "base")
+    t = stats.ttest_ind(scores["up"]["l0"], scores["base"]["l0"])
+    assert (one["contrasts"]["up"]["all"]["t"], one["contrasts"]["up"]["all"]["p"]) == pytest.approx((t.statistic, t.pvalue))
+
+
+def test_seed_model_type_one_error_is_nominal():
+    """200 simulated null studies (2 configurations x 3 seeds x 9 languages, seed effect as large as
+    the noise): the overall contrast and a bucket's reject at p < 0.05 in 5 % of them within a
+    99.9 % binomial band; the same statistic referred to the normal distribution (MixedLM's own z-intervals, or
+    degrees of freedom counted in observations) rejects more often."""
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    null = {c: {"high": 0.0, "medium": 0.0, "low": 0.0} for c in ("base", "sys")}
+    reject = reject_normal = reject_bucket = 0
+    for _ in range(200):
+        fit = seed_model(simulate(rng, null), BUCKETS9, "base")["contrasts"]["sys"]
+        e = fit["all"]
+        reject += e["p"] < 0.05
+        reject_normal += 2 * stats.norm.sf(abs(e["t"])) < 0.05
+        reject_bucket += fit["low"]["p"] < 0.05
+    lo, hi = stats.binom.interval(0.999, 200, 0.05)
+    assert lo <= reject <= hi, reject
+    assert lo <= reject_bucket <= hi, reject_bucket          # a bucket's contrast too
+    # P(|t_4| > 1.96) = 0.12: about 24 of 200
+    assert reject_normal >= reject + 5, (reject, reject_normal)
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(2)
+    for p in ([0.01, 0.04, 0.03, 0.005, 0.2, 0.03], rng.uniform(0, 0.2, size=17), [0.5]):
+        assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
+    assert holm([]) == []
+
+
+def test_seeds_for_power_on_a_known_case():
+    """The power of a two-sided two-sample t-test by hand (noncentral t, df 2n-2, noncentrality
+    d sqrt(n/2)): at 3 seeds for the observed effect, and the fewest seeds that reach 0.8."""
+    from scipy import stats
+
+    base = [5.43, 5.38, 5.45]
+    system = [5.36, 5.34, 5.42]
+    got = seeds_for_power(system, base)
+    sd = np.sqrt((np.var(base, ddof=1) + np.var(system, ddof=1)) / 2)
+    d = abs(np.mean(system) - np.mean(base)) / sd
+
+    def power(n):
+        df, nc = 2 * n - 2, d * np.sqrt(n / 2)
+        q = stats.t.ppf(0.975, df)
+        return stats.nct.sf(q, df, nc) + stats.nct.cdf(-q, df, nc)
+
+    assert got["effect_size"] == pytest.approx(d) and got["sd_pooled"] == pytest.approx(sd)
+    assert got["power_now"] == pytest.approx(power(3), abs=1e-4)
+    n = next(n for n in range(2, 1000) if power(n) >= 0.8)
+    assert got["seeds_needed"] == n and power(3) < 0.8
+    assert seeds_for_power([1.0, 1.0], [1.0, 1.0])["seeds_needed"] is None       # no variance: no figure
+    huge = seeds_for_power([10.0, 10.1], [0.0, 0.1])                           # d = 141
+    assert huge["seeds_needed"] == 2 and huge["power_now"] == 1.0
 
 
 def _refs(run, task):

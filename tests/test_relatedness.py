@@ -19,12 +19,38 @@ def distance_matrix(rng, n):
     return np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
 
 
-def test_mantel_p_is_uniform_on_unrelated_matrices():
+@pytest.mark.parametrize("alternative", ["less", "two-sided"])
+def test_mantel_p_is_uniform_on_unrelated_matrices(alternative):
     rng = np.random.default_rng(3)
-    ps = [mantel(distance_matrix(rng, 8), distance_matrix(rng, 8), permutations=199, seed=k)[1] for k in range(200)]
+    ps = [mantel(distance_matrix(rng, 8), distance_matrix(rng, 8), permutations=199, seed=k,
+                 alternative=alternative)[1] for k in range(200)]
     assert stats.kstest(ps, "uniform").pvalue > 0.01
     # and the rejection rate at 0.05 within 3 binomial standard deviations of 10 in 200
     assert abs(sum(p < 0.05 for p in ps) - 10) <= 3 * np.sqrt(200 * 0.05 * 0.95)
+
+
+def test_mantel_one_sided_looks_for_falling_similarity():
+    """The default alternative is rho < 0: a weak negative relation gets about half the two-sided
+    p-value, a positive one (similarity rising with distance) a p-value near 1; the counts are the
+    permutations at or below the observed rho, exactly."""
+    rng = np.random.default_rng(7)
+    d = distance_matrix(rng, 10)
+    noise = rng.normal(scale=10.0, size=d.shape)
+    sim = -d + (noise + noise.T) / 2
+    rho, p_less, _ = mantel(sim, d, permutations=999, seed=1)
+    _, p_two, _ = mantel(sim, d, permutations=999, seed=1, alternative="two-sided")
+    assert rho < 0 and p_less < p_two and p_less == pytest.approx(p_two / 2, abs=0.02), (rho, p_less, p_two)
+    rho_up, p_up, _ = mantel(-sim, d, permutations=999, seed=1)
+    assert rho_up == pytest.approx(-rho) and p_up > 0.9
+    assert mantel(-sim, d, permutations=999, seed=1, alternative="greater")[1] == pytest.approx(p_less)
+    # by hand: the same permutations as mantel draws them
+    iu = np.triu_indices(10, k=1)
+    perm_rng = np.random.default_rng(1)
+    rhos = [stats.spearmanr(sim[iu], d[np.ix_(q, q)][iu]).statistic
+            for q in (perm_rng.permutation(10) for _ in range(999))]
+    assert p_less == pytest.approx((1 + sum(r <= rho + 1e-12 for r in rhos)) / 1000)
+    with pytest.raises(ValueError, match="alternative"):
+        mantel(sim, d, alternative="below")
 
 
 def test_mantel_p_is_small_on_related_matrices_and_skips_missing_pairs():
@@ -92,13 +118,25 @@ def test_relatedness_report_on_synthetic_telemetry(tmp_path):
     for kind in ("genetic", "syntactic", "geographic"):        # listed, not dropped
         assert {"language": "tok", "iso639_3": "tok", "reason": "not in URIEL"} in res["missing"][kind]
     assert {"language": "ast", "iso639_3": "ast", "reason": "no syntactic features"} in res["missing"]["syntactic"]
+    assert res["alternative"] == "less" and res["pairs_total"] == 45
     for g in ("model", "encoder"):
         for span in res["groups"][g]:
             e = span["geographic"]
-            assert e["rho"] < -0.9 and e["p"] <= 0.01 and e["pairs"] == 36, (g, span)
+            assert e["rho"] < -0.9 and e["p"] <= 0.01 and e["pairs"] == 36 and e["dropped"] == 9, (g, span)
     assert res["families"][0] == "Indo-European" and res["families"][4] == "Japonic"
     md = (run / "relatedness" / "relatedness.md").read_text()
     assert "tok (tok: not in URIEL)" in md and "ast (ast: no syntactic features)" in md and "| decoder |" in md
+    assert "one-sided (rho < 0" in md and "measured and dropped of 45" in md
+    assert "Pairs measured / dropped: steps 1-2: 36 / 9" in md, md          # tok's 9 pairs
+    # ast has no syntactic features: 8 more pairs dropped there
+    assert "Pairs measured / dropped: steps 1-2: 28 / 17" in md, md
+    assert cli.main(["relatedness", str(run), "--permutations", "199", "--two-sided", "--out", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "relatedness.json").read_text())
+    assert two["alternative"] == "two-sided" and "two-sided Mantel" in (tmp_path / "two" / "relatedness.md").read_text()
+    dec = [(a["geographic"]["rho"], a["geographic"]["p"], b["geographic"]["p"])
+           for a, b in zip(res["groups"]["decoder"], two["groups"]["decoder"])]
+    for rho, p_one, p_two in dec:                     # the same permutations: one-sided <= two-sided when rho < 0
+        assert (p_one <= p_two) if rho < 0 else (p_one >= p_two / 2), (rho, p_one, p_two)
     assert (run / "relatedness" / "relatedness_encoder.png").stat().st_size > 10_000
 
 
