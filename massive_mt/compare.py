@@ -149,19 +149,12 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
                                f"older `massive-mt evaluate`): evaluate the run again")
         test_sets[task] = r["test_set"]
         refs[task] = _references(run, task, r["test_set"], corpus)
-        hyp_path = run / eval_dir / f"hyp.{report['split']}.{task}.txt"
-        if not hyp_path.is_file():
-            raise CompareError(f"{run}: hypotheses of {task} missing ({hyp_path})")
-        hyps[task] = hyp_path.read_text(encoding="utf-8").split("\n")[:-1]
-        if len(hyps[task]) != r["n_sentences"] or len(refs[task]) != r["n_sentences"]:
-            raise CompareError(f"{run}: {task} was evaluated on {r['n_sentences']} sentences; {hyp_path.name} has "
-                               f"{len(hyps[task])} lines and its references {len(refs[task])}")
-        bleu, chrf, _, _ = score(hyps[task], refs[task], task.split("-")[1])
-        for name, got in (("bleu", bleu), ("chrf", chrf)):
-            if abs(got - r[name]) > SCORE_TOLERANCE:
-                raise CompareError(f"{run}: {name} of {task} recorded in results.json ({r[name]}) does not match its "
-                                   f"hypotheses ({got:.2f}): {hyp_path} changed since the evaluation")
-        scores[task] = {"bleu": bleu, "chrf": chrf}
+        scores[task] = {}
+        if report.get("metrics") == "nll":                   # `evaluate --metrics nll`: nothing decoded
+            if r.get(NLL) is None:
+                raise CompareError(f"{run}: evaluated with --metrics nll but {task} records no nll")
+        else:
+            hyps[task], scores[task] = _decoded_scores(run, eval_dir, report, r, refs[task], score)
         if r.get(NLL) is not None:
             nll[task] = _read_nll(run, run / eval_dir / f"nll.{report['split']}.{task}.tsv", r)
             scores[task][NLL] = float(nll[task][0].sum() / nll[task][1].sum())
@@ -170,6 +163,25 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
         seed += f"/{config.get('sampling.seed')}"
     return Run(run, config, label, seed, evaluated, meta.get("train_sentences", {}),
                {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores, nll)
+
+
+def _decoded_scores(run: Path, eval_dir: str, report: dict, r: dict, refs: list[str], score) -> tuple[list, dict]:
+    """(hypotheses, {"bleu", "chrf"}) of one task, re-scored from its hypothesis file and checked
+    against what results.json recorded."""
+    task = r["task"]
+    hyp_path = run / eval_dir / f"hyp.{report['split']}.{task}.txt"
+    if not hyp_path.is_file():
+        raise CompareError(f"{run}: hypotheses of {task} missing ({hyp_path})")
+    hyps = hyp_path.read_text(encoding="utf-8").split("\n")[:-1]
+    if len(hyps) != r["n_sentences"] or len(refs) != r["n_sentences"]:
+        raise CompareError(f"{run}: {task} was evaluated on {r['n_sentences']} sentences; {hyp_path.name} has "
+                           f"{len(hyps)} lines and its references {len(refs)}")
+    bleu, chrf, _, _ = score(hyps, refs, task.split("-")[1])
+    for name, got in (("bleu", bleu), ("chrf", chrf)):
+        if abs(got - r[name]) > SCORE_TOLERANCE:
+            raise CompareError(f"{run}: {name} of {task} recorded in results.json ({r[name]}) does not match its "
+                               f"hypotheses ({got:.2f}): {hyp_path} changed since the evaluation")
+    return hyps, {"bleu": bleu, "chrf": chrf}
 
 
 def _read_nll(run: Path, path: Path, r: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -511,11 +523,17 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
     first = runs[0]
     tasks = sorted(first.tasks, key=lambda t: (-(first.train_sentences.get(t) or 0), t))
     nll_left_out = _nll_left_out(runs, tasks)
-    metrics = METRICS + (() if nll_left_out else (NLL,))
+    not_decoded = [str(r.path) for r in runs if r.report.get("metrics") == "nll"]
+    metrics = (() if not_decoded else METRICS) + (() if nll_left_out else (NLL,))
+    if not metrics:
+        raise CompareError(f"nothing to compare: {not_decoded[0]} was evaluated with --metrics nll and test NLL is "
+                           f"left out ({nll_left_out})")
     per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in metrics} for t in tasks}
                 for label, rs in groups.items()}
     out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples, **_methods(metrics),
            "metrics": list(metrics), **({"nll_left_out": nll_left_out} if nll_left_out else {}),
+           **({"decoded_left_out": f"{len(not_decoded)} run(s) evaluated with --metrics nll, e.g. {not_decoded[0]}"}
+              if not_decoded else {}),
            "split": first.report["split"], "beam": first.report["beam"],
            "max_sentences": first.report.get("max_sentences", 0),
            "signatures": sorted({s for r in runs for s in _signatures(r)}),
@@ -530,7 +548,7 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
         for label, rs in groups.items():
             c = {m: {**_interval(t_interval(per_seed[label][t][m])), "per_seed": per_seed[label][t][m]} for m in metrics}
             if label != base_label:
-                test = paired_test(groups[base_label], rs, t, samples)
+                test = paired_test(groups[base_label], rs, t, samples) if not not_decoded else {}
                 if NLL in metrics:
                     test[NLL] = paired_nll_test(groups[base_label], rs, t, samples)
                 for m in metrics:
@@ -613,7 +631,7 @@ def _nll_left_out(runs: list[Run], tasks: list[str]) -> Optional[str]:
 
 
 def _signatures(run: Run) -> list[str]:
-    return [s for r in run.report["tasks"] for s in (r["bleu_signature"], r["chrf_signature"])]
+    return [s for r in run.report["tasks"] for s in (r["bleu_signature"], r["chrf_signature"]) if s]
 
 
 def _baseline_label(groups: dict, baseline: Optional[str]) -> str:

@@ -454,6 +454,42 @@ def test_test_nll_is_compared_when_every_run_has_it(corpus, tmp_path, capsys):
         ["bleu", "chrf"]
 
 
+def _as_nll_only(run):
+    """The run as `massive-mt evaluate --metrics nll` leaves it: no hypotheses, decoded scores null."""
+    path = run / "eval" / "results.json"
+    report = json.loads(path.read_text())
+    report["metrics"] = "nll"
+    for r in report["tasks"]:
+        for k in ("bleu", "chrf", "bleu_signature", "chrf_signature"):
+            r[k] = None
+    path.write_text(json.dumps(report))
+    for h in (run / "eval").glob("hyp.*"):
+        h.unlink()
+    return run
+
+
+def test_nll_only_evaluations_compare_on_nll(corpus, tmp_path):
+    """Runs evaluated with --metrics nll are compared on test NLL alone, with the same NLL figures as
+    when they were decoded; NLL-only runs without NLL in common leave nothing to compare."""
+    corpus_dir, refs, vocab = corpus
+    rng = np.random.default_rng(7)
+    tokens = {t: rng.integers(5, 15, size=N_SENT) for t in TASKS}
+
+    def nlls(shift):
+        return {t: [(float(k * (3.0 + shift + rng.normal(0, 0.2))), int(k)) for k in tokens[t]] for t in TASKS}
+
+    runs = [make_run(tmp_path, name, s, corpus_dir, system(refs, 0.5, 40 + s, vocab), refs=refs, nlls=nlls(shift),
+                     overrides=o) for name, shift, o in (("base", 0.0, []), ("lower", -0.2, ["reconcile.method=gradvac"]))
+            for s in (1, 2, 3)]
+    full = run_compare(runs, tmp_path / "full", baseline="base", samples=200)
+    only = run_compare([_as_nll_only(r) for r in runs], tmp_path / "only", baseline="base", samples=200)
+    assert only["metrics"] == ["nll"] and "--metrics nll" in only["decoded_left_out"]
+    for t in TASKS:
+        a, b = full["tasks"][t]["configs"]["lower"]["nll"], only["tasks"][t]["configs"]["lower"]["nll"]
+        assert a["diff"] == b["diff"] and a["per_seed"] == b["per_seed"]
+    assert only["seed_model"] and "BLEU" not in (tmp_path / "only" / "compare.md").read_text()
+
+
 def test_run_compare_without_a_baseline_difference(study, tmp_path):
     """One configuration alone: its intervals, no differences (and no error)."""
     root, runs = study
