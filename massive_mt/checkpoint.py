@@ -26,7 +26,8 @@ so every rank loads the same tag. The checkpoint directory must be shared by the
 (DeepSpeed's default).
 
 Pruning (`train.keep_last`) keeps the newest keep_last complete tags and, always, the newest
-complete finite one (the tag a resume falls back to); it deletes older complete tags and
+complete finite one (the tag a resume falls back to) and the best one (`best.json`, written by
+validation); it deletes older complete tags and
 marker-less tags older than the newest complete one (debris of interrupted saves).
 
 The Hugging Face export is written to a temporary directory and renamed into place.
@@ -207,7 +208,10 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, keep_last: int, 
 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
-    """Keep the newest keep_last complete tags and the newest complete finite one (see the module doc)."""
+    """Keep the newest keep_last complete tags, the newest complete finite one and the best one
+    (checkpoints/best.json, massive_mt/validation.py); see the module doc."""
+    from .validation import read_best
+
     complete, debris = [], []
     for step, tag in step_tags(ckpt_dir):
         try:
@@ -220,6 +224,9 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     finite = [tag for _, tag, m in complete if m.get("finite")]
     if finite:
         keep.add(finite[-1])
+    best = read_best(ckpt_dir)
+    if best and best.get("tag"):
+        keep.add(best["tag"])
     newest = complete[-1][0]
     drop = [tag for _, tag, _ in complete if tag not in keep] + [tag for step, tag in debris if step < newest]
     for tag in drop:
@@ -288,7 +295,9 @@ def load(engine, ckpt_dir: Path, tag: str) -> dict:
 RESUMABLE = {"train.max_steps", "train.log_interval", "train.save_interval", "train.keep_last",
              "train.resume", "train.tensorboard", "train.stop_signals", "train.output_dir",
              "train.collective_timeout_s", "train.max_nonfinite_steps", "data.data_bin", "reconcile.log_interval",
-             "model.activation_checkpointing", "model.attn_implementation"}
+             "model.activation_checkpointing", "model.attn_implementation", "train.valid_interval",
+             "train.valid_max_sentences", "train.valid_decode", "train.valid_decode_sentences", "train.patience",
+             "train.best_min_delta"}
 WHY = {"optim.": "the restored optimizer and learning-rate schedule were built with it",
        "model.": "the saved weights have this architecture",
        "data.": "the task list and the sampler's position depend on it",

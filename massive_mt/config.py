@@ -127,6 +127,15 @@ class TrainConfig(Section):
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)
     collective_timeout_s: int = Field(COLLECTIVE_TIMEOUT_S, ge=1)   # a rank waiting longer for its peers fails (docs/failures.md)
     max_nonfinite_steps: int = Field(5, ge=0)   # consecutive non-finite steps tolerated; the next stops the run (docs/failures.md)
+    # validation, best checkpoint, early stopping (massive_mt/validation.py, docs/training.md#validation)
+    valid_interval: int = Field(0, ge=0)        # validate every N steps (0: never)
+    valid_max_sentences: int = Field(500, ge=1)  # the first N valid sentences of every task
+    valid_decode: bool = False                  # also greedy BLEU/chrF on valid_decode_sentences per task
+    valid_decode_sentences: int = Field(100, ge=1)
+    best_metric: Literal["valid_nll", "valid_bleu", "valid_chrf"] = "valid_nll"
+    best_average: Literal["tasks", "buckets"] = "tasks"   # buckets: high/medium/low weigh the same
+    patience: int = Field(0, ge=0)              # stop after N validations without improvement (0: never)
+    best_min_delta: float = Field(0.0, ge=0)    # an improvement must exceed this (in the metric's unit)
 
 
 class ReconcileConfig(Section):
@@ -262,6 +271,11 @@ def check(cfg: ExperimentConfig) -> None:
     check_attn_implementation(cfg.model.attn_implementation)
     r = cfg.reconcile
     gradvac = r.method == "gradvac" or (r.method == "cats" and r.cats.base == "gradvac")
+    t = cfg.train
+    _require(t.best_metric == "valid_nll" or t.valid_decode, "train.best_metric",
+             f"{t.best_metric} needs train.valid_decode: true (greedy decoding of the valid sample)")
+    _require(t.patience == 0 or t.valid_interval > 0, "train.patience",
+             "early stopping needs validation: set train.valid_interval")
     _require(r.vaccinate is None or gradvac, "reconcile.vaccinate",
              "only applies to method gradvac (or cats with base gradvac)")
     if r.method != "cats":

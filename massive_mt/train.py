@@ -113,6 +113,13 @@ class Trainer:
                 self.engine, cfg.reconcile, self.tasks, self.train_sizes, cfg.sampling.seed, cfg.optim.clip_norm)
             if self.reconciler.meta_data == "valid":
                 self.valid_sets, self.valid_batches = self.valid_data(data_bin, tasks)
+        self.validator = None
+        if cfg.train.valid_interval:
+            from .evaluate import resource_buckets
+            from .validation import Validator
+            self.validator = Validator(self, data_bin, tasks, resource_buckets(self.train_sizes))
+        self.best = None                                     # BestTracker, from fit() on (after the resume)
+        self.saved_step = None
         self.step = 0
         self.nonfinite = NonFiniteCount()
         self.fault = fault_nonfinite(rank)
@@ -243,6 +250,12 @@ class Trainer:
 
         self.maybe_resume()
         self.log_start()
+        c = self.cfg.train
+        if self.validator is not None:
+            from .validation import BestTracker
+            fresh = self.step == 0                           # nothing resumed: no best-so-far to keep
+            self.best = BestTracker(self.ckpt_dir, c.best_metric, c.best_average, c.patience, self.rank, fresh,
+                                    c.best_min_delta)
         max_steps, start = self.cfg.train.max_steps, self.step
         bar = tqdm(total=max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True,
                    desc="train", file=sys.stderr, mininterval=1.0)
@@ -258,19 +271,47 @@ class Trainer:
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
             if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0:
                 self.save()
+            if self.validator is not None and self.step % c.valid_interval == 0 and self.validate():
+                break                                        # train.patience validations without improvement
             if stop is not None and self.step < max_steps and stop.agreed(self.device):
                 break
         bar.close()
-        if self.step > start and (not self.cfg.train.save_interval or self.step % self.cfg.train.save_interval != 0):
+        if self.step > start and self.saved_step != self.step:
             self.check_finite()
             self.save()                                      # (a resume with nothing left to train keeps its tag)
-        if self.step < max_steps:
+        if self.step < max_steps and not self.early_stopped:
             self.writer.write(self.step, {"event": "stopped", "signal": stop.name, "exit_status": REQUEUE_EXIT})
         else:
             self.export()
         self.writer.close()
         self.telemetry.close()
         return last
+
+    @property
+    def early_stopped(self) -> bool:
+        return self.best is not None and self.best.exhausted
+
+    def validate(self) -> bool:
+        """Collective. Validate, keep the best checkpoint (saving this step's when it improves) and
+        say whether train.patience validations went by without improvement (the run stops, exit 0)."""
+        c = self.cfg.train
+        averages = self.validator.run(self.step)
+        value = averages[c.best_metric]
+
+        def tag_of_step() -> str:
+            self.check_finite()
+            return checkpoint.tag_for(self.step) if self.saved_step == self.step else self.save()
+        if self.best.update(self.step, value, tag_of_step):
+            self.writer.write(self.step, {"event": "best", "metric": c.best_metric, "value": round(value, 4),
+                                          "tag": self.best.tag})
+        if not self.best.exhausted:
+            return False
+        why = (f"{c.patience} validations without improvement of {c.best_metric} (averaged over "
+               f"{c.best_average}); best {self.best.best:.4f} at step {self.best.step} ({self.best.tag})")
+        self.writer.write(self.step, {"event": "early_stop", "reason": why, "exit_status": 0})
+        if self.rank == 0:
+            print(f"[massive_mt] early stop at step {self.step}: {why}", file=sys.stderr, flush=True)
+        return True
 
     def check_finite(self) -> None:
         """Collective. Stop (NonFiniteStop) when the parameters are not finite, or after more than
@@ -339,10 +380,12 @@ class Trainer:
             state["reconciler"] = self.reconciler.state_dict()
         return {"massive_mt": state}
 
-    def save(self) -> None:
+    def save(self) -> str:
         state = self.client_state()
         run = {k: state["massive_mt"][k] for k in ("world_size", "zero_stage", "precision", "config", "tasks")}
-        checkpoint.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.train.keep_last, run)
+        tag = checkpoint.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.train.keep_last, run)
+        self.saved_step = self.step
+        return tag
 
     def maybe_resume(self) -> None:
         """Resume from the newest complete checkpoint (or the one train.resume names), after checking
@@ -404,7 +447,7 @@ def run(args) -> dict:
         if rank == 0:
             save_resolved(cfg.train.output_dir, cfg, ds)
         result = trainer.fit(stop)
-        if rank == 0 and trainer.step == cfg.train.max_steps:
+        if rank == 0 and (trainer.step == cfg.train.max_steps or trainer.early_stopped):
             print(json.dumps({"final": result}, default=float), flush=True)
         import deepspeed.comm as dist
         dist.barrier()
@@ -412,7 +455,7 @@ def run(args) -> dict:
     finally:
         if lock is not None:
             lock.release()
-    if trainer.step < cfg.train.max_steps:
+    if trainer.step < cfg.train.max_steps and not trainer.early_stopped:
         raise StopRequested(stop.name, trainer.step)
     return result
 
