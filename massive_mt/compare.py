@@ -83,6 +83,10 @@ class Run:
     scores: dict = field(default_factory=dict)   # task -> {"bleu": x, "chrf": y[, "nll": z]}, recomputed
     nll: dict = field(default_factory=dict)      # task -> (per-sentence NLL sums, tokens) when recorded
 
+    def report_task(self, task: str) -> dict:
+        """The task's entry of results.json."""
+        return next(r for r in self.report["tasks"] if r["task"] == task)
+
     @property
     def key(self) -> str:
         return json.dumps({k: v for k, v in self.config.items() if k not in IGNORED}, sort_keys=True, default=str)
@@ -560,7 +564,31 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
                     out.setdefault("test_signatures", test["test_signatures"])
             row["configs"][label] = c
         out["tasks"][t] = row
+    off = off_target_rates(groups, tasks, first.buckets)
+    if off:
+        out["off_target"] = off
     return seed_statistics(out)
+
+
+def off_target_rates(groups: dict[str, list[Run]], tasks: list[str], buckets: dict[str, str]) -> Optional[dict]:
+    """The off-target rate (share of hypotheses not in the target language, `evaluate`) per task and
+    configuration, the mean over the seeds that measured it, and per bucket the mean over its
+    measured tasks: descriptive (no test). None when no run measured it."""
+    rates = {label: {t: [r.report_task(t).get("off_target") for r in rs] for t in tasks} for label, rs in groups.items()}
+    if all(x is None for per in rates.values() for xs in per.values() for x in xs):
+        return None
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return {"mean": float(np.mean(xs)) if xs else None, "seeds": len(xs)}
+    per_task = {t: {label: mean(rates[label][t]) for label in groups} for t in tasks}
+    per_bucket = {}
+    for b in ("high", "medium", "low", "all"):
+        ts = [t for t in tasks if b == "all" or buckets.get(t) == b]
+        if ts:
+            per_bucket[b] = {label: mean([per_task[t][label]["mean"] for t in ts]) for label in groups}
+    lids = sorted({r.report.get("off_target_lid") for rs in groups.values() for r in rs} - {None})
+    return {"identifier": lids, "tasks": per_task, "buckets": per_bucket}
 
 
 def _methods(metrics) -> dict:
@@ -757,6 +785,18 @@ def markdown(res: dict) -> str:
             for m in metrics:
                 cells += [_fmt(b[m], m), _fmt(s[m], m), _fmt(s[m]["diff"], m), "/".join(map(str, s[m]["win_tie_loss"]))]
             L.append("| " + " | ".join(cells) + " |")
+    if res.get("off_target"):
+        from .evaluate import percent
+
+        off, labels = res["off_target"], list(res["configs"])
+        L += ["", "## Off-target rate", "",
+              f"Share of hypotheses (%) whose detected language ({', '.join(off['identifier'])}) is not the "
+              "target, the mean over seeds; per bucket the mean over its measured languages; n/m: not measured "
+              "(the identifier does not know the language). Descriptive: no test.", "",
+              "| bucket |" + "".join(f" {lb} |" for lb in labels), "|---|" + "---:|" * len(labels)]
+        L += [f"| {b} |" + "".join(f" {percent(v[lb]['mean'])} |" for lb in labels) for b, v in off["buckets"].items()]
+        L += ["", "| language |" + "".join(f" {lb} |" for lb in labels), "|---|" + "---:|" * len(labels)]
+        L += [f"| {t} |" + "".join(f" {percent(v[lb]['mean'])} |" for lb in labels) for t, v in off["tasks"].items()]
     L += ["", "sacrebleu signatures:"] + [f"- `{s}`" for s in res["signatures"]]
     L += [f"- test: `{s}`" for s in res.get("test_signatures", {}).values()]
     return "\n".join(L) + "\n"

@@ -475,7 +475,8 @@ def _fmt(x, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _pct(x) -> str:
+def percent(x: Optional[float]) -> str:
+    """A rate as a percentage, or n/m (not measured)."""
     return "n/m" if x is None else f"{100 * x:.1f}"
 
 
@@ -489,7 +490,7 @@ def markdown_table(report: dict) -> str:
     lines = ["| task | train pairs | bucket | test sents | " + " | ".join(head) + " |",
              "|---|---:|---|---:|" + "---:|" * len(head)]
     for r in sorted(tasks, key=lambda r: -(r["train_sentences"] or 0)):
-        cells = [_fmt(r.get(key), d) for _, key, d in cols] + ([_pct(r.get("off_target"))] if off else [])
+        cells = [_fmt(r.get(key), d) for _, key, d in cols] + ([percent(r.get("off_target"))] if off else [])
         lines.append(f"| {r['task']} | {r['train_sentences'] if r['train_sentences'] is not None else '-'} | "
                      f"{r['bucket']} | {r['n_sentences']} | " + " | ".join(cells) + " |")
     lines += ["", "| bucket | tasks | " + " | ".join(f"avg {h}" for h in head) + " |",
@@ -497,7 +498,7 @@ def markdown_table(report: dict) -> str:
     for b, v in report["buckets"].items():
         cells = [_fmt(v.get(key), d) for _, key, d in cols]
         if off:
-            cells.append(_pct(v.get("off_target")) + (f" ({v['off_target_tasks']} tasks)" if "off_target" in v else ""))
+            cells.append(percent(v.get("off_target")) + (f" ({v['off_target_tasks']} tasks)" if "off_target" in v else ""))
         lines.append(f"| {b} | {v['tasks']} | " + " | ".join(cells) + " |")
     sigs = sorted({r[f"{k}_signature"] for k in ("bleu", "chrf", "chrf_pp", "spbleu") for r in tasks
                    if r.get(f"{k}_signature")})

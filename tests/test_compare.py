@@ -490,6 +490,33 @@ def test_nll_only_evaluations_compare_on_nll(corpus, tmp_path):
     assert only["seed_model"] and "BLEU" not in (tmp_path / "only" / "compare.md").read_text()
 
 
+def test_off_target_rates_are_reported_per_configuration(corpus, tmp_path):
+    """Off-target rates recorded by evaluate: the mean over seeds per language and configuration,
+    per bucket the mean over measured languages; a language no run measured stays n/m."""
+    corpus_dir, refs, vocab = corpus
+    rates = {"base": {"en-fr": [0.2, 0.4], "en-de": [0.1, 0.1]}, "other": {"en-fr": [0.0, 0.2], "en-de": [0.3, 0.5]}}
+    runs = []
+    for name, o in (("base", []), ("other", ["reconcile.method=gradvac"])):
+        for s in (1, 2):
+            run = make_run(tmp_path, name, s, corpus_dir, system(refs, 0.5, 60 + s, vocab), refs=refs, overrides=o)
+            path = run / "eval" / "results.json"
+            report = json.loads(path.read_text())
+            for r in report["tasks"]:
+                r["off_target"] = rates[name].get(r["task"], [None, None])[s - 1]
+            report["off_target_lid"] = "py3langid"
+            path.write_text(json.dumps(report))
+            runs.append(run)
+    res = run_compare(runs, tmp_path / "cmp", baseline="base", samples=50)
+    off = res["off_target"]
+    assert off["identifier"] == ["py3langid"]
+    assert off["tasks"]["en-fr"]["base"]["mean"] == pytest.approx(0.3) and off["tasks"]["en-de"]["other"]["mean"] == pytest.approx(0.4)
+    unmeasured = [t for t in TASKS if t not in ("en-fr", "en-de")]
+    assert all(off["tasks"][t]["base"] == {"mean": None, "seeds": 0} for t in unmeasured)
+    assert off["buckets"]["all"]["other"]["mean"] == pytest.approx((0.1 + 0.4) / 2)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Off-target rate" in md and "| en-fr | 30.0 | 10.0 |" in md and "n/m" in md
+
+
 def test_run_compare_without_a_baseline_difference(study, tmp_path):
     """One configuration alone: its intervals, no differences (and no error)."""
     root, runs = study
