@@ -86,8 +86,8 @@ def nllb_spm_only(sp_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def nllb_ckpt(nllb_spm_only, tmp_path_factory):
-    """NLLB-shaped: tokenizer.json with the 202 language codes, the model 2 rows larger than the ids
-    (as NLLB-200's 256,206 rows for 256,204 ids)."""
+    """NLLB-shaped: tokenizer.json with the 202 language codes, the model 2 rows larger than the
+    tokenizer's ids (rows beyond the ids are accepted when the tokenizer is the same)."""
     d = tmp_path_factory.mktemp("nllb")
     tok = HFTokenizer(nllb_spm_only)
     tok.hf.save_pretrained(str(d))
@@ -149,6 +149,12 @@ def test_nllb_from_sentencepiece_alone_gets_its_language_codes(nllb_spm_only):
     assert len(set(ids.values())) == len(LANGS) and tok.unk_id not in ids.values()
     assert tok.hf.convert_ids_to_tokens(ids["fr"]) == "fra_Latn"
     assert len(tok.model_lang_ids) == len(language_codes.NLLB200)
+    # numbered as NLLB numbers them: the pieces (shifted by one for fairseq's 4 specials), the codes
+    # in NLLB's order, then <mask>
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+    first = spm.SentencePieceProcessor(model_file=str(nllb_spm_only / "sentencepiece.bpe.model")).get_piece_size() + 1
+    assert tok.lang_id("fr") == first + FAIRSEQ_LANGUAGE_CODES.index("fra_Latn")
+    assert tok.hf.mask_token_id == first + len(FAIRSEQ_LANGUAGE_CODES) == tok.vocab_size - 1
 
 
 # ----------------------------------------------------------------------------- prepare --tokenizer

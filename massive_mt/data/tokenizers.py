@@ -128,31 +128,37 @@ class HFTokenizer(BaseTokenizer):
             raise DataError(f"{self.directory}: no Hugging Face tokenizer files ({', '.join(HF_TOKENIZER_FILES[:3])})")
         self.family = hf_family(self.directory)
         from transformers import M2M100Tokenizer, NllbTokenizer
-        from transformers.utils import logging as hf_logging
 
         cls = NllbTokenizer if self.family == "nllb" else M2M100Tokenizer
+        self.hf = self._load(cls)
+        self.bos_id, self.pad_id = self.hf.bos_token_id, self.hf.pad_token_id
+        self.eos_id, self.unk_id = self.hf.eos_token_id, self.hf.unk_token_id
+        self.registered_codes = self.family == "nllb" and self._id("fra_Latn") is None
+        if self.registered_codes:
+            # transformers 5 builds an NllbTokenizer from sentencepiece.bpe.model alone without the
+            # language codes, and maps every code to <unk> without a word: register them as NLLB
+            # numbers them, after the pieces and before <mask>
+            from transformers import AddedToken
+            from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+            self.hf = self._load(cls, mask_token=None)
+            self.hf.add_tokens([AddedToken(c, special=True, normalized=False) for c in FAIRSEQ_LANGUAGE_CODES],
+                               special_tokens=True)
+            self.hf.add_special_tokens({"mask_token": AddedToken("<mask>", special=True, normalized=True,
+                                                                 lstrip=True)})
+        self._refresh()
+
+    def _load(self, cls, **kwargs):
+        from transformers.utils import logging as hf_logging
+
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            self.hf = cls.from_pretrained(str(self.directory), local_files_only=True)
+            return cls.from_pretrained(str(self.directory), local_files_only=True, **kwargs)
         except (OSError, ValueError, TypeError, RuntimeError) as e:
             raise DataError(f"{self.directory}: cannot load the {cls.__name__}: {e}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-        self.bos_id, self.pad_id = self.hf.bos_token_id, self.hf.pad_token_id
-        self.eos_id, self.unk_id = self.hf.eos_token_id, self.hf.unk_token_id
-        if self.family == "nllb" and self._id("fra_Latn") is None:
-            # transformers 5 builds an NllbTokenizer from sentencepiece.bpe.model alone without the
-            # language codes, and maps every code to <unk>: register them, in NLLB's order
-            from transformers import AddedToken
-            from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
-
-            self.hf.add_tokens([AddedToken(c, special=True, normalized=False) for c in FAIRSEQ_LANGUAGE_CODES],
-                               special_tokens=True)
-            self.registered_codes = True
-        else:
-            self.registered_codes = False
-        self._refresh()
 
     def _id(self, token: str) -> int | None:
         i = self.hf.convert_tokens_to_ids(token)
