@@ -232,6 +232,15 @@ def test_gradvac_zero2_trains_from_the_nllb_checkpoint(nllb_bin, nllb_ckpt, tmp_
     tok = load_tokenizer(export)                                  # the checkpoint's tokenizer travels with it
     assert tok.kind == "hf" and tok.identity() == HFTokenizer(nllb_ckpt).identity()
     assert check_pretrained(load_data_bin(nllb_bin), nllb_bin, export)["init"] == {}
+    # evaluation reads the export through the same interface: NLLB's language tokens, forced target
+    from massive_mt.evaluate import Translator
+
+    tr = Translator(export, device="cpu")
+    src = tr.encode(["Passwort vergessen?"], "de")[0]
+    assert src[0] == tok.hf.convert_tokens_to_ids("deu_Latn") and src[-1] == tok.eos_id
+    assert src[1:-1] == HFTokenizer(nllb_ckpt).hf("Passwort vergessen?", add_special_tokens=False).input_ids
+    assert all(isinstance(h, str) for h in tr.translate(["Passwort vergessen?"], "de", "fr", beam=2,
+                                                        max_new_tokens=8))
 
 
 def test_an_added_language_starts_from_its_related_language_and_trains(added_bin, m2m100_ckpt, real_corpus, tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
