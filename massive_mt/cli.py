@@ -67,25 +67,35 @@ def cmd_build_corpus(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    """Validate the corpus, train SentencePiece, binarise; built in a temporary directory
-    next to the output and renamed into place, so a failure leaves nothing behind."""
+    """Validate the corpus, train SentencePiece (or load --tokenizer), binarise; built in a temporary
+    directory next to the output and renamed into place, so a failure leaves nothing behind."""
     from .data.binarize import encode_corpus
     from .data.corpus import load_corpus
     from .data.spm import train_spm
+    from .data.tokenizers import load_tokenizer, parse_init_from
     from .io import staged_dir
 
     from tqdm import tqdm
 
+    split = lambda v: [x for x in (v or "").split(",") if x]       # noqa: E731
+    tokenizer, langs = getattr(a, "tokenizer", None), split(getattr(a, "langs", None)) or None
+    added, init_specs = split(getattr(a, "add_languages", None)), getattr(a, "init_from", None) or []
+    if (added or init_specs) and tokenizer is None:
+        raise MassiveMTError("--add-languages/--init-from need --tokenizer (a pretrained checkpoint's tokenizer)")
+    init_from = parse_init_from(init_specs, added)
+    tok = load_tokenizer(tokenizer) if tokenizer else None     # before the slow corpus check: fail early
     corpus = load_corpus(a.corpus, verify=True)
     for name, info in tqdm(corpus.pairs.items(), desc="check", unit="pair", dynamic_ncols=True):
-        for split, n in info.sizes.items():           # strict read of every file: UTF-8, empty lines
+        for split_name, n in info.sizes.items():      # strict read of every file: UTF-8, empty lines
             if n:
-                corpus.read(split, info.src, info.tgt)
+                corpus.read(split_name, info.src, info.tgt)
     with staged_dir(a.out) as tmp:
-        model = train_spm(a.corpus, str(tmp / "spm"), vocab_size=a.vocab_size, temperature=a.temperature,
-                          seed=a.seed)
-        encode_corpus(a.corpus, model, tmp, workers=a.workers)
-    print(f"{a.out}: SentencePiece model and token arrays written")
+        if tok is None:
+            tok = train_spm(a.corpus, str(tmp / "spm"), vocab_size=a.vocab_size, temperature=a.temperature,
+                            seed=a.seed)
+        encode_corpus(a.corpus, tok, tmp, workers=a.workers, langs=langs, add_languages=added, init_from=init_from)
+    what = f"the {tokenizer} tokenizer's" if tokenizer else "SentencePiece model and"
+    print(f"{a.out}: {what} token arrays written" + (f" (added languages: {', '.join(added)})" if added else ""))
     return 0
 
 
@@ -289,9 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes reading sources")
     b.set_defaults(fn=cmd_build_corpus)
 
-    pr = sub.add_parser("prepare", help="train the joint SentencePiece model and write token arrays")
+    pr = sub.add_parser("prepare", help="train the joint SentencePiece model (or use --tokenizer) and write "
+                                         "token arrays")
     pr.add_argument("--corpus", required=True)
     pr.add_argument("--out", required=True, help="data-bin directory")
+    pr.add_argument("--tokenizer", help="a local M2M-100 or NLLB-200 checkpoint directory: encode with its tokenizer "
+                                        "instead of training SentencePiece (docs/finetuning.md)")
+    pr.add_argument("--langs", help="comma-separated corpus languages to encode (with the pivot); default: all")
+    pr.add_argument("--add-languages", help="comma-separated languages the --tokenizer lacks: new language tokens")
+    pr.add_argument("--init-from", action="append", metavar="XX=FR|FR",
+                    help="the language whose embedding initialises an added language's (repeatable), or one "
+                         "language for all; default: the mean of the model's language tags")
     pr.add_argument("--vocab-size", type=int, default=8000)
     pr.add_argument("--temperature", type=float, default=5.0, help="language mix of the SentencePiece sample")
     pr.add_argument("--seed", type=int, default=1)

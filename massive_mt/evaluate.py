@@ -90,15 +90,15 @@ class Translator:
     """Beam search with an M2M100-style model from a trainer output directory."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_len: Optional[int] = None):
-        from .data.spm import Tokenizer
+        from .data.tokenizers import load_tokenizer
 
         model_dir = Path(model_dir)
-        for f in ("config.json", "spm.model"):
+        for f in ("config.json",):
             if not (model_dir / f).is_file():
                 raise DataError(f"{model_dir / f}: missing (not a massive_mt model directory)")
         meta_path = model_dir / "massive_mt.json"
         self.meta = read_json_object(meta_path) if meta_path.is_file() else {}
-        self.tokenizer = Tokenizer(model_dir / "spm.model")
+        self.tokenizer = load_tokenizer(model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = load_model(model_dir)
         self.model.to(self.device).eval()

@@ -89,6 +89,26 @@ def build_model(preset: str, vocab_size: int, max_len: int, from_pretrained: Opt
     return model
 
 
+def add_language_embeddings(model, vocab_size: int, init: dict[int, list[int]]) -> None:
+    """Rows for languages added to a pretrained tokenizer (`prepare --add-languages`): grow the
+    shared embeddings (and the tied output layer) to `vocab_size` rows where they have fewer, and
+    set row `i` of each `init` entry to the mean of the rows it names (a related language's tag,
+    or all the model's language tags)."""
+    import torch
+
+    if model.config.vocab_size < vocab_size:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    if not init:
+        return
+    weights = {model.get_input_embeddings().weight, model.get_output_embeddings().weight}   # one when tied
+    with torch.no_grad():
+        for row, sources in init.items():
+            if not sources:
+                raise ConfigError(f"no embedding rows to initialise the added language tag {row} from")
+            for weight in weights:
+                weight[row] = weight[sources].mean(0)
+
+
 def count_parameters(model) -> int:
     """Unique parameters (tied embeddings counted once)."""
     seen, n = set(), 0

@@ -26,13 +26,13 @@ from .config import ExperimentConfig, load_config, load_ds_config, resolve_ds_co
 from .data.sampler import TaskStepSampler, temperature_probs, token_budget_batches
 from .data.binarize import load_data_bin
 from .data.dataset import TaskDataset
-from .data.spm import Tokenizer
+from .data.tokenizers import check_pretrained, load_tokenizer
 from .data.tasks import resolve_tasks, task_name
 from .distributed import init_distributed
 from .errors import ConfigError, MassiveMTError
 from .lock import take as take_lock
 from .metrics import MetricsWriter, NonFiniteCount, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
-from .model import build_model, count_parameters
+from .model import add_language_embeddings, build_model, count_parameters
 from .optim import build_optimizer, label_smoothed_loss
 from .preemption import REQUEUE_EXIT, StopRequested, StopSignals
 
@@ -66,7 +66,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         data_bin = Path(cfg.data.data_bin)
         self.manifest = load_data_bin(data_bin)
-        self.tokenizer = Tokenizer(data_bin / "spm.model")
+        self.tokenizer = load_tokenizer(data_bin)
 
         # ---- data: one dataset and one list of token-budget micro-batches per task
         tasks = resolve_tasks(self.manifest, cfg.data.direction, cfg.data.tasks, cfg.data.langs,
@@ -89,11 +89,14 @@ class Trainer:
         # ---- model, optimizer, DeepSpeed engine
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
-        model = build_model(m.preset, self.tokenizer.vocab_size, cfg.data.max_len, m.from_pretrained,
+        start = (check_pretrained(self.manifest, data_bin, m.from_pretrained) if m.from_pretrained
+                 else {"vocab_size": self.tokenizer.vocab_size, "init": {}})
+        model = build_model(m.preset, start["vocab_size"], cfg.data.max_len, m.from_pretrained,
                             attn_implementation=m.attn_implementation,
                             activation_checkpointing=m.activation_checkpointing,
                             dropout=m.dropout, attention_dropout=m.attention_dropout,
                             activation_dropout=m.activation_dropout)
+        add_language_embeddings(model, self.tokenizer.vocab_size, start["init"])
         self.n_params = count_parameters(model)
         optimizer, scheduler = build_optimizer(model, cfg.optim)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -421,9 +424,9 @@ class Trainer:
         data_bin = Path(self.cfg.data.data_bin)
         meta = {"tasks": self.tasks, "train_sentences": self.train_sizes, "steps": self.step,
                 "pivot": self.manifest.get("pivot", "en"), "config": self.cfg.to_dict(),
-                "max_len": self.cfg.data.max_len}
+                "max_len": self.cfg.data.max_len, "tokenizer": self.manifest.get("tokenizer")}
         checkpoint.export_hf(self.engine, self.run_dir / "model",
-                             {"spm.model": data_bin / "spm.model"}, meta)
+                             {f.name: f for f in load_tokenizer(data_bin).files()}, meta)
 
 
 def build_parser() -> argparse.ArgumentParser:

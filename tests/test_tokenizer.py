@@ -303,3 +303,27 @@ def test_task_dataset_errors(data_bin):
         TaskDataset(data_bin, "en", "fr", split="test", max_len=16)
     with pytest.raises(ConfigError, match="max_len"):
         TaskDataset(data_bin, "en", "fr", max_len=2)
+
+
+# -- the tokenizer interface on the project's SentencePiece model ----------------------------
+
+
+def test_data_bin_records_and_loads_its_sentencepiece_tokenizer(spm_model, data_bin):
+    from massive_mt.data.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(data_bin)
+    assert isinstance(tok, Tokenizer) and tok.kind == "spm" and tok.files() == [data_bin / "spm.model"]
+    info = load_data_bin(data_bin)["tokenizer"]
+    assert info["sha256"] == info["source_sha256"] == Tokenizer(spm_model).identity() == tok.identity()
+    assert info["family"] is None and info["source_vocab_size"] == tok.vocab_size
+    assert load_tokenizer(spm_model).encode("le chat") == tok.encode("le chat")
+
+
+def test_langs_keeps_their_pairs_with_the_pivot(corpus, spm_model, tmp_path):
+    encode_corpus(corpus, spm_model, tmp_path / "fr", splits=("valid",), workers=1, langs=["fr"])
+    manifest = load_data_bin(tmp_path / "fr")
+    assert list(manifest["pairs"]) == ["en-fr"] and manifest["langs"] == ["en", "fr"]
+    with pytest.raises(DataError, match="--langs: xx not in the corpus"):
+        encode_corpus(corpus, spm_model, tmp_path / "xx", splits=("valid",), workers=1, langs=["fr", "xx"])
+    with pytest.raises(ConfigError, match="--add-languages needs --tokenizer"):
+        encode_corpus(corpus, spm_model, tmp_path / "add", splits=("valid",), workers=1, add_languages=["de"])

@@ -52,7 +52,8 @@ class TaskDataset:
         if not isinstance(max_len, int) or max_len < 3:
             raise ConfigError(f"max_len must be an integer >= 3 (tag + token + eos), got {max_len!r}")
         self.max_len = max_len
-        self.pad_id, self.eos_id = PAD_ID, EOS_ID
+        special = manifest.get("special_ids") or {}          # the tokenizer's (the project's: 1, 2)
+        self.pad_id, self.eos_id = int(special.get("pad", PAD_ID)), int(special.get("eos", EOS_ID))
         self.src_tag = int(manifest["lang_ids"][src_lang])
         self.tgt_tag = int(manifest["lang_ids"][tgt_lang])
 

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from massive_mt.data.corpus import Corpus, load_corpus, read_lines
 from massive_mt.data.sampler import temperature_probs
+from massive_mt.data.tokenizers import SPM_FILE, BaseTokenizer
 from massive_mt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -143,8 +145,10 @@ def train_spm(
 # -- tokenizer ------------------------------------------------------------------------------
 
 
-class Tokenizer:
+class Tokenizer(BaseTokenizer):
     """A SentencePiece model following the massive_mt id and language-tag conventions."""
+
+    kind, family = "spm", None
 
     def __init__(self, model_path: str | os.PathLike):
         self.model_path = Path(model_path)
@@ -182,6 +186,23 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without bos/eos or language tag."""
         return self.sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        return self.sp.encode(list(texts), out_type=int)
+
+    def files(self) -> list[Path]:
+        return [self.model_path]
+
+    def save(self, directory: str | os.PathLike) -> list[Path]:
+        """``spm.model`` (and ``spm.vocab``, for humans, where there is one) in ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = self.model_path.with_suffix(".vocab")
+        for src, dst in ((vocab, "spm.vocab"), (self.model_path, SPM_FILE)):   # .model last
+            if src.is_file() and src.resolve() != (directory / dst).resolve():
+                shutil.copyfile(src, directory / f"{dst}.tmp")
+                os.replace(directory / f"{dst}.tmp", directory / dst)
+        return [directory / SPM_FILE]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``, dropping special tokens and language tags."""
