@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_task_weights)
 
     sub.add_parser("bench", help="scaling benchmark (one process per rank; see `massive-mt bench --help`)")
+    sub.add_parser("memory-plan", help="memory per GPU of fine-tuning an NLLB/M2M-100 shape under ZeRO "
+                                       "(see `massive-mt memory-plan --help`)")
 
     br = sub.add_parser("bench-report", help="tables and plots from `massive-mt bench` JSON lines")
     br.add_argument("results", nargs="+", help="JSONL files written by `massive-mt bench --out`")
@@ -407,6 +409,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["evaluate"]:         # its own parser: it may run as a rank of a launcher
         from . import evaluate
         return evaluate.main(argv[1:])
+    if argv[:1] == ["memory-plan"]:
+        from . import memory_plan
+        return memory_plan.main(argv[1:])
     args = build_parser().parse_args(argv)
     return run_command(args.command, getattr(args, "out", None), args.fn, args)
 
