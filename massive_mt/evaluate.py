@@ -86,10 +86,24 @@ def test_set_identity(split: str, src_path: Path, ref_path: Path, n_sentences: i
             "reference": str(ref_path.resolve()), "reference_sha256": sha256_file(ref_path)}
 
 
-class Translator:
-    """Beam search with an M2M100-style model from a trainer output directory."""
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
-    def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_len: Optional[int] = None):
+
+def decode_dtype(dtype: Optional[str], device: torch.device) -> str:
+    """The dtype the model decodes in: ``dtype`` (bf16 or fp32), else bf16 on CUDA and fp32 elsewhere."""
+    if dtype is None:
+        return "bf16" if device.type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return dtype
+
+
+class Translator:
+    """Beam search with an M2M100-style model from a trainer output directory, in ``dtype``
+    (:func:`decode_dtype`; the test NLL is computed from fp32 log-probabilities either way)."""
+
+    def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_len: Optional[int] = None,
+                 dtype: Optional[str] = None):
         from .data.tokenizers import load_tokenizer
 
         model_dir = Path(model_dir)
@@ -100,8 +114,9 @@ class Translator:
         self.meta = read_json_object(meta_path) if meta_path.is_file() else {}
         self.tokenizer = load_tokenizer(model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = decode_dtype(dtype, self.device)
         self.model = load_model(model_dir)
-        self.model.to(self.device).eval()
+        self.model.to(self.device, dtype=DTYPES[self.dtype]).eval()
         self.max_positions = self.model.config.max_position_embeddings
         self.max_len = min(max_len or self.meta.get("max_len", 256), self.max_positions - 2)
 
@@ -259,7 +274,8 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
              max_sentences: int = 0, max_new_tokens: int = 128, length_penalty: float = 1.0,
              device: Optional[str] = None, out_dir: Optional[str | Path] = None, progress: bool = True,
              rank: int = 0, world_size: int = 1, flores_dir: Optional[str | Path] = None, metrics: str = "all",
-             spm_model: Optional[str | Path] = None, lid_model: Optional[str | Path] = None) -> Optional[dict]:
+             spm_model: Optional[str | Path] = None, lid_model: Optional[str | Path] = None,
+             dtype: Optional[str] = None) -> Optional[dict]:
     """Translate and score every task; returns the report dict on rank 0 (None on the other ranks) and
     writes results.json, results.md and one hypothesis file per task to ``out_dir``.
 
@@ -274,7 +290,7 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
     check_options(beam, batch_size, max_tokens, max_sentences, max_new_tokens)
     if metrics not in METRICS:
         raise ConfigError(f"--metrics {metrics!r}: expected one of {', '.join(METRICS)}")
-    tr = Translator(model_dir, device=device)
+    tr = Translator(model_dir, device=device, dtype=dtype)
     if tasks is None:
         tasks = tr.meta.get("tasks")
         if not tasks:
@@ -333,7 +349,7 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
         results.append(result)
     n = sum(len(r) for r in rows.values())
     report = {"model": str(model_dir), "corpus": str(corpus_dir) if corpus_dir else None, "split": split,
-              "beam": beam, "max_sentences": max_sentences, "metrics": metrics,
+              "beam": beam, "dtype": tr.dtype, "max_sentences": max_sentences, "metrics": metrics,
               "scored": {k: v for k, v in scored.items() if k != "split_name"},
               "off_target_lid": scorers.lid.name if scorers else None,
               "untested": untested, "tasks": [r.to_dict() for r in results],
@@ -562,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sentences", type=_count(0), default=0, help="the first N sentences per task, 0 = all")
     p.add_argument("--max-new-tokens", type=_count(1), default=128)
     p.add_argument("--device", help="default: this rank's GPU if there is one, else the CPU")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="the model's dtype for decoding "
+                   "(default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--out", help="where results.json/results.md go (default: next to the model, in eval/)")
     p.add_argument("--nproc", type=_count(1), default=1, help="start this many local ranks (one per GPU or CPU share)")
     p.add_argument("--launcher", default="torchrun", choices=["torchrun", "deepspeed"], help="for --nproc > 1")
@@ -609,7 +627,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
                       max_tokens=a.max_tokens, max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens,
                       device=device, out_dir=a.out, progress=not a.no_progress,
                       rank=rank, world_size=world, flores_dir=a.benchmark_dir, metrics=a.metrics,
-                      spm_model=a.spm_model, lid_model=a.lid_model)
+                      spm_model=a.spm_model, lid_model=a.lid_model, dtype=a.dtype)
     if report is not None:
         print(markdown_table(report))
         s = report["speed"]

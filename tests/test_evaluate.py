@@ -144,6 +144,36 @@ def test_report_says_which_set_it_scored_and_lists_untested_tasks(trained_run, r
     assert rc == 2 and "none of the tasks has 'test' sentences" in capsys.readouterr().err
 
 
+def test_bf16_decoding_on_cpu_is_finite_and_recorded(trained_run, real_corpus, tmp_path, capsys):
+    """--dtype bf16 decodes with a bf16 model (on the CPU too); the default on the CPU is fp32; the
+    dtype is in results.json; the test NLL stays close to fp32's."""
+    import math
+
+    import torch
+
+    tr = Translator(trained_run / "model", device="cpu", dtype="bf16")
+    assert tr.dtype == "bf16" and {p.dtype for p in tr.model.parameters()} == {torch.bfloat16}
+    assert Translator(trained_run / "model", device="cpu").dtype == "fp32"
+    reports = {}
+    for dtype in ("bf16", "fp32"):
+        out = tmp_path / dtype
+        assert _evaluate_cli(trained_run / "model", real_corpus, "--tasks", "en-fr", "en-de",
+                             "--max-sentences", "4", "--dtype", dtype, out=out) == 0
+        reports[dtype] = json.loads((out / "results.json").read_text())
+        assert reports[dtype]["dtype"] == dtype
+        for r in reports[dtype]["tasks"]:
+            assert r["n_sentences"] == 4 and all(math.isfinite(r[k]) for k in ("bleu", "chrf", "nll"))
+            assert len((out / f"hyp.test.{r['task']}.txt").read_text().splitlines()) == 4
+    for b, f in zip(reports["bf16"]["tasks"], reports["fp32"]["tasks"]):
+        assert b["nll_tokens"] == f["nll_tokens"] and b["nll"] == pytest.approx(f["nll"], rel=0.05)
+    with pytest.raises(SystemExit) as e:
+        _evaluate_cli(trained_run / "model", real_corpus, "--dtype", "fp16", out=tmp_path / "x")
+    assert e.value.code == 2
+    assert "argument --dtype: invalid choice: 'fp16'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="dtype 'half'"):
+        Translator(trained_run / "model", device="cpu", dtype="half")
+
+
 def test_batches_are_token_bounded_and_in_input_order(trained_run, monkeypatch):
     tr = Translator(trained_run / "model", device="cpu")
     sentences = ["Save", "Delete this item permanently from the list of saved items?", "Cancel", "Sign in",
