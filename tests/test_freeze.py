@@ -1,0 +1,90 @@
+"""A loaded checkpoint (`model.from_pretrained`) takes the model.dropout* options; `model.freeze`
+leaves parameters untrained and out of the optimizer and its state."""
+import pytest
+import torch
+from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+from massive_mt.config import load_config
+from massive_mt.errors import ConfigError
+from massive_mt.model import build_model, freeze_parameters, matches
+from massive_mt.optim import build_optimizer
+
+
+def tiny_checkpoint(path, vocab_size=120, **overrides):
+    """A small M2M100 checkpoint written with save_pretrained (its own dropout and layer drop set high)."""
+    cfg = dict(vocab_size=vocab_size, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+               dropout=0.3, attention_dropout=0.3, activation_dropout=0.3, encoder_layerdrop=0.5,
+               decoder_layerdrop=0.5, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    cfg.update(overrides)
+    torch.manual_seed(0)
+    M2M100ForConditionalGeneration(M2M100Config(**cfg)).save_pretrained(str(path))
+    return str(path)
+
+
+def layer_rates(model):
+    """(dropout, attention dropout, activation dropout) as every layer and stack reads them."""
+    m = model.model
+    layers = list(m.encoder.layers) + list(m.decoder.layers)
+    rates = {(l.dropout, l.self_attn.dropout, l.activation_dropout) for l in layers}
+    rates |= {(l.dropout, l.encoder_attn.dropout, l.activation_dropout) for l in m.decoder.layers}
+    return rates, {m.encoder.dropout, m.decoder.dropout}, {m.encoder.layerdrop, m.decoder.layerdrop}
+
+
+def batch(vocab_size=120):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab_size, (2, 7), generator=g)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids.flip(1))
+
+
+def test_dropout_options_apply_to_a_loaded_checkpoint(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    saved = M2M100ForConditionalGeneration.from_pretrained(ckpt).state_dict()
+    model = build_model("test", 100, 32, ckpt, dropout=0.25, attention_dropout=0.125, activation_dropout=0.0625)
+    c = model.config
+    assert (c.dropout, c.attention_dropout, c.activation_dropout) == (0.25, 0.125, 0.0625)
+    assert layer_rates(model) == ({(0.25, 0.125, 0.0625)}, {0.25}, {0.0})
+    assert (c.encoder_layerdrop, c.decoder_layerdrop) == (0.0, 0.0)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())    # the checkpoint's weights
+
+    # no dropout: two training-mode forward passes agree; the checkpoint's own 0.3 would make them differ
+    quiet = build_model("test", 100, 32, ckpt, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0).train()
+    assert torch.equal(quiet(**batch()).logits, quiet(**batch()).logits)
+    noisy = M2M100ForConditionalGeneration.from_pretrained(ckpt).train()
+    assert not torch.equal(noisy(**batch()).logits, noisy(**batch()).logits)
+
+
+# ----------------------------------------------------------------------------- freezing
+
+NAMES = ["model.shared.weight", "model.encoder.layers.0.fc1.weight", "model.encoder.layers.10.fc1.weight",
+         "model.decoder.layers.0.self_attn.k_proj.bias", "model.encoder.layer_norm.weight"]
+
+
+@pytest.mark.parametrize("pattern, hit", [
+    ("shared", [0]), ("model.shared.weight", [0]), ("encoder.layers.0", [1]), ("layers.0", [1, 3]),
+    ("encoder.layers.1", []), ("fc1", [1, 2]), ("*.layers.1?.*", [2]), ("*layer_norm*", [4]), ("shar", []),
+    ("model", [0, 1, 2, 3, 4]), ("*.layers.[01].*", [1, 3]),
+])
+def test_pattern_rule(pattern, hit):
+    assert [i for i, n in enumerate(NAMES) if matches(n, pattern)] == hit
+
+
+def test_freeze_counts_tied_embedding_and_optimizer(tmp_path):
+    model = build_model("test", 100, 16)
+    total = sum(p.numel() for p in model.parameters())
+    trainable, frozen = freeze_parameters(model, ["lm_head", "encoder.layers.0"])
+    shared = model.model.shared.weight
+    assert model.lm_head.weight is shared and not shared.requires_grad     # the tied output projection too
+    layer0 = sum(p.numel() for p in model.model.encoder.layers[0].parameters())
+    assert frozen == shared.numel() + layer0 and trainable + frozen == total
+    opt, _ = build_optimizer(model, load_config(None, []).optim)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in model.parameters() if p.requires_grad} and id(shared) not in in_opt
+
+
+def test_pattern_matching_nothing_is_refused():
+    model = build_model("test", 100, 16)
+    with pytest.raises(ConfigError, match=r"field 'model.freeze\[1\]': pattern 'encoder.layers.7' matches no parameter"):
+        freeze_parameters(model, ["shared", "encoder.layers.7"])
+    with pytest.raises(ConfigError, match=r"model.freeze"):
+        load_config(None, ["model.freeze=[]"])
