@@ -88,3 +88,58 @@ def test_pattern_matching_nothing_is_refused():
         freeze_parameters(model, ["shared", "encoder.layers.7"])
     with pytest.raises(ConfigError, match=r"model.freeze"):
         load_config(None, ["model.freeze=[]"])
+
+
+def test_frozen_parameters_belong_to_no_group():
+    from massive_mt.reconcile.groups import ShardGroups, assign_groups
+    from massive_mt.zero_adapter import Segment
+
+    model = build_model("test", 100, 16)        # 1 encoder + 1 decoder layer
+    freeze_parameters(model, ["shared", "decoder.layers.0"])
+    names = [n for n, _ in model.named_parameters()]
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    groups = assign_groups(names, "all_layer", frozen)
+    assert set(groups) == set(names) - frozen
+    # the decoder's final layer norm still joins its last layer, which is otherwise frozen
+    assert list(dict.fromkeys(groups.values())) == ["encoder.layers.0", "decoder.layers.0"]
+    assert [n for n, g in groups.items() if g == "decoder.layers.0"] == ["model.decoder.layer_norm.weight",
+                                                                         "model.decoder.layer_norm.bias"]
+    segs, off = [], 0
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            segs.append(Segment(n, off, p.numel()))
+            off += p.numel()
+    g = ShardGroups.of_module(model, "all_layer", segs, segs)
+    assert g.names == ["encoder.layers.0", "decoder.layers.0"]
+    assert sum(b - a for runs in g.update_runs for a, b in runs) == off
+
+
+@pytest.mark.distributed
+def test_loaded_checkpoint_trains_with_frozen_parameters(data_bin, tmp_path):
+    """2-rank ZeRO-2 GradVac training from a tiny saved checkpoint with the embedding and the encoder's
+    first layer frozen: those weights come out of the export bit for bit as they went in, the others
+    moved, the dropout options are in the exported config, the start record counts both kinds."""
+    from safetensors.torch import load_file
+
+    from conftest import read_metrics, run_ranks, train_args
+    from massive_mt.data.spm import Tokenizer
+
+    tok = Tokenizer(data_bin / "spm.model")
+    ckpt = tiny_checkpoint(tmp_path / "ckpt", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
+                           bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.eos_id)
+    out = tmp_path / "run"
+    run_ranks(2, train_args(data_bin, out, "zero2.json", "train.max_steps=3", f"model.from_pretrained={ckpt}",
+                            "model.freeze=[shared, encoder.layers.0]", "model.attention_dropout=0.05",
+                            "reconcile.method=gradvac", "optim.warmup_steps=0"))
+    start = read_metrics(out)[0]
+    assert start["world_size"] == 2 and start["zero_stage"] == 2
+    w0, w1 = load_file(f"{ckpt}/model.safetensors"), load_file(str(out / "model" / "model.safetensors"))
+    frozen = [k for k in w0 if k == "model.shared.weight" or k.startswith("model.encoder.layers.0.")]
+    assert len(frozen) == 17 and start["frozen_parameters"] == sum(w0[k].numel() for k in frozen)
+    assert start["trainable_parameters"] == sum(w0[k].numel() for k in w0 if k not in frozen and "embed_tokens" not in k
+                                                and k != "lm_head.weight")
+    assert all(torch.equal(w0[k], w1[k]) for k in frozen)
+    assert all((w0[k] - w1[k]).abs().max() > 0 for k in ("model.encoder.layers.1.fc1.weight",
+                                                         "model.decoder.layers.0.fc1.weight"))
+    exported = M2M100Config.from_pretrained(str(out / "model"))
+    assert (exported.dropout, exported.attention_dropout, exported.encoder_layerdrop) == (0.0, 0.05, 0.0)
