@@ -71,11 +71,12 @@ def test_sharded_equals_unsharded_fp32(data_bin, tmp_path, world, stage):
 FREEZE = "model.freeze=[shared, encoder.layers.0.fc1, '*.self_attn_layer_norm.*']"
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_sharded_equals_unsharded_with_frozen_parameters(data_bin, tmp_path, stage):
     """model.freeze: the frozen weights stay where they were, hold no optimizer state and no place in
     the gradient partitions (ZeRO-3 still shards the weights themselves) or in the groups, and the
-    step over the others equals the replay that freezes the same parameters."""
+    step over the others equals the replay that freezes the same parameters. (Stage 0: every rank
+    holds the whole gradient and optimizer state, of the trainable parameters only.)"""
     specs = ["plain", "gradvac:all_layer", "pcgrad:enc_dec", "cats+lr_alpha=3+lr_lam=10+eps=0"]
     r = equivalence(2, f"zero{stage}.json", 3, specs, data_bin, tmp_path / "run", FREEZE)
     assert r["world_size"] == 2
@@ -87,7 +88,8 @@ def test_sharded_equals_unsharded_with_frozen_parameters(data_bin, tmp_path, sta
         assert m["trainable_numel"] <= m["adam_state_numel"] < m["trainable_numel"] + 1024, (spec, m)
         assert m["rel_diff"] <= 1e-6, (spec, m)
         if spec != "plain":
-            assert m["segments_of_frozen"] == [] and m["snapshot_numel"] * 2 < m["trainable_numel"] + 1024, (spec, m)
+            assert m["segments_of_frozen"] == [], (spec, m)
+            assert m["snapshot_numel"] * (2 if stage else 1) < m["trainable_numel"] + 1024, (spec, m)
     # all_layer: the embeddings group is gone (all frozen); the encoder layer keeps its other matrices
     assert r["methods"]["gradvac:all_layer"]["groups"] == 2 and r["methods"]["pcgrad:enc_dec"]["groups"] == 2
     assert r["methods"]["gradvac:all_layer"]["fired"] > 0 and r["methods"]["pcgrad:enc_dec"]["fired"] > 0
