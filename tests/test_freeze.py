@@ -143,3 +143,33 @@ def test_loaded_checkpoint_trains_with_frozen_parameters(data_bin, tmp_path):
                                                          "model.decoder.layers.0.fc1.weight"))
     exported = M2M100Config.from_pretrained(str(out / "model"))
     assert (exported.dropout, exported.attention_dropout, exported.encoder_layerdrop) == (0.0, 0.05, 0.0)
+
+
+@pytest.mark.distributed
+def test_resume_with_frozen_parameters_zero3(data_bin, tmp_path):
+    """2 + 2 steps with a resume in between end where 4 uninterrupted steps end (ZeRO-3, which
+    partitions the frozen weights too); the frozen ones equal their initial values; a resume that
+    changes model.freeze is refused, naming the field."""
+    from safetensors.torch import load_file
+
+    from conftest import read_metrics, run_ranks, train_args
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    args = ("zero3.json", "model.freeze=[shared, decoder.layers.0.fc2]", "reconcile.method=gradvac",
+            "train.save_interval=2", "optim.warmup_steps=0")
+    run_ranks(2, train_args(data_bin, full, *args, "train.max_steps=4"))
+    run_ranks(2, train_args(data_bin, part, *args, "train.max_steps=2"))
+    run_ranks(2, train_args(data_bin, part, *args, "train.max_steps=4"))
+    starts = [m for m in read_metrics(part) if m.get("event") == "start"]
+    assert [(s["world_size"], s["zero_stage"], s["resumed_from_step"]) for s in starts] == [(2, 3, 0), (2, 3, 2)]
+    wf, wp = (load_file(str(r / "model" / "model.safetensors")) for r in (full, part))
+    for k in wf:
+        assert (wf[k] - wp[k]).abs().max() <= 1e-5 * max(float(wf[k].abs().max()), 1e-3), k
+    torch.manual_seed(1)                       # train.seed: the initial weights
+    init = build_model("test", wf["model.shared.weight"].shape[0], 48, dropout=0.0).state_dict()
+    for k in ("model.shared.weight", "model.decoder.layers.0.fc2.weight", "model.decoder.layers.0.fc2.bias"):
+        assert torch.equal(wf[k], init[k]), k
+    assert not torch.equal(wf["model.decoder.layers.0.fc1.weight"], init["model.decoder.layers.0.fc1.weight"])
+    p = run_ranks(2, train_args(data_bin, part, *args[:1], "model.freeze=[shared]", *args[2:], "train.max_steps=5"),
+                  check=False)
+    assert p.returncode != 0 and "model.freeze" in p.stderr, p.stderr[-2000:]
