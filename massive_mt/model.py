@@ -138,6 +138,8 @@ def freeze_parameters(model, patterns: Sequence[str], field: str = "model.freeze
         for p in hits:
             p.requires_grad_(False)
     frozen = sum(getattr(p, "ds_numel", p.numel()) for _, p in model.named_parameters() if not p.requires_grad)
+    if patterns and frozen == count_parameters(model):
+        raise ConfigError(f"field '{field}': {list(patterns)} freezes every parameter; nothing is left to train")
     return count_parameters(model) - frozen, frozen
 
 

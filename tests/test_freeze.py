@@ -88,6 +88,8 @@ def test_pattern_matching_nothing_is_refused():
         freeze_parameters(model, ["shared", "encoder.layers.7"])
     with pytest.raises(ConfigError, match=r"model.freeze"):
         load_config(None, ["model.freeze=[]"])
+    with pytest.raises(ConfigError, match=r"field 'model.freeze': \['model'\] freezes every parameter"):
+        freeze_parameters(build_model("test", 100, 16), ["model"])
 
 
 def test_frozen_parameters_belong_to_no_group():
@@ -173,3 +175,14 @@ def test_resume_with_frozen_parameters_zero3(data_bin, tmp_path):
     p = run_ranks(2, train_args(data_bin, part, *args[:1], "model.freeze=[shared]", *args[2:], "train.max_steps=5"),
                   check=False)
     assert p.returncode != 0 and "model.freeze" in p.stderr, p.stderr[-2000:]
+
+
+@pytest.mark.distributed
+def test_training_refuses_a_pattern_that_matches_nothing(data_bin, tmp_path):
+    from conftest import run_ranks, train_args
+
+    p = run_ranks(1, train_args(data_bin, tmp_path / "run", "zero2.json", "model.freeze=[shared, encoder.layers.7]"),
+                  check=False)
+    assert p.returncode != 0, p.stderr[-2000:]
+    assert "error: field 'model.freeze[1]': pattern 'encoder.layers.7' matches no parameter" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
