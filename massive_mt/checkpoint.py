@@ -337,7 +337,10 @@ def full_fp32_state_dict(engine) -> dict:
     stage = engine.zero_optimization_stage()
     out = {}
     for name, p in module.named_parameters():
-        if stage == 0 and not engine.bfloat16_enabled():
+        if not p.requires_grad:     # frozen (model.freeze): no master copy; the weight, gathered under ZeRO-3
+            with deepspeed.zero.GatheredParameters([p]):
+                out[name] = p.detach().float().cpu().clone()
+        elif stage == 0 and not engine.bfloat16_enabled():
             out[name] = p.detach().float().cpu().clone()
         else:
             out[name] = deepspeed.utils.safe_get_full_fp32_param(p).detach().float().cpu().clone()

@@ -95,6 +95,8 @@ class ModelConfig(Section):
     activation_dropout: float = Field(0.0, ge=0, lt=1)
     attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"   # flash_attention_2 needs flash-attn
     activation_checkpointing: bool = False  # recompute each Transformer layer in the backward pass
+    # parameters left untrained, by name pattern (massive_mt/model.py `matches`), e.g. [shared, encoder.layers.0]
+    freeze: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None
 
     @field_validator("from_pretrained")
     @classmethod

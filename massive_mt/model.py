@@ -10,12 +10,20 @@ Large-model options (`build_model`): `attn_implementation` is transformers' atte
 `flash_attention_2`: the flash-attn package); `activation_checkpointing` recomputes each encoder
 and decoder layer in the backward pass (torch.utils.checkpoint, non-reentrant, RNG state
 preserved so dropout masks are replayed).
+
+A checkpoint loaded with `from_pretrained` takes the dropout rates given to `build_model` (its
+config's `dropout`, `attention_dropout`, `activation_dropout` are replaced before the modules are
+built, so every layer uses them) and no layer drop (`encoder_layerdrop`/`decoder_layerdrop` = 0, as
+in the presets: a rank skipping a layer the others run would break the per-task gradient layout).
+
+`freeze_parameters` turns off the gradient of parameters chosen by name pattern (`model.freeze`).
 """
 from __future__ import annotations
 
 import importlib.util
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from transformers import M2M100Config, M2M100ForConditionalGeneration
@@ -63,15 +71,26 @@ def preset_config(preset: str, vocab_size: int, max_len: int, pad_id: int = 1, b
     )
 
 
+DROPOUTS = ("dropout", "attention_dropout", "activation_dropout")
+
+
 def build_model(preset: str, vocab_size: int, max_len: int, from_pretrained: Optional[str] = None,
                 attn_implementation: str = "sdpa", activation_checkpointing: bool = False,
                 **dropouts) -> M2M100ForConditionalGeneration:
-    """A fresh model from a preset, or a local HF checkpoint directory (nothing is downloaded)."""
+    """A fresh model from a preset, or a local HF checkpoint directory (nothing is downloaded).
+    `dropouts`: any of DROPOUTS (model.dropout, ...); they apply to both."""
     check_attn_implementation(attn_implementation)
+    unknown = set(dropouts) - set(DROPOUTS)
+    if unknown:
+        raise TypeError(f"build_model: unknown dropout option(s) {sorted(unknown)}; known: {DROPOUTS}")
     if from_pretrained is not None:
         if not Path(from_pretrained, "config.json").is_file():
             raise ConfigError(f"field 'model.from_pretrained': {from_pretrained!r} has no config.json")
-        model = M2M100ForConditionalGeneration.from_pretrained(from_pretrained, local_files_only=True,
+        config = M2M100Config.from_pretrained(from_pretrained, local_files_only=True)
+        for name, value in dropouts.items():
+            setattr(config, name, value)
+        config.encoder_layerdrop = config.decoder_layerdrop = 0.0
+        model = M2M100ForConditionalGeneration.from_pretrained(from_pretrained, config=config, local_files_only=True,
                                                                attn_implementation=attn_implementation)
         if model.config.vocab_size < vocab_size:
             raise ConfigError(f"field 'model.from_pretrained': {from_pretrained} has vocab_size "
@@ -107,6 +126,41 @@ def add_language_embeddings(model, vocab_size: int, init: dict[int, list[int]]) 
                 raise ConfigError(f"no embedding rows to initialise the added language tag {row} from")
             for weight in weights:
                 weight[row] = weight[sources].mean(0)
+
+
+GLOB = frozenset("*?[")
+
+
+def matches(name: str, pattern: str) -> bool:
+    """The `model.freeze` rule. A pattern names parameter `name` (as `named_parameters()` spells it,
+    e.g. `model.encoder.layers.0.fc1.weight`) when its dot-separated parts are consecutive whole
+    parts of the name: `shared` names `model.shared.weight`, `encoder.layers.0` every parameter of
+    the encoder's first layer (not `encoder.layers.10`), `layers.0` the first layer of both stacks.
+    A pattern holding `*`, `?` or `[` is an fnmatch glob over the whole name instead
+    (`*.layers.[01].*`, `*layer_norm*`)."""
+    if GLOB & set(pattern):
+        return fnmatchcase(name, pattern)
+    return f".{pattern}." in f".{name}."
+
+
+def freeze_parameters(model, patterns: Sequence[str], field: str = "model.freeze") -> tuple[int, int]:
+    """requires_grad = False for every parameter a pattern names (see `matches`); (trainable, frozen)
+    unique parameter counts. A pattern naming no parameter is a ConfigError naming it. Tied weights
+    are one tensor under several names (M2M100: `model.shared`, `model.encoder.embed_tokens`,
+    `model.decoder.embed_tokens`, `lm_head`): naming any of them freezes the tensor, the embedding
+    and the output projection together."""
+    aliases = list(model.named_parameters(remove_duplicate=False))
+    for i, pattern in enumerate(patterns):
+        hits = [p for n, p in aliases if matches(n, pattern)]
+        if not hits:
+            raise ConfigError(f"field '{field}[{i}]': pattern {pattern!r} matches no parameter; names look "
+                              f"like {', '.join(n for n, _ in aliases[:2])}, ... (model.named_parameters())")
+        for p in hits:
+            p.requires_grad_(False)
+    frozen = sum(getattr(p, "ds_numel", p.numel()) for _, p in model.named_parameters() if not p.requires_grad)
+    if patterns and frozen == count_parameters(model):
+        raise ConfigError(f"field '{field}': {list(patterns)} freezes every parameter; nothing is left to train")
+    return count_parameters(model) - frozen, frozen
 
 
 def count_parameters(model) -> int:

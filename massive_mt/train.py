@@ -32,7 +32,7 @@ from .distributed import init_distributed
 from .errors import ConfigError, MassiveMTError
 from .lock import take as take_lock
 from .metrics import MetricsWriter, NonFiniteCount, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
-from .model import add_language_embeddings, build_model, count_parameters
+from .model import add_language_embeddings, build_model, count_parameters, freeze_parameters
 from .optim import build_optimizer, label_smoothed_loss
 from .preemption import REQUEUE_EXIT, StopRequested, StopSignals
 
@@ -98,6 +98,7 @@ class Trainer:
                             activation_dropout=m.activation_dropout)
         add_language_embeddings(model, self.tokenizer.vocab_size, start["init"])
         self.n_params = count_parameters(model)
+        self.n_trainable, self.n_frozen = freeze_parameters(model, m.freeze or [])   # before the optimizer
         optimizer, scheduler = build_optimizer(model, cfg.optim)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
@@ -341,6 +342,7 @@ class Trainer:
         if self.rank != 0:
             return
         info = {"event": "start", "world_size": self.world, "parameters": self.n_params,
+                "trainable_parameters": self.n_trainable, "frozen_parameters": self.n_frozen,
                 "zero_stage": self.engine.zero_optimization_stage(), "bf16": self.engine.bfloat16_enabled(),
                 "optimizer_wrapper": type(self.engine.optimizer).__name__,
                 "attn_implementation": self.engine.module.config._attn_implementation,
@@ -353,6 +355,8 @@ class Trainer:
         print(f"[massive_mt] world={self.world} params={self.n_params:,} tasks={len(self.tasks)} "
               f"zero={info['zero_stage']} bf16={info['bf16']} wrapper={info['optimizer_wrapper']} "
               f"start_step={self.step}", file=sys.stderr, flush=True)
+        print(f"[massive_mt] trainable={self.n_trainable:,} frozen={self.n_frozen:,} (model.freeze: "
+              f"{self.cfg.model.freeze})", file=sys.stderr, flush=True)
 
     def log(self) -> dict:
         import deepspeed.comm as dist

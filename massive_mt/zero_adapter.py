@@ -37,6 +37,11 @@ Where the rank's gradient lives (one backend class each; ``kind`` is its label i
 - ``"bf16"``: ``BF16_Optimizer`` (ZeRO-1 + bf16 + fp32 accumulation). Every rank holds the full
   averaged fp32 gradient; its partition is ``fp32_groups_gradient_flat_partition[i]``.
 
+Frozen parameters (``requires_grad`` False, ``model.freeze``) are in no layout: deepspeed 0.19.8
+leaves them out of its optimizer groups at every stage (``is_optimized_parameter``), so no
+backend holds a gradient for them (ZeRO-3 still partitions their weights); stage 0 skips them
+here. ``GradShards`` checks that no segment belongs to one.
+
 Not supported (``ConfigError``): fp16 / loss scaling, optimizer or parameter offload,
 ``managed_gradient_accumulation: false`` (step() rebuilds the gradient and would overwrite a
 write-back), DeepSpeed clipping with ``BF16_Optimizer`` (its norm covers the full local buffer,
@@ -387,6 +392,11 @@ class GradShards:
         self.partitioned: bool = impl.partitioned
         self.clip_from_gram: bool = impl.clip_from_gram
         segments = impl.segments()
+        frozen = {n for n, p in engine.module.named_parameters() if not p.requires_grad}
+        held = sorted(frozen & {s.name for s in segments})
+        if held:
+            raise RuntimeError(f"GradShards: frozen parameters in the {impl.kind} gradient partition ({held[:3]}): "
+                               f"this DeepSpeed ({deepspeed.__version__}) partitions what 0.19.8 left out")
         self._segments = segments
         self._gram_segments = impl.gram_segments()
         self.numel: int = impl.numel

@@ -67,6 +67,34 @@ def test_sharded_equals_unsharded_fp32(data_bin, tmp_path, world, stage):
         assert m["vs_plain"] > 1e-4, (spec, m)        # and changed the training
 
 
+# the shared embedding (and so the tied output projection), one matrix, and every self-attention layer norm by glob
+FREEZE = "model.freeze=[shared, encoder.layers.0.fc1, '*.self_attn_layer_norm.*']"
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_sharded_equals_unsharded_with_frozen_parameters(data_bin, tmp_path, stage):
+    """model.freeze: the frozen weights stay where they were, hold no optimizer state and no place in
+    the gradient partitions (ZeRO-3 still shards the weights themselves) or in the groups, and the
+    step over the others equals the replay that freezes the same parameters. (Stage 0: every rank
+    holds the whole gradient and optimizer state, of the trainable parameters only.)"""
+    specs = ["plain", "gradvac:all_layer", "pcgrad:enc_dec", "cats+lr_alpha=3+lr_lam=10+eps=0"]
+    r = equivalence(2, f"zero{stage}.json", 3, specs, data_bin, tmp_path / "run", FREEZE)
+    assert r["world_size"] == 2
+    for spec, m in r["methods"].items():
+        print(f"zero={stage} frozen {spec}: rel_diff={m['rel_diff']:.2e}")
+        assert m["stage"] == stage and m["moved"] > 1e-3, (spec, m)
+        assert m["frozen_numel"] > m["trainable_numel"] / 2, m       # most of the test model: the embedding
+        assert m["frozen_moved"] == 0.0 and not m["wrapper_holds_frozen"], (spec, m)
+        assert m["trainable_numel"] <= m["adam_state_numel"] < m["trainable_numel"] + 1024, (spec, m)
+        assert m["rel_diff"] <= 1e-6, (spec, m)
+        if spec != "plain":
+            assert m["segments_of_frozen"] == [], (spec, m)
+            assert m["snapshot_numel"] * (2 if stage else 1) < m["trainable_numel"] + 1024, (spec, m)
+    # all_layer: the embeddings group is gone (all frozen); the encoder layer keeps its other matrices
+    assert r["methods"]["gradvac:all_layer"]["groups"] == 2 and r["methods"]["pcgrad:enc_dec"]["groups"] == 2
+    assert r["methods"]["gradvac:all_layer"]["fired"] > 0 and r["methods"]["pcgrad:enc_dec"]["fired"] > 0
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_cats_with_fewer_tasks_per_step_than_tasks(data_bin, tmp_path, stage):
     """K = 2 of T = 4 tasks: the step renormalises alpha over its tasks, the projected meta step keeps

@@ -7,6 +7,8 @@ A granularity assigns every parameter (by name) to a group:
 - `all_layer`: one group per Transformer layer (`encoder.layers.3`, `decoder.layers.0`, ...),
   plus `embeddings`; each stack's final layer norm joins that stack's last layer;
 - `all_matrix`: one group per parameter tensor.
+Frozen parameters (`model.freeze`) have no gradient and belong to no group; a group left with
+no trainable parameter is dropped.
 
 `ShardGroups` turns the adapter's segments (runs of one parameter inside this rank's
 shard) into contiguous runs per group, computes this rank's partial Gram matrices
@@ -19,7 +21,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterable, Optional, Sequence
+from typing import Collection, Iterable, Optional, Sequence
 
 import torch
 
@@ -48,14 +50,16 @@ def group_of(name: str, granularity: str, n_layers: dict[str, int]) -> str:
     raise ValueError(f"unknown granularity {granularity!r}; known: {GRANULARITIES}")
 
 
-def assign_groups(names: Sequence[str], granularity: str) -> OrderedDict:
-    """name -> group for every parameter; groups ordered by first appearance."""
+def assign_groups(names: Sequence[str], granularity: str, frozen: Collection[str] = ()) -> OrderedDict:
+    """name -> group for every parameter not in `frozen`; groups ordered by first appearance. A
+    group is defined on the whole model (a final layer norm joins its stack's last layer even
+    where that layer is frozen); a group whose parameters are all frozen does not exist."""
     n_layers = {"encoder": 0, "decoder": 0}
     for n in names:
         m = _LAYER.search(n)
         if m:
             n_layers[m.group(1)] = max(n_layers[m.group(1)], int(m.group(2)) + 1)
-    return OrderedDict((n, group_of(n, granularity, n_layers)) for n in names)
+    return OrderedDict((n, group_of(n, granularity, n_layers)) for n in names if n not in frozen)
 
 
 def _runs(segments: Iterable, group_index: dict[str, int]) -> list[list[tuple[int, int]]]:
@@ -91,13 +95,22 @@ class ShardGroups:
     `gram_segments`: the part this rank contributes to the Gram (disjoint across ranks).
     """
 
-    def __init__(self, param_names: Sequence[str], granularity: str, segments, gram_segments):
-        assignment = assign_groups(param_names, granularity)
+    def __init__(self, param_names: Sequence[str], granularity: str, segments, gram_segments,
+                 frozen: Collection[str] = ()):
+        assignment = assign_groups(param_names, granularity, frozen)
         self.names = list(OrderedDict.fromkeys(assignment.values()))
         index = {g: i for i, g in enumerate(self.names)}
         self.group_index = {p: index[g] for p, g in assignment.items()}
         self.update_runs = _runs(segments, self.group_index)
         self.gram_runs = _runs(gram_segments, self.group_index)
+
+    @classmethod
+    def of_module(cls, module: torch.nn.Module, granularity: str, segments, gram_segments) -> "ShardGroups":
+        """The groups of `module`'s parameters; frozen ones (requires_grad False: no gradient, not
+        in the shard layout) belong to no group."""
+        named = list(module.named_parameters())
+        return cls([n for n, _ in named], granularity, segments, gram_segments,
+                   frozen={n for n, p in named if not p.requires_grad})
 
     def __len__(self) -> int:
         return len(self.names)

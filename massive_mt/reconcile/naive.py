@@ -43,8 +43,7 @@ class NaiveReconciler(ShardedReconciler):
         dist.all_gather_object(per_rank, [(s.name, s.start, s.numel) for s in self.shards.segments()], group=group)
         n = self.shards.numel                 # every rank's partition has the same (padded) length
         full = [Segment(name, r * n + start, numel) for r, segs in enumerate(per_rank) for name, start, numel in segs]
-        names = [x for x, _ in engine.module.named_parameters()]
-        self.groups = ShardGroups(names, cfg.granularity, full, full)
+        self.groups = ShardGroups.of_module(engine.module, cfg.granularity, full, full)
         self.row_numel = n * self.world
         self.timings["gather_s"] = 0.0
 

@@ -67,8 +67,8 @@ class ShardedReconciler:
         self.engine, self.method, self.tasks, self.seed = engine, cfg.method, list(tasks), seed
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
         self.shards = GradShards(engine)
-        names = [n for n, _ in engine.module.named_parameters()]
-        self.groups = ShardGroups(names, cfg.granularity, self.shards.segments(), self.shards.gram_segments())
+        self.groups = ShardGroups.of_module(engine.module, cfg.granularity, self.shards.segments(),
+                                            self.shards.gram_segments())
         self.options = {"ema_rate": cfg.ema_rate,      # the base method's options (METHODS[base].options)
                         "vaccinated": vaccinated_ids(cfg.vaccinate, self.tasks, train_sizes, cfg.low_resource_quantile)}
         # the method that corrects the task gradients; CATS then scales the corrected ones

@@ -4,7 +4,8 @@ For each method the real Trainer (ZeRO stage from the ds_config, N ranks) trains
 Rank 0 then replays the same steps in one process with plain PyTorch: full per-task gradients
 g_k = (1 / (N * gas)) * sum over every rank's micro-batches of task k, the textbook
 full-vector reconciler of tests/reference.py, DeepSpeed's clipping rule, AdamW and the
-inverse-sqrt schedule. CATS: the reference takes each task's mean loss and the explicit
+inverse-sqrt schedule. Parameters frozen by `model.freeze` (an override) are frozen in the replay
+too: they get no gradient, no group and no optimizer state. CATS: the reference takes each task's mean loss and the explicit
 gradient vectors of the mean losses (of the training micro-batches, or of the valid micro-batches
 at meta steps, with `cats.meta_data: valid`) into reference.cats_step; with `cats.objective:
 lookahead` also the corrected training gradients, the step's learning rate and the clipping
@@ -24,7 +25,7 @@ import deepspeed.comm as dist
 from massive_mt.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.data.sampler import TaskStepSampler
 from massive_mt.distributed import init_distributed
-from massive_mt.model import build_model
+from massive_mt.model import build_model, freeze_parameters
 from massive_mt.optim import build_optimizer, label_smoothed_loss
 from massive_mt.reconcile import make_state, step_generator
 from massive_mt.reconcile.cats import CATSState, is_meta_step, task_weights
@@ -43,15 +44,17 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
     m = cfg.model
     model = build_model(m.preset, trainer.tokenizer.vocab_size, cfg.data.max_len, None, dropout=m.dropout,
                         attention_dropout=m.attention_dropout, activation_dropout=m.activation_dropout).double()
+    freeze_parameters(model, m.freeze or [])
     opt, sched = build_optimizer(model, cfg.optim)
-    params = list(model.parameters())
-    names = [n for n, _ in model.named_parameters()]
+    named = list(model.named_parameters())
+    params = [p for _, p in named if p.requires_grad]          # what the update moves
+    names = [n for n, p in named if p.requires_grad]
     s = cfg.sampling
     samplers = [TaskStepSampler(trainer.tasks, trainer.sampler.batches, trainer.probs, s.tasks_per_step,
                                 s.micro_batches_per_task, world, r, s.seed) for r in range(world)]
     method, gran = cfg.reconcile.method, cfg.reconcile.granularity
     base = cfg.reconcile.cats.base if method == "cats" else method
-    groups = assign_groups(names, gran)
+    groups = assign_groups([n for n, _ in named], gran, frozen={n for n, p in named if not p.requires_grad})
     group_names = list(dict.fromkeys(groups.values()))
     state = make_state(base, len(group_names), len(trainer.tasks)) if method != "plain" else None
     if method == "cats":
@@ -120,7 +123,31 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
             q.grad = (u / coef if coef > 1 else u).to(q.dtype)
         opt.step()
         sched.step()
-    return torch.cat([q.detach().double().reshape(-1) for q in params]), (cats_state if method == "cats" else None)
+    return torch.cat([q.detach().double().reshape(-1) for _, q in named]), (cats_state if method == "cats" else None)
+
+
+def frozen_report(trainer: Trainer, start, got) -> dict:
+    """Collective. Frozen parameters: unchanged, in no optimizer group, no shard segment and no
+    optimizer state; `adam_state_numel`: the exp_avg values of every rank together (each rank's
+    own where the optimizer is not partitioned: stage 0)."""
+    engine = trainer.engine
+    named = list(engine.module.named_parameters())
+    frozen = {id(p) for _, p in named if not p.requires_grad}
+    mask = torch.cat([torch.full((getattr(p, "ds_numel", p.numel()),), not p.requires_grad) for _, p in named])
+    opt = engine.optimizer
+    wrapper_groups = next((getattr(opt, a) for a in ("bit16_groups", "fp16_groups", "bf16_groups") if hasattr(opt, a)),
+                          [g["params"] for g in opt.param_groups])
+    inner = getattr(opt, "optimizer", opt)
+    state = torch.tensor(float(sum(st["exp_avg"].numel() for st in inner.state.values())))
+    if engine.zero_optimization_stage() > 0:
+        dist.all_reduce(state)
+    shards = trainer.reconciler.shards if trainer.reconciler is not None else None
+    return {"frozen_numel": int(mask.sum()), "trainable_numel": int((~mask).sum()),
+            "frozen_moved": float((got - start)[mask].abs().max()) if mask.any() else 0.0,
+            "wrapper_holds_frozen": any(id(p) in frozen for g in wrapper_groups for p in g),
+            "adam_state_numel": int(state),
+            "segments_of_frozen": sorted({s.name for s in shards.segments() + shards.gram_segments()}
+                                         & {n for n, p in named if not p.requires_grad}) if shards else None}
 
 
 def main():
@@ -145,7 +172,8 @@ def main():
         res = {"moved": float((got - start).abs().max()), "stage": trainer.engine.zero_optimization_stage(),
                "wrapper": type(trainer.engine.optimizer).__name__,
                "checkpointed_layers": sum(bool(getattr(x, "gradient_checkpointing", False))   # model.activation_checkpointing
-                                          for x in trainer.engine.module.modules())}
+                                          for x in trainer.engine.module.modules()),
+               **frozen_report(trainer, start, got)}
         if trainer.reconciler is not None:
             res["groups"] = len(trainer.reconciler.groups)
             res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
