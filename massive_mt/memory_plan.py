@@ -17,8 +17,8 @@ layout (DeepSpeed bf16 with fp32 gradient accumulation, AdamW):
 | per-task snapshot (a reconciler) | 4KP | 4KP | 4KP/N | 4KP/N |
 
 plus the reduce buckets of the ds_config, the activations of one micro-batch and the loss's
-[tokens x vocabulary] tensors at the backward peak (bf16 logits and their gradient, one fp32
-buffer). Not counted: the CUDA context and allocator fragmentation (budget ~1-2 GB).
+[tokens x vocabulary] tensors at the backward peak (bf16 logits and their gradient, and the loss's
+one fp32 chunk: docs/gpu.md#loss-memory). Not counted: the CUDA context and allocator fragmentation (budget ~1-2 GB).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+from .optim import _CHUNK_ELEMENTS as LOSS_CHUNK      # the loss's fp32 chunk (docs/gpu.md#loss-memory)
 
 GiB = 1024 ** 3
 # published shapes (the checkpoints' config.json): NLLB Team (2022), Fan et al. (2020)
@@ -118,7 +120,8 @@ class Activations:
 def measure_activations(config: M2M100Config, attn: str = "sdpa", checkpointing: bool = False,
                         tokens: int = 64) -> Activations:
     """Per-token activation bytes, from forwards at the real width with 1 and 2 layers."""
-    small = dict(vocab_size=512, max_position_embeddings=tokens + 4)
+    small = dict(vocab_size=512, max_position_embeddings=tokens + 4,
+                 encoder_layerdrop=0.0, decoder_layerdrop=0.0)   # training as massive_mt does: no layer skipped
 
     def per_layer(ckpt: bool) -> tuple[float, float, float]:
         def at(enc: int, dec: int) -> int:
@@ -145,7 +148,7 @@ def plan(config: M2M100Config, gpus: int, zero: int, tasks: int, tokens: int, ac
         f"snapshot (K={tasks})": 0.0 if not reconcile else (4 * tasks * P if zero < 2 else shard(4 * tasks * P)),
         "reduce buckets": 2 * 4 * bucket,
         "activations": tokens * acts.per_token(config),
-        "loss (logits, their gradient, one fp32 buffer)": tokens * V * (2 + 2 + 4),
+        "loss (bf16 logits, their gradient, one fp32 chunk)": tokens * V * (2 + 2) + 4 * LOSS_CHUNK,
     }
     out["total"] = sum(out.values())
     return out

@@ -27,6 +27,8 @@ def test_activations_measured_per_layer():
     wide = measure_activations(preset_config("big", vocab_size=1000, max_len=64))
     assert 1.6 < wide.encoder / full.encoder < 2.4                 # twice the width, about twice the bytes
     assert ckpt.per_token(config) < full.per_token(config)
+    config.encoder_layerdrop = config.decoder_layerdrop = 0.5       # checkpoints carry LayerDrop; training disables it
+    assert measure_activations(config) == full
 
 
 def test_plan_follows_zero_layout():
