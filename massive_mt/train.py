@@ -405,7 +405,7 @@ class Trainer:
                                           "layout": layout, "micro_batches_per_task": self.sampler.micro_batches_per_task,
                                           "batch": self.reshard_note})
             if self.rank == 0:
-                print(f"[massive_mt] resume on another layout ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in layout.items() if a != b) or 'same'}, "
+                print(f"[massive_mt] resume (layout: {', '.join(f'{k} {a} -> {b}' for k, (a, b) in layout.items() if a != b) or 'unchanged'}, "
                       f"loader: {how or 'deepspeed'}): {self.reshard_note or 'micro-batches per task unchanged'}",
                       file=sys.stderr, flush=True)
 
