@@ -30,6 +30,13 @@ complete finite one (the tag a resume falls back to) and the best one (`best.jso
 validation); it deletes older complete tags and
 marker-less tags older than the newest complete one (debris of interrupted saves).
 
+Another layout (`train.reshard: auto`, docs/failures.md): a checkpoint written with another world
+size, ZeRO stage or precision is converted once, by rank 0 while the others wait, with DeepSpeed's
+`ds_to_universal` into `<tag>_universal/` beside the tag (built in a temporary directory, renamed
+into place with a marker; reused when present), and loaded with DeepSpeed's universal loader; a
+change between ZeRO-2 and ZeRO-3, which that loader does not handle, is read parameter by parameter
+(`load_stage_change`). ZeRO-0 on either side is refused.
+
 The Hugging Face export is written to a temporary directory and renamed into place.
 """
 from __future__ import annotations
@@ -39,7 +46,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +64,8 @@ TAG_RE = re.compile(r"^step(\d+)$")
 MARKER = "massive_mt_complete.json"
 LATEST = "latest"
 FORMAT = 1
+UNIVERSAL = "_universal"                        # <tag>_universal: DeepSpeed's universal checkpoint of <tag>
+UNIVERSAL_MARKER = "massive_mt_universal.json"  # written last into <tag>_universal: the conversion is complete
 FAULT_ENV = "MASSIVE_MT_FAULT_KILL_IN_SAVE"     # tests only: "RANK:STEP" dies half-way through its shard
 
 
@@ -231,6 +242,7 @@ def prune(ckpt_dir: Path, keep_last: int) -> None:
     drop = [tag for _, tag, _ in complete if tag not in keep] + [tag for step, tag in debris if step < newest]
     for tag in drop:
         shutil.rmtree(Path(ckpt_dir) / tag, ignore_errors=True)
+        shutil.rmtree(universal_dir(ckpt_dir, tag), ignore_errors=True)
 
 
 def _say(msg: str) -> None:
@@ -279,9 +291,13 @@ def require(tag_dir: Path) -> dict:
     return read_marker(tag_dir)
 
 
-def load(engine, ckpt_dir: Path, tag: str) -> dict:
+def load(engine, ckpt_dir: Path, tag: str, how: Optional[str] = None) -> dict:
     """Collective. Loads model/optimizer/scheduler state of a tag chosen by `select` or `require`;
-    returns client_state."""
+    returns client_state. `how` (from `check_resume`): None (same layout), "universal" or "stage"."""
+    if how == "universal":
+        return load_universal(engine, ckpt_dir, tag)
+    if how == "stage":
+        return load_stage_change(engine, ckpt_dir, tag)
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
@@ -289,11 +305,150 @@ def load(engine, ckpt_dir: Path, tag: str) -> dict:
     return client_state
 
 
+# ----------------------------------------------------------------------------- another layout
+
+def universal_dir(ckpt_dir: Path, tag: str) -> Path:
+    return Path(ckpt_dir) / f"{tag}{UNIVERSAL}"
+
+
+def dir_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())
+
+
+def _convert(tag_dir: Path, dest: Path) -> str:
+    """Rank 0: DeepSpeed's ds_to_universal of tag_dir into dest (staged, renamed into place); what was done."""
+    if (dest / UNIVERSAL_MARKER).is_file():
+        return f"reusing {dest} (converted before)"
+    t0 = time.monotonic()
+    with staged_dir(dest, replace=True) as tmp:
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+               "--output_folder", str(tmp), "--inject_missing_state"]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise CheckpointError(f"{tag_dir}: DeepSpeed's universal conversion failed (exit {p.returncode}: "
+                                  f"{' '.join(cmd)}):\n{(p.stdout + p.stderr)[-3000:]}")
+        seconds, size = time.monotonic() - t0, dir_bytes(tmp)
+        atomic_write_text(tmp / UNIVERSAL_MARKER, json.dumps(
+            {"source": Path(tag_dir).name, "seconds": round(seconds, 2), "bytes": size,
+             "deepspeed": deepspeed.__version__}, indent=1, sort_keys=True))
+    return f"converted {tag_dir} to {dest} in {seconds:.1f} s, {size / 2**20:.1f} MiB on disk"
+
+
+def convert(ckpt_dir: Path, tag: str) -> Path:
+    """Collective: `<tag>_universal` of a tag, converted by rank 0 unless already complete (the
+    other ranks wait at a broadcast; the wait counts against train.collective_timeout_s)."""
+    dest = universal_dir(ckpt_dir, tag)
+    result = [None]
+    if dist.get_rank() == 0:
+        try:
+            result = [("ok", _convert(Path(ckpt_dir) / tag, dest))]
+        except (CheckpointError, OSError) as e:
+            result = [("error", str(e))]
+    dist.broadcast_object_list(result, src=0)
+    kind, msg = result[0]
+    if kind == "error":
+        raise CheckpointError(msg)
+    _say(msg)
+    return dest
+
+
+def load_universal(engine, ckpt_dir: Path, tag: str) -> dict:
+    """Collective: convert the tag (once) and load it with DeepSpeed's universal checkpoint loader
+    (`checkpoint.load_universal`); another world size or precision, or ZeRO-1 <-> 2."""
+    udir = convert(ckpt_dir, tag)
+    engine._config.load_universal_checkpoint = True     # the ds_config's checkpoint.load_universal, for this load
+    try:
+        path, client_state = engine.load_checkpoint(str(udir.parent), tag=udir.name, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
+    finally:
+        engine._config.load_universal_checkpoint = False
+    if path is None:
+        raise CheckpointError(f"{udir}: DeepSpeed could not load this universal checkpoint")
+    return client_state
+
+
+def _universal_tensor(f: Path) -> torch.Tensor:
+    """One tensor of a universal checkpoint: a dict with 'param' (from ZeRO-1/2) or a bare tensor (from ZeRO-3)."""
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing from the universal checkpoint")
+    t = torch.load(f, map_location="cpu", weights_only=False)
+    return (t["param"] if isinstance(t, dict) else t).float()
+
+
+def _universal_step(zdir: Path, first_param: str):
+    """Adam's step counter: zero/<param>/step.pt (from ZeRO-1/2) or optimizer_state.pt (from ZeRO-3)."""
+    f = zdir / first_param / "step.pt"
+    if f.is_file():
+        return torch.load(f, map_location="cpu", weights_only=False)
+    sd = torch.load(zdir / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    try:
+        return sd["optimizer_state_dict"]["state"][0]["step"]
+    except (KeyError, IndexError, TypeError):
+        raise CheckpointError(f"{zdir}: no Adam step counter (neither {f} nor one in optimizer_state.pt)") from None
+
+
+def _set_full(engine, p, value: torch.Tensor, key: Optional[str]) -> None:
+    """The full fp32 master copy (key None) or Adam moment `key` of parameter p, this rank's part of it."""
+    zo = engine.optimizer
+    if engine.zero_optimization_stage() == 3:
+        # DeepSpeed 0.19.8's stage-3 setter slices value at partition * rank without padding, which
+        # fails for the last rank's padded partition: copy the real part of this rank's slice
+        part, _ = zo._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+        n, r = part.numel(), zo._get_param_partition_rank(p)
+        if n * (r + 1) > value.numel():
+            chunk = value.flatten()[n * r:n * (r + 1)].to(part.device)
+            part.data[:chunk.numel()].copy_(chunk)
+            return
+    if key is None:
+        deepspeed.utils.safe_set_full_fp32_param(p, value.to(engine.device))
+    else:
+        deepspeed.utils.safe_set_full_optimizer_state(p, value.to(engine.device), key)
+
+
+def load_stage_change(engine, ckpt_dir: Path, tag: str) -> dict:
+    """Collective: a ZeRO-2 checkpoint into a ZeRO-3 engine or the reverse, which DeepSpeed's universal
+    loader does not do: the universal `zero/<param>/{fp32,exp_avg,exp_avg_sq}.pt` are written into the
+    fresh engine with DeepSpeed's safe_set_full_fp32_param / safe_set_full_optimizer_state, then the
+    working (bf16 or fp32) weights from the master copies, Adam's step, the LR scheduler and the
+    engine's counters from the tag's model-states file."""
+    from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+
+    udir = convert(ckpt_dir, tag)
+    zdir, z3, zo = udir / "zero", engine.zero_optimization_stage() == 3, engine.optimizer
+    named = list(engine.module.named_parameters())
+    step = torch.as_tensor(float(_universal_step(zdir, named[0][0])))
+    flats = zo.fp32_partitioned_groups_flat if z3 else zo.single_partition_of_fp32_groups
+    for flat in flats:                           # Adam's state exists only after a first step: create it
+        state = zo.optimizer.state[flat]
+        for key in ("exp_avg", "exp_avg_sq"):
+            state.setdefault(key, torch.zeros_like(flat))
+        state["step"] = step.clone()
+    if not z3:
+        zo._lazy_init_hp_params_optimizer_state()     # link each parameter to its fragment of that state
+    for name, p in named:
+        fp32 = _universal_tensor(zdir / name / "fp32.pt")
+        _set_full(engine, p, fp32, None)
+        for key in ("exp_avg", "exp_avg_sq"):
+            _set_full(engine, p, _universal_tensor(zdir / name / f"{key}.pt"), key)
+        with GatheredParameters([p], modifier_rank=0, enabled=z3):
+            if not z3 or dist.get_rank() == 0:
+                p.data.copy_(fp32.view(p.shape).to(p.dtype))
+    sd = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    if engine.lr_scheduler is not None and sd.get("lr_scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(sd["lr_scheduler"])
+        for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+            group["lr"] = lr
+    for key in ("global_steps", "global_samples", "skipped_steps"):
+        if key in sd:
+            setattr(engine, key, sd[key])
+    return {k: v for k, v in sd.items() if k == "massive_mt"}
+
+
 # ----------------------------------------------------------------------------- resume rules
 
 # What a resume may change (docs/failures.md); everything else is refused with the field named.
 RESUMABLE = {"train.max_steps", "train.log_interval", "train.save_interval", "train.keep_last",
-             "train.resume", "train.tensorboard", "train.stop_signals", "train.output_dir",
+             "train.resume", "train.reshard", "train.tensorboard", "train.stop_signals", "train.output_dir",
              "train.collective_timeout_s", "train.max_nonfinite_steps", "data.data_bin", "reconcile.log_interval",
              "model.activation_checkpointing", "model.attn_implementation", "train.valid_interval",
              "train.valid_max_sentences", "train.valid_decode", "train.valid_decode_sentences", "train.patience",
@@ -307,16 +462,40 @@ WHY = {"optim.": "the restored optimizer and learning-rate schedule were built w
 LAYOUT = {"world_size": "world size", "zero_stage": "zero_optimization.stage", "precision": "bf16.enabled"}
 
 
-def check_resume(saved: dict, current: dict, where: Path) -> None:
-    """Refuse a resume that changes the parallel layout or a field a resume may not change.
+def layout_changes(saved: dict, current: dict) -> dict:
+    """{layout key: (saved, current)} of what differs."""
+    return {k: (saved[k], current[k]) for k in LAYOUT if k in saved and saved[k] != current[k]}
+
+
+def reshard_plan(saved: dict, current: dict, where: Path, reshard: str) -> Optional[str]:
+    """How a checkpoint of another layout loads: None (same layout), "universal" (DeepSpeed's universal
+    checkpoint loader) or "stage" (ZeRO-2 <-> 3, `load_stage_change`); CheckpointError when refused."""
+    changes = layout_changes(saved, current)
+    if not changes:
+        return None
+    key, (old, new) = next(iter(changes.items()))
+    if reshard == "never":
+        raise CheckpointError(
+            f"field '{LAYOUT[key]}': checkpoint {where} was written with {old!r}, this run has {new!r}; "
+            f"field 'train.reshard' is 'never', so a ZeRO checkpoint resumes only with its own world size, "
+            f"ZeRO stage and precision: resume with the same layout, or set train.reshard=auto to convert it")
+    stages = (saved["zero_stage"], current["zero_stage"])
+    if 0 in stages:
+        side = "checkpoint" if stages[0] == 0 else "run"
+        raise CheckpointError(
+            f"field 'zero_optimization.stage': checkpoint {where} (ZeRO-{stages[0]}, world size "
+            f"{saved['world_size']}, {saved['precision']}) cannot be resumed by this run (ZeRO-{stages[1]}, "
+            f"world size {current['world_size']}, {current['precision']}): the {side} is ZeRO-0, which has no "
+            f"ZeRO optimizer-state partitions, so DeepSpeed's universal checkpoint can neither be made from it "
+            f"nor loaded into it; resume with the checkpoint's layout")
+    return "stage" if stages[0] != stages[1] and 3 in stages else "universal"
+
+
+def check_resume(saved: dict, current: dict, where: Path, reshard: str = "never") -> Optional[str]:
+    """Refuse a resume that changes a field a resume may not change, or the parallel layout when
+    `reshard` is "never" (or a side is ZeRO-0); returns `reshard_plan`'s answer.
     `saved` and `current`: {"world_size", "zero_stage", "precision", "config"}."""
-    for key, field in LAYOUT.items():
-        if key in saved and saved[key] != current[key]:
-            raise CheckpointError(
-                f"field '{field}': checkpoint {where} was written with {saved[key]!r}, this run has {current[key]!r}; "
-                f"a ZeRO checkpoint is tied to its world size, ZeRO stage and precision: resume with the same "
-                f"layout, or convert it with DeepSpeed's universal checkpoint (python -m "
-                f"deepspeed.checkpoint.ds_to_universal), which massive_mt does not load yet")
+    how = reshard_plan(saved, current, where, reshard)
     from .config import flatten
 
     old, new = flatten(saved.get("config", {})), flatten(current["config"])
@@ -327,6 +506,7 @@ def check_resume(saved: dict, current: dict, where: Path) -> None:
         raise CheckpointError(f"field '{key}': checkpoint {where} was trained with {old.get(key)!r}, this run has "
                               f"{new.get(key)!r}; a resume may not change it ({why}); set it back, "
                               f"or start a new train.output_dir")
+    return how
 
 
 # ----------------------------------------------------------------------------- full weights and export

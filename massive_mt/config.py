@@ -124,6 +124,7 @@ class TrainConfig(Section):
     save_interval: int = Field(0, ge=0)     # 0: only at the end
     keep_last: int = Field(2, ge=1)         # DeepSpeed checkpoints kept (older ones deleted after a save completes)
     resume: NonEmpty = "auto"               # auto: the newest complete checkpoint in output_dir/checkpoints | never | <path>
+    reshard: Literal["auto", "never"] = "auto"   # a checkpoint of another world size / ZeRO stage / precision: auto converts it (docs/failures.md) | never refuses
     tensorboard: bool = True
     seed: Seed = 1                          # model initialisation
     stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)

@@ -122,6 +122,17 @@ class NonFiniteCount:
         else:
             self.dropped_total += n
 
+    STATE = ("dropped_total", "skipped_total", "consecutive", "first_bad_step", "bad_tasks")
+
+    def state_dict(self) -> dict:
+        """The totals and the current run of non-finite steps (saved in checkpoints: a resume continues them)."""
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.STATE:
+            setattr(self, k, state[k])
+        self.bad_tasks = list(self.bad_tasks)
+
     def record(self) -> dict:
         """Fields of the interval's metrics record (and resets the interval's counts)."""
         out = {"nonfinite_dropped_tasks": self.interval["dropped"], "nonfinite_skipped_steps": self.interval["skipped"],

@@ -23,7 +23,7 @@ import torch
 
 from . import checkpoint
 from .config import ExperimentConfig, load_config, load_ds_config, resolve_ds_config, save_resolved
-from .data.sampler import TaskStepSampler, temperature_probs, token_budget_batches
+from .data.sampler import TaskStepSampler, elastic_micro_batches, temperature_probs, token_budget_batches
 from .data.binarize import load_data_bin
 from .data.dataset import TaskDataset
 from .data.tokenizers import check_pretrained, load_tokenizer
@@ -83,8 +83,13 @@ class Trainer:
         self.train_sizes = {name: len(ds) for name, ds in self.datasets.items()}
         self.probs = temperature_probs(np.array([self.train_sizes[t] for t in self.tasks]),
                                        cfg.sampling.temperature)
+        self.resume_from = self.find_checkpoint()           # (ckpt_dir, tag, marker) or None
+        m, self.reshard_note = self.micro_batches_per_task()
+        if m != cfg.sampling.micro_batches_per_task:        # DeepSpeed's accumulation follows the sampler's m
+            gas = cfg.sampling.tasks_per_step * m
+            ds_config = {**ds_config, "gradient_accumulation_steps": gas, "train_batch_size": gas * world_size}
         self.sampler = TaskStepSampler(self.tasks, batches, self.probs, cfg.sampling.tasks_per_step,
-                                       cfg.sampling.micro_batches_per_task, world_size, rank, cfg.sampling.seed)
+                                       m, world_size, rank, cfg.sampling.seed)
 
         # ---- model, optimizer, DeepSpeed engine
         torch.manual_seed(cfg.train.seed)
@@ -381,6 +386,7 @@ class Trainer:
     def client_state(self) -> dict:
         e = self.engine
         state = {"step": self.step, "sampler": self.sampler.state_dict(), "tasks": self.tasks,
+                 "nonfinite": self.nonfinite.state_dict(), "micro_batches_per_task": self.sampler.micro_batches_per_task,
                  "config": self.cfg.to_dict(), "world_size": self.world, "zero_stage": e.zero_optimization_stage(),
                  "precision": "bf16" if e.bfloat16_enabled() else "fp16" if e.fp16_enabled() else "fp32"}
         if self.reconciler is not None:
@@ -389,40 +395,69 @@ class Trainer:
 
     def save(self) -> str:
         state = self.client_state()
-        run = {k: state["massive_mt"][k] for k in ("world_size", "zero_stage", "precision", "config", "tasks")}
+        run = {k: state["massive_mt"][k] for k in ("world_size", "zero_stage", "precision", "config", "tasks",
+                                                   "micro_batches_per_task")}
         tag = checkpoint.save(self.engine, self.ckpt_dir, self.step, state, self.cfg.train.keep_last, run)
         self.saved_step = self.step
         return tag
 
-    def maybe_resume(self) -> None:
-        """Resume from the newest complete checkpoint (or the one train.resume names), after checking
-        that this run changes nothing a resume may not change (checkpoint.check_resume)."""
+    def find_checkpoint(self) -> Optional[tuple[Path, str, dict]]:
+        """Collective: (ckpt_dir, tag, marker) of the checkpoint to resume (the newest complete one, or
+        the one train.resume names), or None."""
         r = self.cfg.train.resume
         if r == "never":
-            return
+            return None
         if r == "auto":
-            ckpt_dir = self.ckpt_dir
-            tag, marker = checkpoint.select(ckpt_dir)
-            if tag is None:
-                return
-        else:
-            if not Path(r).is_dir():
-                raise ConfigError(f"field 'train.resume': checkpoint {r!r} not found")
-            ckpt_dir, tag = Path(r).parent, Path(r).name
-            marker = checkpoint.require(Path(r))
-        checkpoint.check_resume(marker["run"], self.client_state()["massive_mt"], ckpt_dir / tag)
-        state = checkpoint.load(self.engine, ckpt_dir, tag)
+            tag, marker = checkpoint.select(self.ckpt_dir)
+            return None if tag is None else (self.ckpt_dir, tag, marker)
+        if not Path(r).is_dir():
+            raise ConfigError(f"field 'train.resume': checkpoint {r!r} not found")
+        return Path(r).parent, Path(r).name, checkpoint.require(Path(r))
+
+    def micro_batches_per_task(self) -> tuple[int, Optional[str]]:
+        """m of this run: the configured one, or on a resume the one that keeps the checkpoint's
+        micro-batches per task per step on this world size (data/sampler.py elastic_micro_batches)."""
+        m = self.cfg.sampling.micro_batches_per_task
+        if self.resume_from is None:
+            return m, None
+        run = self.resume_from[2]["run"]
+        saved_m = run.get("micro_batches_per_task", m)      # markers before it was recorded: the configured m
+        if run.get("world_size", self.world) == self.world and saved_m == m:
+            return m, None
+        return elastic_micro_batches(saved_m, run["world_size"], self.world, m)
+
+    def maybe_resume(self) -> None:
+        """Resume from the checkpoint `find_checkpoint` chose, after checking that this run changes
+        nothing a resume may not change (checkpoint.check_resume); another layout is converted
+        when train.reshard is auto (docs/failures.md)."""
+        if self.resume_from is None:
+            return
+        ckpt_dir, tag, marker = self.resume_from
+        current = self.client_state()["massive_mt"]
+        how = checkpoint.check_resume(marker["run"], current, ckpt_dir / tag, self.cfg.train.reshard)
+        state = checkpoint.load(self.engine, ckpt_dir, tag, how)
         s = state["massive_mt"]
         if s["tasks"] != self.tasks:
             raise ConfigError(f"field 'train.resume': checkpoint in {ckpt_dir} was trained on other tasks "
                               f"({len(s['tasks'])} tasks) than this config ({len(self.tasks)} tasks)")
-        self.sampler.load_state_dict(s["sampler"])
+        self.sampler.load_state_dict(s["sampler"], elastic=self.cfg.train.reshard == "auto")
         if self.reconciler is not None:
             if "reconciler" not in s:
                 raise ConfigError(f"field 'reconcile.method': checkpoint in {ckpt_dir} has no reconciler state "
                                   f"(trained with method 'plain'); start a new output_dir")
             self.reconciler.load_state_dict(s["reconciler"])
+        if "nonfinite" in s:
+            self.nonfinite.load_state_dict(s["nonfinite"])
         self.step = s["step"]
+        if how is not None or self.reshard_note:
+            layout = {k: [marker["run"].get(k), current[k]] for k in checkpoint.LAYOUT}
+            self.writer.write(self.step, {"event": "reshard", "checkpoint": str(ckpt_dir / tag), "loader": how,
+                                          "layout": layout, "micro_batches_per_task": self.sampler.micro_batches_per_task,
+                                          "batch": self.reshard_note})
+            if self.rank == 0:
+                print(f"[massive_mt] resume (layout: {', '.join(f'{k} {a} -> {b}' for k, (a, b) in layout.items() if a != b) or 'unchanged'}, "
+                      f"loader: {how or 'deepspeed'}): {self.reshard_note or 'micro-batches per task unchanged'}",
+                      file=sys.stderr, flush=True)
 
     def export(self) -> None:
         data_bin = Path(self.cfg.data.data_bin)

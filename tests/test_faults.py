@@ -266,10 +266,10 @@ def test_verify_names_the_damaged_file(tmp_path):
 def test_refused_resume_change_names_the_field(data_bin, base, tmp_path, change, field):
     run = copy_run(base, tmp_path / "run")
     ds, nproc, overrides = "zero2.json", 2, list(change)
-    if change[0] == "--ds-config-name":
-        ds, overrides = change[1], []
+    if change[0] == "--ds-config-name":      # a layout change is refused only with train.reshard=never
+        ds, overrides = change[1], ["train.reshard=never"]   # (tests/test_reshard.py: converted by default)
     elif change[0] == "--nproc":
-        nproc, overrides = int(change[1]), []
+        nproc, overrides = int(change[1]), ["train.reshard=never"]
     p = resume(data_bin, run, "train.max_steps=6", *overrides, ds_config=ds, nproc=nproc)
     lines = refused(p)
     assert lines and f"'{field}'" in lines[0] and "step4" in lines[0], p.stderr[-3000:]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from massive_mt.data.sampler import TaskStepSampler, temperature_probs, token_budget_batches
+from massive_mt.data.sampler import TaskStepSampler, elastic_micro_batches, temperature_probs, token_budget_batches
 from massive_mt.errors import ConfigError
 
 # -- temperature_probs ----------------------------------------------------------------------
@@ -207,6 +207,58 @@ def test_resume_continues_exactly(world_size, rank):
     resumed = _sampler(rank=rank, world_size=world_size)
     resumed.load_state_dict(state)
     assert [_key(resumed.plan(s)) for s in range(10, 20)] == expected[10:]
+
+
+def _world_plan(world_size, m, state=None, steps=range(0)):
+    """Per step: [(task, the world's micro-batches in position order j * world_size + r)], one sampler per rank."""
+    ranks = [_sampler(rank=r, world_size=world_size, m=m) for r in range(world_size)]
+    out = []
+    for sampler in ranks:
+        if state is not None:
+            sampler.load_state_dict(state, elastic=True)
+    for s in steps:
+        plans = [sampler.plan(s) for sampler in ranks]
+        out.append([(task, [plans[r][k][1][j].tolist() for j in range(m) for r in range(world_size)])
+                    for k, (task, _) in enumerate(plans[0])])
+    return out, ranks[0]
+
+
+@pytest.mark.parametrize("old,new", [((2, 2), (1, 4)), ((1, 4), (2, 2)), ((2, 2), (4, 1)), ((4, 1), (2, 2))])
+def test_elastic_resume_keeps_tasks_cursors_and_batches(old, new):
+    """A resume on another world size N with m rescaled so that m * N is kept: the task sequence and
+    every micro-batch of every step equal the uninterrupted run's (only their split over ranks differs)."""
+    m, why = elastic_micro_batches(old[1], old[0], new[0], configured_m=old[1])
+    assert m == new[1] and "kept" in why
+    uninterrupted, _ = _world_plan(*old, steps=range(20))
+    _, first = _world_plan(*old, steps=range(10))
+    resumed, sampler = _world_plan(*new, state=json.loads(json.dumps(first.state_dict())), steps=range(10, 20))
+    assert resumed == uninterrupted[10:]
+    assert sampler.state_dict()["world_size"] == new[0] and sampler.state_dict()["micro_batches_per_task"] == new[1]
+
+
+def test_elastic_resume_when_the_world_does_not_divide_the_batch():
+    """2 ranks x m=1 resumed on 3: m stays the configured 1 and a step takes 3 micro-batches per task;
+    the task sequence and the per-task cursors carry over, so each task's batches continue where
+    the 2-rank run left them (the epoch permutation is the same)."""
+    m, why = elastic_micro_batches(1, 2, 3, configured_m=1)
+    assert m == 1 and "cannot be split over 3 ranks" in why and "3 micro-batches per task" in why
+    _, first = _world_plan(2, 1, steps=range(10))
+    state = first.state_dict()
+    resumed, sampler = _world_plan(3, 1, state=state, steps=range(10, 11))
+    assert [t for t, _ in resumed[0]] == [TASKS[i] for i in first.choose_tasks(10)]
+    stream = _sampler(world_size=2, m=1)           # the 2-rank run's stream of each task, from the saved cursor
+    stream.load_state_dict(state)
+    for task, got in resumed[0]:
+        ti = TASKS.index(task)
+        assert got == [stream.batches[task][b].tolist() for b in stream._take(ti, 3)]
+        assert (sampler._epoch[ti], sampler._cursor[ti]) == (stream._epoch[ti], stream._cursor[ti])
+
+
+def test_elastic_resume_is_refused_without_elastic():
+    state = _sampler(world_size=2, m=1).state_dict()
+    with pytest.raises(ConfigError, match="micro_batches_per_task"):
+        _sampler(world_size=1, m=2).load_state_dict(state)
+    _sampler(world_size=1, m=2).load_state_dict(state, elastic=True)
 
 
 def test_state_from_rank0_resumes_other_ranks():

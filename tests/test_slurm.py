@@ -158,6 +158,32 @@ def test_warning_signal_checkpoints_requeues_and_resumes(cluster, data_bin, tmp_
     assert_same_weights(reference_run, out)
 
 
+def test_start_on_fewer_tasks_resumes_the_checkpoint(cluster, data_bin, tmp_path):
+    """Template 2 on 2 tasks trains 4 steps; the job started again on 1 task with the same OUTPUT (what
+    a requeue onto fewer nodes gives it) converts the 2-rank ZeRO-2 checkpoint and trains on to 8.
+    (Two submissions: on one node a requeued job keeps its task count; `scontrol update NumTasks`
+    does not change the SLURM_NTASKS that its batch script sees.)"""
+    out = tmp_path / "run"
+    out.mkdir()
+    for ntasks, steps in ((2, 4), (1, 8)):
+        job = cluster.sbatch(SLURM / "train_multi_node_srun.sbatch", f"--chdir={REPO}", f"--output={out}/job.out",
+                             "--nodes=1", f"--ntasks-per-node={ntasks}", "--time=10",
+                             args=(*overrides(data_bin, out), f"train.max_steps={steps}", "train.save_interval=4"),
+                             env=job_env(out, DISCOVERY="slurm"))
+        info = cluster.wait(job)
+        assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{job_log(cluster, out)}"
+    metrics = read_metrics(out)
+    starts = [(m["world_size"], m["resumed_from_step"]) for m in metrics if m.get("event") == "start"]
+    assert starts == [(2, 0), (1, 4)], starts
+    reshard = [m for m in metrics if m.get("event") == "reshard"]
+    assert len(reshard) == 1 and reshard[0]["layout"]["world_size"] == [2, 1], reshard
+    assert reshard[0]["micro_batches_per_task"] == 2          # 1 per rank on 2 ranks: the batch is kept
+    text = (out / "job.out").read_text()
+    assert sorted(JOINED.findall(text)) == [("0", "1", "slurm"), ("0", "2", "slurm"), ("1", "2", "slurm")], text[-3000:]
+    assert "converted" in text and (out / "checkpoints" / "latest").read_text().strip() == "step8"
+    assert (out / "model" / "model.safetensors").is_file()
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster(cluster, tmp_path_factory):
     """Two slurmd "hosts", each in a network namespace of its own (NetnsNodes), one slurmctld."""

@@ -92,6 +92,26 @@ def token_budget_batches(
     return batches
 
 
+def elastic_micro_batches(saved_m: int, saved_world: int, world: int, configured_m: int) -> tuple[int, str]:
+    """m (micro-batches per task per rank) for a resume on ``world`` ranks of a run that took
+    ``saved_m * saved_world`` micro-batches per task per step, and a sentence saying what changes.
+
+    The global batch is kept where it divides: m = saved_m * saved_world / world. Otherwise m is
+    the configured one (sampling.micro_batches_per_task) and the step's batch per task changes
+    from saved_m * saved_world to configured_m * world micro-batches.
+    """
+    total = saved_m * saved_world
+    if total % world == 0:
+        m = total // world
+        return m, (f"{total} micro-batches per task per step kept: m = {saved_m} -> {m} per rank "
+                   f"(world size {saved_world} -> {world})")
+    return configured_m, (f"{total} micro-batches per task per step (m = {saved_m} x world size {saved_world}) "
+                          f"cannot be split over {world} ranks: m = {configured_m} "
+                          f"(sampling.micro_batches_per_task), so a step now takes {configured_m * world} "
+                          f"micro-batches per task; the batch, the gradient noise and the data consumed "
+                          f"per step change by a factor {configured_m * world / total:.3g}")
+
+
 class TaskStepSampler:
     """Deterministic, resumable plan of tasks and micro-batches for every training step.
 
@@ -113,6 +133,11 @@ class TaskStepSampler:
     The state (step, per-task epoch and cursor) is rank-independent: ``state_dict()`` from
     any rank resumes all ranks, and the plans after ``load_state_dict`` equal those of an
     uninterrupted run.
+
+    Another world size (``load_state_dict(state, elastic=True)``): the task sequence is a
+    function of (seed, step) and the cursors count micro-batches of the whole world, so both
+    carry over to any N. What N changes is how many micro-batches a step takes per task,
+    ``m * N``; :func:`elastic_micro_batches` picks the new m that keeps it.
     """
 
     STATE_VERSION = 1
@@ -252,13 +277,18 @@ class TaskStepSampler:
             "cursor": list(self._cursor),
         }
 
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore a state saved by :meth:`state_dict`; ConfigError if it does not match this sampler."""
+    def load_state_dict(self, state: Mapping, elastic: bool = False) -> None:
+        """Restore a state saved by :meth:`state_dict`; ConfigError if it does not match this sampler.
+
+        ``elastic``: the state may come from another world size and m (see the class doc); the
+        step, the task sequence and the per-task (epoch, cursor) carry over unchanged."""
         if not isinstance(state, Mapping) or state.get("version") != self.STATE_VERSION:
             raise ConfigError(
                 f"sampler state: unsupported version {state.get('version') if isinstance(state, Mapping) else state!r}"
             )
         mine = self._signature()
+        if elastic:
+            del mine["world_size"], mine["micro_batches_per_task"]
         for key, value in mine.items():
             saved = state.get(key)
             same = (
