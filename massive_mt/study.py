@@ -36,7 +36,8 @@ from .errors import ConfigError
 
 GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "eval", "common", "configs")
 FIXED = ("data.", "model.", "train.max_steps", "train.seed", "sampling.seed", "train.output_dir", "train.resume")
-EVAL_KEYS = ("split", "beam", "batch_size", "max_tokens", "max_sentences", "max_new_tokens")   # evaluate's options
+EVAL_KEYS = ("split", "beam", "batch_size", "max_tokens", "max_sentences", "max_new_tokens",
+             "metrics")           # evaluate's options (metrics: all, or nll without decoding)
 CELL_FILE = "cell.json"          # in a cell's run directory: {config, seed, grid, eval}; marks it finished
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -135,7 +136,7 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
 
 def load_eval(path: Path, raw) -> dict:
     """The grid's `eval` mapping over `massive-mt evaluate`'s defaults, checked as evaluate checks them."""
-    from .evaluate import build_parser, check_options
+    from .evaluate import METRICS, build_parser, check_options
 
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -145,10 +146,13 @@ def load_eval(path: Path, raw) -> dict:
         raise StudyError(f"{path}: key 'eval.{unknown[0]}' is not an evaluation option; known: {', '.join(EVAL_KEYS)}")
     parser = build_parser()
     opts = {k: raw.get(k, parser.get_default(k)) for k in EVAL_KEYS}
+    opts["split"] = raw.get("split", "test")
+    if opts["metrics"] not in METRICS:
+        raise StudyError(f"{path}: key 'eval.metrics' must be one of {', '.join(METRICS)}, got {opts['metrics']!r}")
     if not isinstance(opts["split"], str) or not opts["split"]:
         raise StudyError(f"{path}: key 'eval.split' must be a split name such as test, got {opts['split']!r}")
     try:
-        check_options(**{k: v for k, v in opts.items() if k != "split"})
+        check_options(**{k: v for k, v in opts.items() if k not in ("split", "metrics")})
     except ConfigError as e:
         raise StudyError(f"{path}: key 'eval': {e}") from None
     return opts

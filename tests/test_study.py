@@ -84,6 +84,7 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     ({"eval": {"beem": 4}}, "key 'eval.beem' is not an evaluation option"),
     ({"eval": {"beam": 0}}, "key 'eval': --beam must be an integer >= 1"),
     ({"eval": {"split": 3}}, "key 'eval.split' must be a split name"),
+    ({"eval": {"metrics": "bleu"}}, "key 'eval.metrics' must be one of all, nll"),
     ({"configs": {"plain": {}, "a": {"name": "a"}}}, "field 'name': unknown field"),
     ({"configs": {"plain": {}, "a": {"reconcile.beta": 0.1}}}, "renamed to 'reconcile.ema_rate'"),
     ({"configs": {"plain": {}, "a": {"sampling.seed": 4}}}, "key 'sampling.seed' may not differ"),
