@@ -244,6 +244,14 @@ def check_requested_gpus(env: Mapping[str, str], visible: int) -> None:
                           f"sees {visible} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')})")
 
 
+def visible_gpus() -> int:
+    """The GPUs this process can drive: torch's count where DeepSpeed's accelerator is CUDA, else 0."""
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.cuda.device_count() if get_accelerator().device_name() == "cuda" else 0
+
+
 def _torch_version() -> str:
     import torch
     return torch.__version__
@@ -261,7 +269,7 @@ def bind_device(d: Discovery, env=None):
 
     env = os.environ if env is None else env
     accel = get_accelerator()
-    visible = torch.cuda.device_count() if accel.device_name() == "cuda" else 0
+    visible = visible_gpus()
     check_requested_gpus(env, visible)
     index = d.local_rank
     if accel.device_name() == "cuda":
@@ -316,3 +324,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+if __name__ == "__main__":          # `python -m massive_mt.distributed check-gpus`: the sbatch templates' start check
+    if sys.argv[1:] != ["check-gpus"]:
+        sys.exit("usage: python -m massive_mt.distributed check-gpus")
+    try:
+        check_requested_gpus(os.environ, visible_gpus())
+    except ConfigError as e:
+        print(f"massive-mt: error: {e}", file=sys.stderr)
+        sys.exit(2)
