@@ -199,6 +199,7 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
     rec = trainer.reconciler
     if rec is not None:
         rec.timings = {k: 0.0 for k in rec.timings}
+        rec.sync_timings = True              # the split points wait for the device (GPU kernels are asynchronous)
     trainer.meter.reset()
     gc.collect()
     memory.reset()
