@@ -309,6 +309,11 @@ class Trainer:
         print(f"[massive_mt] world={self.world} params={self.n_params:,} tasks={len(self.tasks)} "
               f"zero={info['zero_stage']} bf16={info['bf16']} wrapper={info['optimizer_wrapper']} "
               f"start_step={self.step}", file=sys.stderr, flush=True)
+        if self.reconciler is not None and info["zero_stage"] in (0, 1):
+            print(f"[massive_mt] ZeRO-{info['zero_stage']} with reconcile.method={self.cfg.reconcile.method}: every "
+                  f"task ends at an accumulation boundary, so DeepSpeed reduces the full gradient "
+                  f"{self.cfg.sampling.tasks_per_step} times per step instead of once; ZeRO-2 is the layout where "
+                  f"reconciliation adds no gradient reduction (docs/gpu.md)", file=sys.stderr, flush=True)
 
     def log(self) -> dict:
         import deepspeed.comm as dist

@@ -3,7 +3,7 @@
 #   GPUS_PER_NODE=8 bash slurm/train_multi_node_srun.sbatch data.data_bin=/data/data-bin
 #
 # submits the template with the GPUs, tasks and cores that GPUS_PER_NODE asks for, then exits.
-#   GPUS_PER_NODE  GPUs per node; 0: a CPU job, no GPU request (the template's #SBATCH lines only)
+#   GPUS_PER_NODE  GPUs per node, and ranks per node in the job; 0: a CPU job, the #SBATCH lines as they are
 #   CPUS_PER_GPU   cores per GPU (default 8)
 # $1 is how the template starts its ranks: `per-gpu` (one Slurm task per GPU: srun, deepspeed
 # --launcher slurm, the bench array) or `launcher` (one task starts the node's ranks itself);
@@ -23,6 +23,6 @@ if [ "$GPUS_PER_NODE" -gt 0 ]; then
     *)        echo "slurm/submit.sh: unknown mode '$mode'" >&2; exit 2 ;;
   esac
 fi
-export GPUS_PER_NODE
+if [ "$GPUS_PER_NODE" -gt 0 ]; then export GPUS_PER_NODE; else unset GPUS_PER_NODE; fi   # 0: the template's own default
 # shellcheck disable=SC2086  # SBATCH_ARGS is a word list on purpose
 exec sbatch ${request[@]+"${request[@]}"} ${SBATCH_ARGS:-} "$@"

@@ -18,7 +18,8 @@ CATS = ["cats+param=softmax+eps=0", "cats+meta_data=valid+objective=lookahead+ep
 def ruled(target: list[str], rule_dir, nproc: int = 2, tensors: bool = True, timeout: int = 900) -> list[dict]:
     """Run `target` on `nproc` torchrun ranks (or, for ["-m", "massive_mt.cli", ...], as the command line
     starts its own) under the device rule; returns each rank's record (rank order). `tensors`: the
-    target hands tensors to collectives (evaluate has object collectives only)."""
+    target hands tensors to collectives (evaluate has object collectives only). The run's stderr is
+    kept in rule_dir/stderr."""
     env = dict(dist_env(), MASSIVE_MT_DEVICE_RULE=str(rule_dir),
                PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "dist" / "site"), str(REPO)]))
     rule_dir.mkdir(parents=True, exist_ok=True)
@@ -28,6 +29,7 @@ def ruled(target: list[str], rule_dir, nproc: int = 2, tensors: bool = True, tim
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                "--master_port", str(free_port()), *target]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    (rule_dir / "stderr").write_text(p.stderr)
     violations = [json.loads(f.read_text()) for f in sorted(rule_dir.glob("violation-rank*.json"))]
     assert not violations, "\n".join(f"rank {v['rank']}: {v['problem']}\n{v['stack']}" for v in violations)
     errors = rank_errors(p.stdout)
@@ -53,9 +55,13 @@ def test_training_step_collectives_are_on_the_rank_device(data_bin, tmp_path, st
 
 def test_lock_checkpoint_resume_evaluate_and_bench_on_the_rank_device(data_bin, real_corpus, tmp_path):
     out = tmp_path / "run"
-    args = train_args(data_bin, out, "zero3.json", "train.save_interval=1", "train.tensorboard=false",
+    args = train_args(data_bin, out, "zero1.json", "train.save_interval=1", "train.tensorboard=false",
                       "reconcile.method=gradvac")
     ruled([*args, "train.max_steps=1"], tmp_path / "rule-train")
+    # the start-up note of a reconciler at ZeRO-1 (K = sampling.tasks_per_step = 2 reductions per step)
+    assert ("ZeRO-1 with reconcile.method=gradvac: every task ends at an accumulation boundary, so DeepSpeed "
+            "reduces the full gradient 2 times per step instead of once; ZeRO-2 is the layout where "
+            "reconciliation adds no gradient reduction") in (tmp_path / "rule-train" / "stderr").read_text()
     ruled([*args, "train.max_steps=2"], tmp_path / "rule-resume")
     starts = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"start"' in l]
     assert [s["resumed_from_step"] for s in starts] == [0, 1]
