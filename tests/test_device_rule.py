@@ -73,3 +73,23 @@ def test_lock_checkpoint_resume_evaluate_and_bench_on_the_rank_device(data_bin, 
            "data.max_len=48", "--preset", "test", "--max-tokens", "128", "--steps", "1", "--warmup", "0",
            "--tasks-per-step", "2", "--methods", "plain", "gradvac:all_layer", "--out", str(tmp_path / "b.jsonl")],
           tmp_path / "rule-bench")
+
+
+def test_virtual_devices_follow_the_tensors():
+    """The shim's model of devices on CPU: where each kind of op puts its result."""
+    import types
+
+    import torch
+
+    from dist.device_rule import HOST, VirtualDevices, vdev
+
+    grad = torch.ones(3)                                # made outside the mode: a device tensor (a gradient)
+    with VirtualDevices(types.SimpleNamespace(current=1)):
+        host = torch.zeros(3)                           # no device: the host, as on a GPU machine
+        dev = torch.zeros(3, device="cpu:1")
+        assert (vdev(host), vdev(dev), vdev(host + 1), vdev(dev * host)) == (HOST, 1, HOST, 1)
+        assert vdev(host.to(dev.device)) == 1 and str(dev.device) == "cpu:1" and str(host.device) == "cpu"
+        assert vdev(dev.cpu()) == HOST and vdev(dev) == 1            # .cpu() is a copy, the original stays
+        assert vdev(grad.cpu()) == HOST and vdev(grad * 2) is None and str(grad.device) == "cpu:1"
+        assert vdev(torch.tensor([1.0], device=grad.device)) == 1
+        assert vdev(host.to(torch.float64)) == HOST
