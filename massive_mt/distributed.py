@@ -315,8 +315,8 @@ def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     if (rank, world) != (d.rank, d.world_size):
         raise ConfigError(f"{d.source} rank discovery gave rank {d.rank} of {d.world_size} but the process "
                           f"group has this process as rank {rank} of {world}")
-    print(f"[massive_mt] rank {rank} of {world} joined ({d.source} discovery, local rank {d.local_rank}, {device}, "
-          f"master {d.master_addr}:{d.master_port})", file=sys.stderr, flush=True)
+    print(f"[massive_mt] rank {rank} of {world} joined ({d.source} discovery, local rank {d.local_rank}, "
+          f"master {d.master_addr}:{d.master_port}, device {device})", file=sys.stderr, flush=True)
     return rank, world
 
 
