@@ -199,6 +199,7 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
     rec = trainer.reconciler
     if rec is not None:
         rec.timings = {k: 0.0 for k in rec.timings}
+        rec.sync_timings = True              # the split points wait for the device (GPU kernels are asynchronous)
     trainer.meter.reset()
     gc.collect()
     memory.reset()
@@ -294,7 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import deepspeed.comm as dist
 
     from .config import load_config, load_ds_config, resolve_ds_config
-    from .distributed import init_distributed
+    from .distributed import init_distributed, rank_device
     from .errors import MassiveMTError
 
     try:
@@ -302,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ds_raw = load_ds_config(a.ds_config)
         memory = PeakMemory(deepspeed.get_accelerator().device_name())
         run_id = torch.tensor([int(time.time() * 1000) % (1 << 52)], dtype=torch.float64,
-                              device=deepspeed.get_accelerator().current_device_name())
+                              device=rank_device())
         dist.broadcast(run_id, 0)
         meta = {"run_id": f"{int(run_id.item()):x}", "world_size": world, "preset": a.preset,
                 "ds_config": a.ds_config, "max_tokens": a.max_tokens, "steps": a.steps, "warmup": a.warmup,

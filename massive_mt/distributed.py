@@ -21,6 +21,13 @@ Refused with a ConfigError rather than training alone: a world size that differs
 number of tasks of the `srun` step (SLURM_NTASKS), which is what `srun` without MPI support
 gives MPI discovery (every task a world of one); one process without a launcher inside a Slurm
 allocation of several tasks; a process group whose size or rank differs from the discovered one.
+
+Device binding (`bind_device`, before the process group exists): a rank drives the GPU
+`device_index` picks from its local rank and the GPUs it can see, and that index is written to
+LOCAL_RANK, where DeepSpeed reads it twice (the NCCL group's `device_id` in
+deepspeed/comm/torch.py and the engine's `set_device`), and made the current device, so that
+every collective, the ones before an engine exists included, runs on it. `rank_device()` is that
+device (the CPU on CPU ranks). A job that asked Slurm for GPUs and sees none refuses to start.
 """
 from __future__ import annotations
 
@@ -161,6 +168,126 @@ def _check_against_slurm(d: Discovery, env) -> None:
 COLLECTIVE_TIMEOUT_S = 1800    # default of train.collective_timeout_s: torch.distributed's own default
 
 
+def _gpu_list(value: Optional[str]) -> Optional[int]:
+    """How many GPUs a Slurm GPU list names ('0,1,3' -> 3); None when unset or empty."""
+    return len([v for v in value.split(",") if v.strip()]) if value else None
+
+
+def _tasks_on_node(spec: str, node: int) -> int:
+    """This node's entry of Slurm's tasks-per-node list: '2(x3),1' -> [2, 2, 2, 1][node]."""
+    counts = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if m is None:
+            raise ConfigError(f"cannot read the Slurm tasks-per-node list {spec!r}")
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    if node >= len(counts):
+        raise ConfigError(f"Slurm node {node} is not in the tasks-per-node list {spec!r}")
+    return counts[node]
+
+
+def local_world_size(env: Mapping[str, str], source: str) -> Optional[int]:
+    """How many ranks share this node: torchrun's LOCAL_WORLD_SIZE or the deepspeed launcher's LOCAL_SIZE
+    (`env` discovery), the srun step's tasks on this node (slurm, mpi); None when no launcher says."""
+    if source == "env":
+        for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE"):
+            if name in env:
+                return _int(env, name)
+        return None
+    if source in ("slurm", "mpi") and "SLURM_STEP_ID" in env:
+        spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+        if spec:
+            return _tasks_on_node(spec, _int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0)
+    return None
+
+
+def device_index(local_rank: int, visible: int, local_size: Optional[int] = None,
+                 node_gpus: Optional[int] = None) -> int:
+    """The GPU (an index among the `visible` ones) that the rank of local rank `local_rank` drives.
+
+    One visible GPU per task (Slurm's per-task binding, `--gpus-per-task=1`, cgroups): 0, whatever the
+    local rank; every GPU of the node visible: the local rank. `local_size` ranks on the node (None:
+    unknown) and `node_gpus`, the GPUs the Slurm step holds on the node (SLURM_STEP_GPUS; None: not
+    a Slurm GPU step), tell per-task binding (one visible, as many on the node as ranks) from ranks
+    that would share one GPU. Raises ConfigError when the ranks outnumber the GPUs."""
+    if visible < 1:
+        raise ConfigError(f"local rank {local_rank}: no GPU visible (torch.cuda.device_count() is 0)")
+    if local_rank < 0 or (local_size is not None and local_rank >= local_size):
+        raise ConfigError(f"local rank {local_rank} is not a rank of the {local_size} on this node")
+    if visible == 1 and (local_size or 1) > 1:
+        if node_gpus is not None and node_gpus >= local_size:
+            return 0                                        # per-task binding: each task sees its own GPU
+        held = "no per-task binding" if node_gpus is None else f"the Slurm step holds {node_gpus} on the node"
+        raise ConfigError(f"{local_size} ranks on this node but each sees the same single GPU ({held}): start "
+                          f"one rank per GPU (--ntasks-per-node or --nproc_per_node = GPUs per node)")
+    if visible == 1:
+        return 0
+    if local_rank >= visible or (local_size is not None and local_size > visible):
+        raise ConfigError(f"{local_size or local_rank + 1} ranks on this node but only {visible} GPUs visible: "
+                          f"start at most one rank per GPU")
+    return local_rank
+
+
+def check_requested_gpus(env: Mapping[str, str], visible: int) -> None:
+    """A Slurm job that asked for GPUs (SLURM_GPUS_ON_NODE) must see them: refuse CPU training otherwise."""
+    asked = _int(env, "SLURM_GPUS_ON_NODE") if env.get("SLURM_GPUS_ON_NODE") else 0
+    if asked == 0:
+        return
+    if visible == 0:
+        raise ConfigError(
+            f"this Slurm job asked for {asked} GPU(s) on the node (SLURM_GPUS_ON_NODE={asked}) but torch sees none "
+            f"(torch {_torch_version()}, CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')}, "
+            f"DS_ACCELERATOR={env.get('DS_ACCELERATOR', 'unset')}): a CPU-only torch, a node without a driver or "
+            f"DS_ACCELERATOR=cpu. Refusing to train on the CPU; set GPUS_PER_NODE=0 for a CPU job")
+    if 1 < visible < asked:
+        raise ConfigError(f"this Slurm job asked for {asked} GPUs on the node (SLURM_GPUS_ON_NODE) but torch "
+                          f"sees {visible} (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+
+def visible_gpus() -> int:
+    """The GPUs this process can drive: torch's count where DeepSpeed's accelerator is CUDA, else 0."""
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.cuda.device_count() if get_accelerator().device_name() == "cuda" else 0
+
+
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
+_DEVICE = None                       # set by bind_device
+
+
+def bind_device(d: Discovery, env=None):
+    """Pick this rank's device, write its index to LOCAL_RANK and make it the current device
+    (before any collective); returns it. CPU ranks (no CUDA accelerator) keep their local rank."""
+    global _DEVICE
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    env = os.environ if env is None else env
+    accel = get_accelerator()
+    visible = visible_gpus()
+    check_requested_gpus(env, visible)
+    index = d.local_rank
+    if accel.device_name() == "cuda":
+        index = device_index(d.local_rank, visible, local_world_size(env, d.source),
+                             _gpu_list(env.get("SLURM_STEP_GPUS")))
+    os.environ["LOCAL_RANK"] = str(index)
+    accel.set_device(index)
+    _DEVICE = torch.device(accel.device_name(index))          # cuda:<index>; the CPU on CPU ranks
+    return _DEVICE
+
+
+def rank_device():
+    """This rank's device, where every tensor handed to a collective must live (bind_device sets it)."""
+    if _DEVICE is None:
+        raise RuntimeError("rank_device() before init_distributed(): no device is bound yet")
+    return _DEVICE
+
+
 def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     """Discover this rank, initialise torch.distributed through DeepSpeed; returns (rank, world_size).
 
@@ -178,6 +305,7 @@ def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     d = discover()
     os.environ.update(RANK=str(d.rank), WORLD_SIZE=str(d.world_size), LOCAL_RANK=str(d.local_rank),
                       MASTER_ADDR=d.master_addr, MASTER_PORT=str(d.master_port))
+    device = bind_device(d)                          # LOCAL_RANK := the device index, before the NCCL group
     timeout = timedelta(seconds=timeout_s)
     c10d.default_pg_timeout = timeout                # read by new_group(timeout=None) for gloo
     if c10d.default_pg_nccl_timeout is not None:     # and for NCCL where it is compiled in
@@ -188,7 +316,7 @@ def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
         raise ConfigError(f"{d.source} rank discovery gave rank {d.rank} of {d.world_size} but the process "
                           f"group has this process as rank {rank} of {world}")
     print(f"[massive_mt] rank {rank} of {world} joined ({d.source} discovery, local rank {d.local_rank}, "
-          f"master {d.master_addr}:{d.master_port})", file=sys.stderr, flush=True)
+          f"master {d.master_addr}:{d.master_port}, device {device})", file=sys.stderr, flush=True)
     return rank, world
 
 
@@ -196,3 +324,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+if __name__ == "__main__":          # `python -m massive_mt.distributed check-gpus`: the sbatch templates' start check
+    if sys.argv[1:] != ["check-gpus"]:
+        sys.exit("usage: python -m massive_mt.distributed check-gpus")
+    try:
+        check_requested_gpus(os.environ, visible_gpus())
+    except ConfigError as e:
+        print(f"massive-mt: error: {e}", file=sys.stderr)
+        sys.exit(2)

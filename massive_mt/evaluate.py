@@ -621,8 +621,10 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
 
         rank, world = init_distributed()
     device = a.device
-    if device is None and torch.cuda.is_available():
-        device = f"cuda:{d.local_rank}"
+    if device is None and world > 1:
+        from .distributed import rank_device
+
+        device = str(rank_device())                 # the GPU init_distributed bound this rank to
     report = evaluate(a.model, a.corpus, tasks=a.tasks, split=a.split, beam=a.beam, batch_size=a.batch_size,
                       max_tokens=a.max_tokens, max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens,
                       device=device, out_dir=a.out, progress=not a.no_progress,

@@ -362,6 +362,11 @@ class Trainer:
               f"start_step={self.step}", file=sys.stderr, flush=True)
         print(f"[massive_mt] trainable={self.n_trainable:,} frozen={self.n_frozen:,} (model.freeze: "
               f"{self.cfg.model.freeze})", file=sys.stderr, flush=True)
+        if self.reconciler is not None and info["zero_stage"] in (0, 1):
+            print(f"[massive_mt] ZeRO-{info['zero_stage']} with reconcile.method={self.cfg.reconcile.method}: every "
+                  f"task ends at an accumulation boundary, so DeepSpeed reduces the full gradient "
+                  f"{self.cfg.sampling.tasks_per_step} times per step instead of once; ZeRO-2 is the layout where "
+                  f"reconciliation adds no gradient reduction (docs/gpu.md)", file=sys.stderr, flush=True)
 
     def log(self) -> dict:
         import deepspeed.comm as dist

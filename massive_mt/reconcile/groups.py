@@ -76,16 +76,21 @@ def _runs(segments: Iterable, group_index: dict[str, int]) -> list[list[tuple[in
 
 @contextmanager
 def _ieee_fp32_matmul(device: torch.device):
-    """CUDA fp32 GEMMs in full fp32 for the Grams even where TF32 (10 mantissa bits) is enabled."""
+    """CUDA fp32 GEMMs in full fp32 for the Grams even where TF32 (10 mantissa bits) is enabled.
+
+    Saved and restored through the API the user may have set it with: `fp32_precision` on torch >= 2.9
+    (reading the legacy `allow_tf32` raises once the new one was set), `allow_tf32` before."""
     if device.type != "cuda":
         yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    matmul = torch.backends.cuda.matmul
+    name, full = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    saved = getattr(matmul, name)
+    setattr(matmul, name, full)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
+        setattr(matmul, name, saved)
 
 
 class ShardGroups:

@@ -17,8 +17,6 @@ records both); memory is K * P values per rank instead of K * P / N.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 import deepspeed.comm as dist
@@ -55,14 +53,14 @@ class NaiveReconciler(ShardedReconciler):
     def _snapshot(self, row: torch.Tensor) -> None:
         """The full task gradient in `row`: this rank's partition, all-gathered."""
         local = self.shards.snapshot()
-        t0 = time.perf_counter()
+        t0 = self._clock()
         dist.all_gather_into_tensor(row, local, group=self.shards.dp_group)
-        dt = time.perf_counter() - t0
+        dt = self._clock() - t0
         self.timings["gather_s"] += dt
         self.timings["capture_s"] -= dt           # capture() times the whole; the gather is reported apart
 
     def reconcile(self, step_tasks: list[str], step: int) -> dict:
-        t = time.perf_counter
+        t = self._clock
         t0 = t()
         S = self.buffer[:self.k]                                  # [K, P] full task gradients
         grams = self.groups.local_grams(S)                        # exact: nothing to all-reduce

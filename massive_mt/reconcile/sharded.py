@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import deepspeed.comm as dist
+from deepspeed.accelerator import get_accelerator
 
 from ..zero_adapter import GradShards
 from .cats import CATSConfig, CATSState, LookAhead, check_state, corrected_gram, is_meta_step
@@ -92,6 +93,7 @@ class ShardedReconciler:
         self.last_weights: Optional[torch.Tensor] = None      # [n_groups, K] of the last step
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
         self.timings = {"capture_s": 0.0, "gram_s": 0.0, "allreduce_s": 0.0, "reconcile_s": 0.0, "write_back_s": 0.0}
+        self.sync_timings = False             # massive-mt bench: wait for the device at each split point
 
     @property
     def snapshot_bytes(self) -> int:
@@ -114,14 +116,14 @@ class ShardedReconciler:
     def capture(self, last: bool, loss_sum, n_micro: int) -> None:
         """This rank's partition of the task just finished (and the sum of its `n_micro` micro-batch
         losses on this rank, a float or a device tensor); clear the buffers unless it is the last task."""
-        t0 = time.perf_counter()
+        t0 = self._clock()
         self._snapshot(self.buffer[self.k])
         self.losses[self.k, 0] = loss_sum
         self.losses[self.k, 1] = n_micro
         self.k += 1
         if not last:
             self.shards.reset()
-        self.timings["capture_s"] += time.perf_counter() - t0
+        self.timings["capture_s"] += self._clock() - t0
 
     def _snapshot(self, row: torch.Tensor) -> None:
         self.shards.snapshot(out=row)
@@ -138,7 +140,7 @@ class ShardedReconciler:
     def capture_valid(self, K: int, loss) -> None:
         """Keep the valid-split gradient just back-propagated (one micro-batch of one of the step's K
         tasks) and clear the buffers, so the training gradient of the step starts from zero."""
-        t0 = time.perf_counter()
+        t0 = self._clock()
         if self.k_valid == 0:
             self.valid_buffer = self._buffer(self.valid_buffer, K)
             self.valid_losses = torch.zeros(K, 2, dtype=torch.float64, device=self.engine.device)
@@ -147,14 +149,22 @@ class ShardedReconciler:
         self.valid_losses[self.k_valid, 1] = 1.0
         self.k_valid += 1
         self.shards.reset()
-        self.timings["capture_s"] += time.perf_counter() - t0
+        self.timings["capture_s"] += self._clock() - t0
+
+    def _clock(self) -> float:
+        """The host clock at a split point of `timings`. GPU kernels run asynchronously: in bench mode
+        (`sync_timings`, set by `massive-mt bench` only) the device's queued work is waited for
+        first, so each phase is charged its own kernels; training never synchronises here."""
+        if self.sync_timings:
+            get_accelerator().synchronize()
+        return time.perf_counter()
 
     def reconcile(self, step_tasks: list[str], step: int) -> dict:
         """Reconcile the step's captured tasks and write the update back. A task whose gradient or
         loss is not finite (`nonfinite_tasks`) is dropped: weight 0, left out of the reconciler and
         of its state. Returns the stats of the kept tasks with `tasks` (kept) and `dropped`; when
         every task is dropped nothing is written back (`tasks` empty): the caller skips the step."""
-        t = time.perf_counter
+        t = self._clock
         t0 = t()
         S = self.buffer[:self.k]                                          # [K, local numel]
         parts = [self.groups.local_grams(S), self.losses]                 # [n_groups, K, K] partial, [K, 2]

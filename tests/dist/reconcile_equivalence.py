@@ -181,7 +181,9 @@ def main():
         if trainer.reconciler is not None and trainer.reconciler.cats is not None:
             cs, ccfg = trainer.reconciler.cats_state, trainer.reconciler.cats
             res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
-            mine = torch.cat([cs.values, torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64)])
+            mine = torch.cat([cs.values.to(trainer.device),                      # NCCL gathers device tensors
+                              torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64,
+                                           device=trainer.device)])
             every = [torch.zeros_like(mine) for _ in range(world)]
             dist.all_gather(every, mine)
             res["ranks_agree"] = all(torch.equal(x, mine) for x in every)     # bitwise, on every rank
