@@ -198,7 +198,8 @@ def cmd_demo(a) -> int:
     timings = {}
     t0 = time.time()
     if not (corpus / "manifest.json").is_file():
-        cmd_build_corpus(argparse.Namespace(out=str(corpus), wheels=None, cache=None, min_pairs=a.min_pairs))
+        cmd_build_corpus(argparse.Namespace(out=str(corpus), wheels=None, cache=None, min_pairs=a.min_pairs,
+                                            pins="prefer", pins_file=None, update_pins=False))
     timings["corpus_s"] = time.time() - t0
     t0 = time.time()
     if not (data_bin / "manifest.json").is_file():
