@@ -1,6 +1,6 @@
 """Checkpoints: DeepSpeed's `save_checkpoint` (model, optimizer, scheduler, per-rank shards)
 plus the trainer's own state (step, sampler cursors) in `client_state`, and the final model
-in Hugging Face format.
+in Hugging Face format (written by massive_mt/export.py).
 
 A checkpoint counts only when complete (docs/failures.md)::
 
@@ -28,8 +28,6 @@ so every rank loads the same tag. The checkpoint directory must be shared by the
 Pruning (`train.keep_last`) keeps the newest keep_last complete tags and, always, the newest
 complete finite one (the tag a resume falls back to); it deletes older complete tags and
 marker-less tags older than the newest complete one (debris of interrupted saves).
-
-The Hugging Face export is written to a temporary directory and renamed into place.
 """
 from __future__ import annotations
 
@@ -48,7 +46,7 @@ import deepspeed
 import deepspeed.comm as dist
 
 from .errors import MassiveMTError
-from .io import atomic_write_text, staged_dir
+from .io import atomic_write_text
 
 TAG_RE = re.compile(r"^step(\d+)$")
 MARKER = "massive_mt_complete.json"
@@ -320,7 +318,7 @@ def check_resume(saved: dict, current: dict, where: Path) -> None:
                               f"or start a new train.output_dir")
 
 
-# ----------------------------------------------------------------------------- full weights and export
+# ----------------------------------------------------------------------------- full weights
 
 def full_fp32_state_dict(engine) -> dict:
     """Collective: the full fp32 weights (ZeRO master copies where they exist), on every rank."""
@@ -333,21 +331,3 @@ def full_fp32_state_dict(engine) -> dict:
         else:
             out[name] = deepspeed.utils.safe_get_full_fp32_param(p).detach().float().cpu().clone()
     return out
-
-
-def export_hf(engine, out_dir: Path, extra_files: dict[str, Path], metadata: dict) -> None:
-    """Collective. Rank 0 writes `save_pretrained` + tokenizer + metadata into out_dir atomically."""
-    state = full_fp32_state_dict(engine)
-    if dist.get_rank() == 0:
-        module = engine.module
-        cpu_model = type(module)(module.config)
-        expected = {n for n, _ in cpu_model.named_parameters()}    # tied weights appear once
-        if set(state) != expected:
-            raise RuntimeError(f"export: parameter names differ: {sorted(set(state) ^ expected)[:10]}")
-        cpu_model.load_state_dict(state, strict=False)               # tied aliases follow their owner
-        with staged_dir(out_dir, replace=True) as tmp:
-            cpu_model.to(torch.float32).save_pretrained(str(tmp))
-            for name, src in extra_files.items():
-                shutil.copyfile(src, tmp / name)
-            (tmp / "massive_mt.json").write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
-    dist.barrier()

@@ -1,5 +1,6 @@
 """`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
-bench-report, demo, compare, study, relatedness. Every command reports bad input and refused file
+bench-report, demo, compare, study, relatedness,
+export. Every command reports bad input and refused file
 operations in one line with exit status 2 (`run_command`)."""
 from __future__ import annotations
 
@@ -343,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", nargs="*", help="subset of tasks (one per language)")
     r.add_argument("--out", help="directory (default RUN/relatedness)")
     r.set_defaults(fn=cmd_relatedness)
+
+    from .export import add_arguments as export_arguments, cmd_export
+    ex = sub.add_parser("export", help="a Hugging Face (or CTranslate2) model directory from any complete checkpoint, "
+                                       "offline (ZeRO shards consolidated to fp32; avg:N averages checkpoints)")
+    export_arguments(ex)
+    ex.set_defaults(fn=cmd_export)
     return p
 
 

@@ -375,12 +375,19 @@ class Trainer:
         self.step = s["step"]
 
     def export(self) -> None:
-        data_bin = Path(self.cfg.data.data_bin)
-        meta = {"tasks": self.tasks, "train_sentences": self.train_sizes, "steps": self.step,
-                "pivot": self.manifest.get("pivot", "en"), "config": self.cfg.to_dict(),
-                "max_len": self.cfg.data.max_len}
-        checkpoint.export_hf(self.engine, self.run_dir / "model",
-                             {"spm.model": data_bin / "spm.model"}, meta)
+        """Collective: the full fp32 weights gathered from the live engine; rank 0 writes RUN/model
+        with the writer of `massive-mt export` (massive_mt/export.py)."""
+        import deepspeed.comm as dist
+        from .export import metadata, model_for, write_hf
+
+        state = checkpoint.full_fp32_state_dict(self.engine)
+        if self.rank == 0:
+            cfg = self.cfg.to_dict()
+            tag = self.ckpt_dir / checkpoint.tag_for(self.step)
+            meta = metadata(self.run_dir, cfg, self.tasks, self.train_sizes, [tag], [self.step], "last")
+            write_hf(self.run_dir / "model", model_for(self.engine.module.config, state, str(tag)),
+                     Path(self.cfg.data.data_bin) / "spm.model", meta, replace=True)
+        dist.barrier()
 
 
 def build_parser() -> argparse.ArgumentParser:
