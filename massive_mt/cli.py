@@ -1,6 +1,6 @@
 """`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
 bench-report, demo, compare, study, relatedness,
-export. Every command reports bad input and refused file
+export, translate. Every command reports bad input and refused file
 operations in one line with exit status 2 (`run_command`)."""
 from __future__ import annotations
 
@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="beam search + sacrebleu BLEU/chrF per task, data-parallel over ranks "
                                     "(see `massive-mt evaluate --help`)")
 
+    sub.add_parser("translate", help="translate text with an exported model, one line out per line in "
+                                     "(see `massive-mt translate --help`)")
+
     s = sub.add_parser("similarity", help="language-by-language gradient-similarity heatmaps over training")
     s.add_argument("--run", required=True, help="training output_dir (holds reconcile.jsonl)")
     s.add_argument("--group", default="model", help="'model' or a parameter group name (e.g. decoder.layers.0)")
@@ -364,6 +367,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["evaluate"]:         # its own parser: it may run as a rank of a launcher
         from . import evaluate
         return evaluate.main(argv[1:])
+    if argv[:1] == ["translate"]:        # likewise
+        from . import translate
+        return translate.main(argv[1:])
     args = build_parser().parse_args(argv)
     return run_command(args.command, getattr(args, "out", None), args.fn, args)
 

@@ -264,7 +264,7 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
              split: str = "test", beam: int = 4, batch_size: int = 64, max_tokens: int = 4096,
              max_sentences: int = 0, max_new_tokens: int = 128, length_penalty: float = 1.0,
              device: Optional[str] = None, out_dir: Optional[str | Path] = None, progress: bool = True,
-             rank: int = 0, world_size: int = 1) -> Optional[dict]:
+             rank: int = 0, world_size: int = 1, engine: str = "torch") -> Optional[dict]:
     """Translate and score every task; returns the report dict on rank 0 (None on the other ranks) and
     writes results.json, results.md and one hypothesis file per task to ``out_dir``.
 
@@ -276,7 +276,9 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
     from .data.corpus import load_corpus
 
     check_options(beam, batch_size, max_tokens, max_sentences, max_new_tokens)
-    tr = Translator(model_dir, device=device)
+    from .translate import load_translator
+
+    tr = load_translator(model_dir, engine, device)        # engine ct2: a `massive-mt export --format ct2`
     if tasks is None:
         tasks = tr.meta.get("tasks")
         if not tasks:
@@ -337,7 +339,7 @@ def evaluate(model_dir: str | Path, corpus_dir: str | Path, tasks: Optional[list
                                   round(bleu, 2), round(chrf, 2), bsig, csig,
                                   test_set_identity(split, *files[task], len(refs)), round(nll, 4), n_tok))
     n = sum(len(r) for r in rows.values())
-    report = {"model": str(model_dir), "corpus": str(corpus_dir), "split": split, "beam": beam,
+    report = {"model": str(model_dir), "engine": engine, "corpus": str(corpus_dir), "split": split, "beam": beam,
               "max_sentences": max_sentences, "scored": describe_test_set(corpus, split),
               "untested": untested, "tasks": [r.to_dict() for r in results],
               "buckets": bucket_averages(results),
@@ -467,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sentences", type=_count(0), default=0, help="the first N sentences per task, 0 = all")
     p.add_argument("--max-new-tokens", type=_count(1), default=128)
     p.add_argument("--device", help="default: this rank's GPU if there is one, else the CPU")
+    p.add_argument("--engine", choices=["torch", "ct2"], default="torch",
+                   help="torch (transformers' generate) or ct2 (CTranslate2: a massive-mt export --format ct2)")
     p.add_argument("--out", help="where results.json/results.md go (default: next to the model, in eval/)")
     p.add_argument("--nproc", type=_count(1), default=1, help="start this many local ranks (one per GPU or CPU share)")
     p.add_argument("--launcher", default="torchrun", choices=["torchrun", "deepspeed"], help="for --nproc > 1")
@@ -513,7 +517,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     report = evaluate(a.model, a.corpus, tasks=a.tasks, split=a.split, beam=a.beam, batch_size=a.batch_size,
                       max_tokens=a.max_tokens, max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens,
                       device=device, out_dir=a.out, progress=not a.no_progress,
-                      rank=rank, world_size=world)
+                      rank=rank, world_size=world, engine=a.engine)
     if report is not None:
         print(markdown_table(report))
         s = report["speed"]
