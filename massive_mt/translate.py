@@ -76,18 +76,21 @@ def load_translator(model_dir: str | Path, engine: str = "torch", device: Option
     return Translator(model_dir, device=device)
 
 
-def model_langs(tr: Translator) -> list[str]:
-    """The languages the model was trained on (its tasks), else every tag of its tokenizer."""
+def check_langs(model_dir: str | Path, src: str, tgt: str) -> None:
+    """DataError unless the model was trained on both languages (its tasks in massive_mt.json; without
+    them, the tags of its tokenizer), listing the languages it has. Before any model is loaded."""
+    from .data.spm import Tokenizer
     from .data.tasks import parse_task
+    from .io import read_json_object
 
-    langs = {lang for task in tr.meta.get("tasks") or [] for lang in parse_task(task)}
-    return sorted(langs) if langs else tr.tokenizer.langs
-
-
-def check_langs(tr: Translator, model_dir, src: str, tgt: str) -> None:
-    langs = model_langs(tr)
+    model_dir = Path(model_dir)
+    if not (model_dir / "spm.model").is_file():
+        raise DataError(f"{model_dir / 'spm.model'}: missing (not a massive_mt model directory)")
+    meta = read_json_object(model_dir / "massive_mt.json") if (model_dir / "massive_mt.json").is_file() else {}
+    tags = Tokenizer(model_dir / "spm.model").langs
+    langs = sorted({lang for task in meta.get("tasks") or [] for lang in parse_task(task)}) or tags
     for flag, lang in (("--src", src), ("--tgt", tgt)):
-        if lang not in langs or lang not in tr.tokenizer.langs:
+        if lang not in langs or lang not in tags:
             raise DataError(f"{flag} {lang}: the model {model_dir} has no language {lang!r}; "
                             f"it has: {' '.join(langs)}")
 
@@ -185,11 +188,11 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     from .io import atomic_write_text
 
     d = discover()
+    check_options(a.beam, a.batch_size, a.max_tokens, 0, a.max_new_tokens)
+    check_langs(a.model, a.src, a.tgt)
     if a.nproc > 1 and d.source == "single":
         return launch(a, argv)
-    check_options(a.beam, a.batch_size, a.max_tokens, 0, a.max_new_tokens)
     tr = load_translator(a.model, a.engine, a.device or (f"cuda:{d.local_rank}" if torch.cuda.is_available() else None))
-    check_langs(tr, a.model, a.src, a.tgt)
     lines = read_lines(a.input)
     rank, world = 0, 1
     if d.world_size > 1:
