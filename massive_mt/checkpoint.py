@@ -1,6 +1,6 @@
 """Checkpoints: DeepSpeed's `save_checkpoint` (model, optimizer, scheduler, per-rank shards)
 plus the trainer's own state (step, sampler cursors) in `client_state`, and the final model
-in Hugging Face format.
+in Hugging Face format (written by massive_mt/export.py).
 
 A checkpoint counts only when complete (docs/failures.md)::
 
@@ -36,8 +36,6 @@ size, ZeRO stage or precision is converted once, by rank 0 while the others wait
 into place with a marker; reused when present), and loaded with DeepSpeed's universal loader; a
 change between ZeRO-2 and ZeRO-3, which that loader does not handle, is read parameter by parameter
 (`load_stage_change`). ZeRO-0 on either side is refused.
-
-The Hugging Face export is written to a temporary directory and renamed into place.
 """
 from __future__ import annotations
 
@@ -58,7 +56,7 @@ import deepspeed
 import deepspeed.comm as dist
 
 from .errors import MassiveMTError
-from .io import atomic_write_text, staged_dir
+from .io import atomic_write_text
 
 TAG_RE = re.compile(r"^step(\d+)$")
 MARKER = "massive_mt_complete.json"
@@ -509,7 +507,7 @@ def check_resume(saved: dict, current: dict, where: Path, reshard: str = "never"
     return how
 
 
-# ----------------------------------------------------------------------------- full weights and export
+# ----------------------------------------------------------------------------- full weights
 
 def full_fp32_state_dict(engine) -> dict:
     """Collective: the full fp32 weights (ZeRO master copies where they exist), on every rank."""
@@ -525,21 +523,3 @@ def full_fp32_state_dict(engine) -> dict:
         else:
             out[name] = deepspeed.utils.safe_get_full_fp32_param(p).detach().float().cpu().clone()
     return out
-
-
-def export_hf(engine, out_dir: Path, extra_files: dict[str, Path], metadata: dict) -> None:
-    """Collective. Rank 0 writes `save_pretrained` + tokenizer + metadata into out_dir atomically."""
-    state = full_fp32_state_dict(engine)
-    if dist.get_rank() == 0:
-        module = engine.module
-        cpu_model = type(module)(module.config)
-        expected = {n for n, _ in cpu_model.named_parameters()}    # tied weights appear once
-        if set(state) != expected:
-            raise RuntimeError(f"export: parameter names differ: {sorted(set(state) ^ expected)[:10]}")
-        cpu_model.load_state_dict(state, strict=False)               # tied aliases follow their owner
-        with staged_dir(out_dir, replace=True) as tmp:
-            cpu_model.to(torch.float32).save_pretrained(str(tmp))
-            for name, src in extra_files.items():
-                shutil.copyfile(src, tmp / name)
-            (tmp / "massive_mt.json").write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
-    dist.barrier()

@@ -1,5 +1,6 @@
 """`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
-bench-report, demo, compare, study, relatedness. Every command reports bad input and refused file
+bench-report, demo, compare, study, relatedness,
+export, translate. Every command reports bad input and refused file
 operations in one line with exit status 2 (`run_command`)."""
 from __future__ import annotations
 
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", help="beam search + sacrebleu BLEU/chrF per task, data-parallel over ranks "
                                     "(see `massive-mt evaluate --help`)")
 
+    sub.add_parser("translate", help="translate text with an exported model, one line out per line in "
+                                     "(see `massive-mt translate --help`)")
+
     s = sub.add_parser("similarity", help="language-by-language gradient-similarity heatmaps over training")
     s.add_argument("--run", required=True, help="training output_dir (holds reconcile.jsonl)")
     s.add_argument("--group", default="model", help="'model' or a parameter group name (e.g. decoder.layers.0)")
@@ -396,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two-sided Mantel p-values (default: one-sided, similarity falls as distance grows)")
     r.add_argument("--out", help="directory (default RUN/relatedness)")
     r.set_defaults(fn=cmd_relatedness)
+
+    from .export import add_arguments as export_arguments, cmd_export
+    ex = sub.add_parser("export", help="a Hugging Face (or CTranslate2) model directory from any complete checkpoint, "
+                                       "offline (ZeRO shards consolidated to fp32; avg:N averages checkpoints)")
+    export_arguments(ex)
+    ex.set_defaults(fn=cmd_export)
     return p
 
 
@@ -413,6 +423,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["memory-plan"]:
         from . import memory_plan
         return memory_plan.main(argv[1:])
+    if argv[:1] == ["translate"]:        # likewise
+        from . import translate
+        return translate.main(argv[1:])
     args = build_parser().parse_args(argv)
     return run_command(args.command, getattr(args, "out", None), args.fn, args)
 

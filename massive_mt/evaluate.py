@@ -275,7 +275,7 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
              device: Optional[str] = None, out_dir: Optional[str | Path] = None, progress: bool = True,
              rank: int = 0, world_size: int = 1, flores_dir: Optional[str | Path] = None, metrics: str = "all",
              spm_model: Optional[str | Path] = None, lid_model: Optional[str | Path] = None,
-             dtype: Optional[str] = None) -> Optional[dict]:
+             dtype: Optional[str] = None, engine: str = "torch") -> Optional[dict]:
     """Translate and score every task; returns the report dict on rank 0 (None on the other ranks) and
     writes results.json, results.md and one hypothesis file per task to ``out_dir``.
 
@@ -290,7 +290,9 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
     check_options(beam, batch_size, max_tokens, max_sentences, max_new_tokens)
     if metrics not in METRICS:
         raise ConfigError(f"--metrics {metrics!r}: expected one of {', '.join(METRICS)}")
-    tr = Translator(model_dir, device=device, dtype=dtype)
+    from .translate import load_translator
+
+    tr = load_translator(model_dir, engine, device, dtype)   # engine ct2: a `massive-mt export --format ct2`
     if tasks is None:
         tasks = tr.meta.get("tasks")
         if not tasks:
@@ -349,7 +351,7 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
         results.append(result)
     n = sum(len(r) for r in rows.values())
     report = {"model": str(model_dir), "corpus": str(corpus_dir) if corpus_dir else None, "split": split,
-              "beam": beam, "dtype": tr.dtype, "max_sentences": max_sentences, "metrics": metrics,
+              "beam": beam, "engine": engine, "dtype": tr.dtype, "max_sentences": max_sentences, "metrics": metrics,
               "scored": {k: v for k, v in scored.items() if k != "split_name"},
               "off_target_lid": scorers.lid.name if scorers else None,
               "untested": untested, "tasks": [r.to_dict() for r in results],
@@ -580,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="default: this rank's GPU if there is one, else the CPU")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="the model's dtype for decoding "
                    "(default: bf16 on a GPU, fp32 on the CPU)")
+    p.add_argument("--engine", choices=["torch", "ct2"], default="torch",
+                   help="torch (transformers' generate) or ct2 (CTranslate2: a massive-mt export --format ct2)")
     p.add_argument("--out", help="where results.json/results.md go (default: next to the model, in eval/)")
     p.add_argument("--nproc", type=_count(1), default=1, help="start this many local ranks (one per GPU or CPU share)")
     p.add_argument("--launcher", default="torchrun", choices=["torchrun", "deepspeed"], help="for --nproc > 1")
@@ -629,7 +633,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
                       max_tokens=a.max_tokens, max_sentences=a.max_sentences, max_new_tokens=a.max_new_tokens,
                       device=device, out_dir=a.out, progress=not a.no_progress,
                       rank=rank, world_size=world, flores_dir=a.benchmark_dir, metrics=a.metrics,
-                      spm_model=a.spm_model, lid_model=a.lid_model, dtype=a.dtype)
+                      spm_model=a.spm_model, lid_model=a.lid_model, dtype=a.dtype, engine=a.engine)
     if report is not None:
         print(markdown_table(report))
         s = report["speed"]

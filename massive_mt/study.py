@@ -206,8 +206,10 @@ def state(cell: Cell, grid: Grid) -> str:
     if (run / CELL_FILE).is_file() and json.loads((run / CELL_FILE).read_text(encoding="utf-8")).get("eval") == grid.eval:
         return "done"
     meta = run / "model" / "massive_mt.json"
-    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("steps") == cell.cfg.train.max_steps:
-        return "trained"
+    if meta.is_file():
+        m = json.loads(meta.read_text(encoding="utf-8"))
+        if m.get("steps") == cell.cfg.train.max_steps or m.get("early_stopped"):
+            return "trained"
     return "interrupted" if (run / "checkpoints" / "latest").is_file() else "new"
 
 

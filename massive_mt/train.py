@@ -465,12 +465,23 @@ class Trainer:
                       file=sys.stderr, flush=True)
 
     def export(self) -> None:
-        data_bin = Path(self.cfg.data.data_bin)
-        meta = {"tasks": self.tasks, "train_sentences": self.train_sizes, "steps": self.step,
-                "pivot": self.manifest.get("pivot", "en"), "config": self.cfg.to_dict(),
-                "max_len": self.cfg.data.max_len, "tokenizer": self.manifest.get("tokenizer")}
-        checkpoint.export_hf(self.engine, self.run_dir / "model",
-                             {f.name: f for f in load_tokenizer(data_bin).files()}, meta)
+        """Collective: the full fp32 weights gathered from the live engine; rank 0 writes RUN/model
+        with the writer of `massive-mt export` (massive_mt/export.py)."""
+        import deepspeed.comm as dist
+        from .export import metadata, model_for, write_hf
+
+        state = checkpoint.full_fp32_state_dict(self.engine)
+        if self.rank == 0:
+            cfg = self.cfg.to_dict()
+            tag = self.ckpt_dir / checkpoint.tag_for(self.step)
+            meta = metadata(self.run_dir, cfg, self.tasks, self.train_sizes, [tag], [self.step], "last")
+            if self.best is not None:                        # validated: the best checkpoint, and why it stopped
+                meta["best"] = {"metric": self.best.metric, "value": self.best.best, "step": self.best.step,
+                                "tag": self.best.tag}
+                meta["early_stopped"] = self.early_stopped
+            write_hf(self.run_dir / "model", model_for(self.engine.module.config, state, str(tag)),
+                     Path(self.cfg.data.data_bin), meta, replace=True)
+        dist.barrier()
 
 
 def build_parser() -> argparse.ArgumentParser:
