@@ -218,7 +218,15 @@ def cmd_demo(a) -> int:
         return rc
     timings["train_s"] = time.time() - t0
     t0 = time.time()
-    report = evaluate(run / "model", corpus, split="test", beam=a.beam, max_sentences=a.eval_sentences,
+    from .validation import read_best
+    best = read_best(run / "checkpoints")                  # with train.valid_interval: the best checkpoint
+    model = run / "model"
+    if best is not None:
+        from .export import export_run
+        model = run / "model-best"
+        if not (model / "massive_mt.json").is_file():
+            export_run(run, "best", model)
+    report = evaluate(model, corpus, split="test", beam=a.beam, max_sentences=a.eval_sentences,
                       out_dir=run / "eval")
     timings["evaluate_s"] = time.time() - t0
     heatmap = None if method == "plain" else plot_similarity(run, run / "similarity_model.png")
@@ -228,9 +236,12 @@ def cmd_demo(a) -> int:
     print()
     print(f"reconcile.method: {method}; training loss: {first:.3f} (first log) -> {last:.3f} (last log); "
           f"timings: " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))
+    print(f"evaluated: the best checkpoint, step {best['step']} ({best['metric']} {best['value']:.4f}), "
+          f"exported to {model}" if best else f"evaluated: the last step ({model})")
     print(f"language-similarity heatmap: {heatmap}" if heatmap else
           "no language-similarity heatmap: reconcile.method plain captures no per-task gradients")
-    (run / "demo_summary.json").write_text(json.dumps({"method": method, "timings_s": timings, "loss_first": first,
+    (run / "demo_summary.json").write_text(json.dumps({"method": method, "timings_s": timings, "best": best,
+                                                        "evaluated_model": str(model), "loss_first": first,
                                                         "loss_last": last, "buckets": report["buckets"],
                                                         "heatmap": str(heatmap) if heatmap else None},
                                                        indent=2), encoding="utf-8")

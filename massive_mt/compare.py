@@ -82,6 +82,7 @@ class Run:
     test_sets: dict              # task -> results.json's test_set
     scores: dict = field(default_factory=dict)   # task -> {"bleu": x, "chrf": y[, "nll": z]}, recomputed
     nll: dict = field(default_factory=dict)      # task -> (per-sentence NLL sums, tokens) when recorded
+    checkpoint: str = "last"     # which checkpoint the evaluated model is (export --step), with its step(s)
 
     def report_task(self, task: str) -> dict:
         """The task's entry of results.json."""
@@ -166,7 +167,18 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     if config.get("sampling.seed") != config.get("train.seed"):
         seed += f"/{config.get('sampling.seed')}"
     return Run(run, config, label, seed, evaluated, meta.get("train_sentences", {}),
-               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores, nll)
+               {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores, nll,
+               evaluated_checkpoint(Path(report.get("model") or run / "model"), meta))
+
+
+def evaluated_checkpoint(model_dir: Path, meta: dict) -> str:
+    """`best (step 40)`, `avg:2 (steps 180, 200)`, `last (step 200)`: what the evaluated model is,
+    from its massive_mt.json (the end-of-run export's `meta` when the directory is gone)."""
+    path = model_dir / "massive_mt.json"
+    m = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else meta
+    c = m.get("checkpoint") or {"select": "last", "steps": [m.get("steps")]}
+    steps = c.get("steps") or []
+    return f"{c.get('select', 'last')} (step{'s' * (len(steps) > 1)} {', '.join(map(str, steps))})"
 
 
 def _decoded_scores(run: Path, eval_dir: str, report: dict, r: dict, refs: list[str], score) -> tuple[list, dict]:
@@ -542,6 +554,7 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
            "max_sentences": first.report.get("max_sentences", 0),
            "signatures": sorted({s for r in runs for s in _signatures(r)}),
            "configs": {label: {"runs": [str(r.path) for r in rs], "seeds": [r.seed for r in rs],
+                               "checkpoints": [r.checkpoint for r in rs],
                                "config": {k: v for k, v in rs[0].config.items() if k not in IGNORED}}
                        for label, rs in groups.items()},
            "tasks": {}, "buckets": {}}
@@ -733,10 +746,10 @@ def markdown(res: dict) -> str:
     L = [f"# Comparison against `{base}`", "",
          f"Test split `{res['split']}`, beam {res['beam']}, max_sentences {res['max_sentences'] or 'all'}, "
          f"{n} seeds per configuration.", "",
-         "| configuration | seeds | runs |", "|---|---|---|"]
+         "| configuration | seeds | checkpoints evaluated | runs |", "|---|---|---|---|"]
     for label, c in res["configs"].items():
         L.append(f"| {label}{' (baseline)' if label == base else ''} | {', '.join(c['seeds'])} | "
-                 f"{'<br>'.join(c['runs'])} |")
+                 f"{'<br>'.join(c.get('checkpoints', []))} | {'<br>'.join(c['runs'])} |")
     fits = {m: res["seed_model"][m] for m in metrics if res["seed_model"][m]["contrasts"]}
     if fits:
         df = next(iter(fits.values()))["df"]

@@ -34,7 +34,8 @@ import yaml
 from .config import ExperimentConfig, load_config, parse_overrides
 from .errors import ConfigError
 
-GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "eval", "common", "configs")
+GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "eval", "common", "configs",
+             "checkpoint")
 FIXED = ("data.", "model.", "train.max_steps", "train.seed", "sampling.seed", "train.output_dir", "train.resume")
 EVAL_KEYS = ("split", "beam", "batch_size", "max_tokens", "max_sentences", "max_new_tokens",
              "metrics")           # evaluate's options (metrics: all, or nll without decoding)
@@ -67,6 +68,7 @@ class Grid:
     eval: dict                   # EVAL_KEYS -> value, `massive-mt evaluate`'s defaults filled in
     common: dict
     configs: dict                # name -> {dotted key: value}
+    checkpoint: str = "last"     # what each cell evaluates: last | best | avg:N (massive-mt export --step)
 
 
 def _set(d: dict, dotted: str, value) -> None:
@@ -130,8 +132,14 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
     nproc = raw.get("nproc", 1)
     if not isinstance(nproc, int) or nproc < 1:
         raise StudyError(f"{path}: key 'nproc' must be a positive integer, got {nproc!r}")
+    checkpoint = raw.get("checkpoint", "last")
+    from .export import STEP_RE
+    if not isinstance(checkpoint, str) or not STEP_RE.match(checkpoint) or checkpoint.isdigit() or checkpoint == "avg:0":
+        raise StudyError(f"{path}: key 'checkpoint' must be last, best or avg:N (N >= 1), got {checkpoint!r}")
+    if checkpoint == "best" and not (common.get("train") or {}).get("valid_interval"):
+        raise StudyError(f"{path}: key 'checkpoint' = best needs validation: set common.train.valid_interval")
     return Grid(path, seeds, nproc, raw.get("launcher", "torchrun"), raw["ds_config"], raw["corpus"], baseline,
-                eval_opts, common, configs)
+                eval_opts, common, configs, checkpoint)
 
 
 def load_eval(path: Path, raw) -> dict:
@@ -203,8 +211,10 @@ def state(cell: Cell, grid: Grid) -> str:
             diff = sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
             raise StudyError(f"{run}: holds a run of another configuration (field '{diff[0]}': {h.get(diff[0])!r}, "
                              f"the grid says {w.get(diff[0])!r}); remove it or use another --out")
-    if (run / CELL_FILE).is_file() and json.loads((run / CELL_FILE).read_text(encoding="utf-8")).get("eval") == grid.eval:
-        return "done"
+    if (run / CELL_FILE).is_file():
+        done = json.loads((run / CELL_FILE).read_text(encoding="utf-8"))
+        if done.get("eval") == grid.eval and done.get("checkpoint", "last") == grid.checkpoint:
+            return "done"
     meta = run / "model" / "massive_mt.json"
     if meta.is_file():
         m = json.loads(meta.read_text(encoding="utf-8"))
@@ -228,16 +238,29 @@ def train(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> int:
     return launch("massive_mt.train", args, nproc, launcher)
 
 
+def cell_model(cell: Cell, grid: Grid) -> Path:
+    """The model the cell evaluates: the end-of-run export (`last`), or the grid's checkpoint
+    exported once into RUN/model-best, RUN/model-avgN (massive-mt export)."""
+    if grid.checkpoint == "last":
+        return cell.run / "model"
+    out = cell.run / f"model-{grid.checkpoint.replace(':', '')}"
+    if not (out / "massive_mt.json").is_file():           # the export is written atomically (staged, renamed)
+        from .export import export_run
+
+        export_run(cell.run, grid.checkpoint, out)
+    return out
+
+
 def evaluate_cell(cell: Cell, grid: Grid, nproc: int, launcher: str) -> int:
-    """Evaluate the cell's model data-parallel on `nproc` ranks, then write its cell.json."""
-    args = ["--model", str(cell.run / "model"), "--corpus", grid.corpus, "--out", str(cell.run / "eval")]
+    """Evaluate the cell's model (`cell_model`) data-parallel on `nproc` ranks, then write its cell.json."""
+    args = ["--model", str(cell_model(cell, grid)), "--corpus", grid.corpus, "--out", str(cell.run / "eval")]
     for k, v in grid.eval.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     rc = launch("massive_mt.evaluate", args, nproc, launcher)
     if rc == 0:
         tmp = cell.run / f".{CELL_FILE}.tmp"
         tmp.write_text(json.dumps({"config": cell.config, "seed": cell.seed, "grid": str(grid.path),
-                                   "eval": grid.eval}), encoding="utf-8")
+                                   "eval": grid.eval, "checkpoint": grid.checkpoint}), encoding="utf-8")
         os.replace(tmp, cell.run / CELL_FILE)
     return rc
 

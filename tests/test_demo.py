@@ -54,7 +54,7 @@ def test_demo_end_to_end_writes_the_similarity_heatmap(real_corpus, data_bin, tm
     cmd = [sys.executable, "-m", "massive_mt.cli", "demo", "--workdir", str(work), "--launcher", "torchrun",
            "--beam", "1", "--eval-sentences", "4", f"data.langs={json.dumps(TEST_LANGS)}", "data.max_len=48",
            "model.preset=test", "sampling.max_tokens=256", "optim.warmup_steps=2", "train.max_steps=4",
-           "train.log_interval=2"]
+           "train.log_interval=2", "train.valid_interval=2", "train.valid_max_sentences=8"]
     p = subprocess.run(cmd, env=dist_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-6000:]
     run = work / "run"
@@ -68,3 +68,7 @@ def test_demo_end_to_end_writes_the_similarity_heatmap(real_corpus, data_bin, tm
     assert "| bucket | tasks | avg BLEU | avg chrF |" in p.stdout and "reconcile.method: gradvac;" in p.stdout
     summary = json.loads((run / "demo_summary.json").read_text())
     assert summary["method"] == "gradvac" and summary["heatmap"] == str(heatmap)
+    best = summary["best"]
+    assert best["step"] in (2, 4) and summary["evaluated_model"] == str(run / "model-best")
+    assert f"evaluated: the best checkpoint, step {best['step']}" in p.stdout
+    assert json.loads((run / "eval" / "results.json").read_text())["model"] == str(run / "model-best")

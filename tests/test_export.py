@@ -82,7 +82,7 @@ def test_tokenizer_json_has_the_sentencepiece_ids(trained_run, real_corpus):
 def test_bad_step_and_output_are_refused(trained_run, tmp_path, capsys):
     for step, words in (("7", ["step7", "no such checkpoint", "step20, step40"]),
                         ("avg:3", ["needs 3 complete tags", "step20, step40"]),
-                        ("best", ["no 'best' tag"]),
+                        ("best", ["no best.json", "train.valid_interval"]),
                         ("newest", ["--step must be"])):
         assert export(trained_run, tmp_path / "x", "--step", step) == 2
         err = capsys.readouterr().err

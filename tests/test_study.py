@@ -85,6 +85,9 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     ({"eval": {"beam": 0}}, "key 'eval': --beam must be an integer >= 1"),
     ({"eval": {"split": 3}}, "key 'eval.split' must be a split name"),
     ({"eval": {"metrics": "bleu"}}, "key 'eval.metrics' must be one of all, nll"),
+    ({"checkpoint": "latest"}, "key 'checkpoint' must be last, best or avg:N (N >= 1), got 'latest'"),
+    ({"checkpoint": "avg:0"}, "key 'checkpoint' must be last, best or avg:N"),
+    ({"checkpoint": "best"}, "key 'checkpoint' = best needs validation: set common.train.valid_interval"),
     ({"configs": {"plain": {}, "a": {"name": "a"}}}, "field 'name': unknown field"),
     ({"configs": {"plain": {}, "a": {"reconcile.beta": 0.1}}}, "renamed to 'reconcile.ema_rate'"),
     ({"configs": {"plain": {}, "a": {"sampling.seed": 4}}}, "key 'sampling.seed' may not differ"),
@@ -140,3 +143,22 @@ def test_finished_cell_is_evaluated_again_when_the_grid_changes_its_eval_options
     assert listed(grid) == "done"
     assert listed(write_grid(tmp_path / "beam4.yaml", eval={"beam": 4, "max_sentences": 4, "max_new_tokens": 8})) \
         == "trained"
+
+
+def test_a_cell_evaluates_the_grids_checkpoint_and_compare_says_which(trained_run, real_corpus, tmp_path):
+    """checkpoint: avg:2 exports the mean of the last two tags once (RUN/model-avg2), the cell is
+    evaluated on it, and compare reports the checkpoint each run used."""
+    from massive_mt.compare import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    grid = study_mod.load_grid(write_grid(tmp_path / "grid.yaml", real_corpus, checkpoint="avg:2"))
+    cell = study_mod.Cell(0, "plain", 1, run, load_config(str(run / "config.yaml")))
+    model = study_mod.cell_model(cell, grid)
+    assert model == run / "model-avg2"
+    meta = json.loads((model / "massive_mt.json").read_text())["checkpoint"]
+    assert meta["select"] == "avg:2" and meta["steps"] == [20, 40]
+    assert study_mod.cell_model(cell, grid) == model                 # exported once
+    assert cli.main(["evaluate", "--model", str(model), "--corpus", str(real_corpus), "--out", str(run / "eval"),
+                     "--max-sentences", "2", "--beam", "1", "--max-new-tokens", "4", "--no-progress"]) == 0
+    assert load_run(run).checkpoint == "avg:2 (steps 20, 40)"

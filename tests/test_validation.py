@@ -63,3 +63,9 @@ def test_patience_stops_and_the_best_survives_pruning_and_resume(data_bin, tmp_p
     assert best["tag"] in tags and len(tags) == 2                  # keep_last=1 plus the best
     assert (out / "model" / "config.json").is_file()               # an early stop exports like a finished run
     assert records(out, "start")[-1]["resumed_from_step"] == 4
+    meta = json.loads((out / "model" / "massive_mt.json").read_text())
+    assert meta["early_stopped"] is True and meta["best"]["tag"] == best["tag"] and meta["steps"] == 8
+    from massive_mt.cli import main
+    assert main(["export", str(out), "--step", "best", "--out", str(tmp_path / "best")]) == 0
+    exported = json.loads((tmp_path / "best" / "massive_mt.json").read_text())["checkpoint"]
+    assert exported["select"] == "best" and exported["steps"] == [best["step"]]
