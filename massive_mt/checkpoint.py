@@ -450,7 +450,7 @@ RESUMABLE = {"train.max_steps", "train.log_interval", "train.save_interval", "tr
              "train.collective_timeout_s", "train.max_nonfinite_steps", "data.data_bin", "reconcile.log_interval",
              "model.activation_checkpointing", "model.attn_implementation", "train.valid_interval",
              "train.valid_max_sentences", "train.valid_decode", "train.valid_decode_sentences", "train.patience",
-             "train.best_min_delta"}
+             "train.best_min_delta", "train.wandb", "train.wandb.project", "train.wandb.name", "train.wandb.mode"}
 WHY = {"optim.": "the restored optimizer and learning-rate schedule were built with it",
        "model.": "the saved weights have this architecture",
        "data.": "the task list and the sampler's position depend on it",

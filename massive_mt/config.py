@@ -117,6 +117,13 @@ class OptimConfig(Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
+class WandbConfig(Section):
+    """Optional Weights & Biases logging of what TensorBoard gets (pip install 'massive_mt[wandb]')."""
+    project: NonEmpty
+    name: Optional[NonEmpty] = None          # default: the run directory's name
+    mode: Literal["offline", "online", "disabled"] = "offline"   # offline: files in RUN/wandb, `wandb sync` later
+
+
 class TrainConfig(Section):
     output_dir: NonEmpty = "runs/experiment"
     max_steps: int = Field(1000, ge=1)
@@ -139,6 +146,7 @@ class TrainConfig(Section):
     best_average: Literal["tasks", "buckets"] = "tasks"   # buckets: high/medium/low weigh the same
     patience: int = Field(0, ge=0)              # stop after N validations without improvement (0: never)
     best_min_delta: float = Field(0.0, ge=0)    # an improvement must exceed this (in the metric's unit)
+    wandb: Optional[WandbConfig] = None         # also log to Weights & Biases (TensorBoard stays the default)
 
 
 class ReconcileConfig(Section):

@@ -63,12 +63,14 @@ class TaskMeter:
 
 
 class MetricsWriter:
-    """metrics.jsonl + TensorBoard event files under the run directory (rank 0 only)."""
+    """metrics.jsonl + TensorBoard event files under the run directory (rank 0 only), and the same
+    scalars to Weights & Biases with ``wandb`` (train.wandb: project, name, mode)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True, wandb=None, config: Optional[dict] = None):
         self.enabled = enabled
         self.jsonl = None
         self.tb = None
+        self.wandb = None
         if not enabled:
             return
         run_dir = Path(run_dir)
@@ -77,6 +79,8 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if wandb is not None:
+            self.wandb = _wandb_run(run_dir, wandb, config)
 
     def write(self, step: int, record: dict, scalars: Optional[dict] = None):
         if not self.enabled:
@@ -88,12 +92,33 @@ class MetricsWriter:
                 if v is not None and math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
+        if self.wandb is not None:
+            logged = {k: v for k, v in (scalars or {}).items() if v is not None and math.isfinite(v)}
+            if logged:
+                self.wandb.log(logged, step=step)
 
     def close(self):
         if self.jsonl is not None:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+def _wandb_run(run_dir: Path, cfg, config: Optional[dict]):
+    """A W&B run in RUN/wandb; one id per run directory, so a resumed run continues the same W&B run."""
+    try:
+        import wandb
+    except ImportError:
+        from .errors import ConfigError
+        raise ConfigError("field 'train.wandb': needs Weights & Biases: pip install 'massive_mt[wandb]'") from None
+    import hashlib
+
+    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(project=cfg.project, name=cfg.name or run_dir.name, mode=cfg.mode, dir=str(run_dir),
+                      id=run_id, resume="allow", config=config)
 
 
 class NonFiniteCount:

@@ -133,7 +133,8 @@ class Trainer:
         self.nonfinite = NonFiniteCount()
         self.fault = fault_nonfinite(rank)
         self.meter = TaskMeter(self.tasks, self.device)
-        self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard)
+        self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard,
+                                    wandb=cfg.train.wandb, config=cfg.to_dict())
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
 
