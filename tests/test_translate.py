@@ -32,7 +32,7 @@ def random_export(trained_run, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model("test", Tokenizer(src / "spm.model").vocab_size, 48).eval()
     meta = json.loads((src / "massive_mt.json").read_text())
-    return write_hf(tmp_path_factory.mktemp("random") / "model", model, src / "spm.model", meta)
+    return write_hf(tmp_path_factory.mktemp("random") / "model", model, src, meta)   # src holds spm.model
 
 
 def translate_cli(*args: str, stdin: str, nproc: int = 1) -> subprocess.CompletedProcess:
