@@ -509,17 +509,24 @@ def check_resume(saved: dict, current: dict, where: Path, reshard: str = "never"
 
 # ----------------------------------------------------------------------------- full weights
 
-def full_fp32_state_dict(engine) -> dict:
-    """Collective: the full fp32 weights (ZeRO master copies where they exist), on every rank."""
+def full_fp32_state_dict(engine, keep_on: Optional[int] = None) -> dict:
+    """Collective: the full fp32 weights (ZeRO master copies where they exist), on every rank, or
+    with ``keep_on`` only on that rank (the others return {}: no full host copy per rank)."""
     module = engine.module
     stage = engine.zero_optimization_stage()
+    keep = keep_on is None or dist.get_rank() == keep_on
     out = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:     # frozen (model.freeze): no master copy; the weight, gathered under ZeRO-3
             with deepspeed.zero.GatheredParameters([p]):
-                out[name] = p.detach().float().cpu().clone()
+                value = p.detach()
+                if keep:
+                    out[name] = value.float().cpu().clone()
         elif stage == 0 and not engine.bfloat16_enabled():
-            out[name] = p.detach().float().cpu().clone()
+            if keep:
+                out[name] = p.detach().float().cpu().clone()
         else:
-            out[name] = deepspeed.utils.safe_get_full_fp32_param(p).detach().float().cpu().clone()
+            value = deepspeed.utils.safe_get_full_fp32_param(p)      # collective under ZeRO-3
+            if keep:
+                out[name] = value.detach().float().cpu().clone()
     return out

@@ -168,17 +168,17 @@ def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
         seed += f"/{config.get('sampling.seed')}"
     return Run(run, config, label, seed, evaluated, meta.get("train_sentences", {}),
                {r["task"]: r["bucket"] for r in report["tasks"]}, report, hyps, refs, test_sets, scores, nll,
-               evaluated_checkpoint(Path(report.get("model") or run / "model"), meta))
+               evaluated_checkpoint(report))
 
 
-def evaluated_checkpoint(model_dir: Path, meta: dict) -> str:
-    """`best (step 40)`, `avg:2 (steps 180, 200)`, `last (step 200)`: what the evaluated model is,
-    from its massive_mt.json (the end-of-run export's `meta` when the directory is gone)."""
-    path = model_dir / "massive_mt.json"
-    m = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else meta
-    c = m.get("checkpoint") or {"select": "last", "steps": [m.get("steps")]}
+def evaluated_checkpoint(report: dict) -> str:
+    """`best (step 40)`, `avg:2 (steps 180, 200)`, `last (step 200)`: what the evaluated model was, as
+    results.json recorded it; `unknown` for an evaluation that predates the record."""
+    c = report.get("checkpoint")
+    if not c:
+        return "unknown"
     steps = c.get("steps") or []
-    return f"{c.get('select', 'last')} (step{'s' * (len(steps) > 1)} {', '.join(map(str, steps))})"
+    return f"{c.get('select')} (step{'s' * (len(steps) > 1)} {', '.join(map(str, steps))})"
 
 
 def _decoded_scores(run: Path, eval_dir: str, report: dict, r: dict, refs: list[str], score) -> tuple[list, dict]:
@@ -224,7 +224,7 @@ def check_comparable(runs: list[Run]) -> None:
         if sorted(r.tasks) != sorted(first.tasks):
             extra, missing = sorted(set(r.tasks) - set(first.tasks)), sorted(set(first.tasks) - set(r.tasks))
             raise CompareError(f"{r.path}: tasks differ from {first.path} (extra {extra}, missing {missing})")
-        for k in ("split", "beam", "max_sentences"):
+        for k in ("split", "beam", "max_sentences", "engine", "dtype"):
             if r.report.get(k) != first.report.get(k):
                 raise CompareError(f"{r.path}: evaluated with {k}={r.report.get(k)!r}, {first.path} with "
                                    f"{k}={first.report.get(k)!r}")

@@ -352,6 +352,7 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
     n = sum(len(r) for r in rows.values())
     report = {"model": str(model_dir), "corpus": str(corpus_dir) if corpus_dir else None, "split": split,
               "beam": beam, "engine": engine, "dtype": tr.dtype, "max_sentences": max_sentences, "metrics": metrics,
+              "checkpoint": tr.meta.get("checkpoint"),           # which checkpoint the model is (massive-mt export)
               "scored": {k: v for k, v in scored.items() if k != "split_name"},
               "off_target_lid": scorers.lid.name if scorers else None,
               "untested": untested, "tasks": [r.to_dict() for r in results],

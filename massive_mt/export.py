@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import re
 import shutil
@@ -38,6 +37,7 @@ from typing import Optional
 import torch
 
 from .checkpoint import CheckpointError, read_marker, step_tags, verify
+from .scoring import sha256_file
 from .errors import ConfigError, DataError
 
 STEP_RE = re.compile(r"^(?:(\d+)|last|best|avg:(\d+))$")
@@ -78,6 +78,10 @@ def select_tags(ckpt_dir: Path, step: str) -> list[Path]:
         if len(complete) < n:
             raise CheckpointError(f"{ckpt_dir}: --step {step} needs {n} complete tags, there are "
                                   f"{len(complete)} ({have})")
+        keep_last = read_marker(complete[-1][1])["run"].get("config", {}).get("train", {}).get("keep_last")
+        if keep_last is not None and n > keep_last:      # older tags are only those pruning spared (best, finite)
+            raise CheckpointError(f"{ckpt_dir}: --step {step} averages the last {n} checkpoints, but the run kept "
+                                  f"only its last {keep_last} (train.keep_last); complete tags: {have}")
         tags = [t for _, t in complete[-n:]]
     else:
         tags = [ckpt_dir / f"step{int(m.group(1))}"]
@@ -152,11 +156,6 @@ def model_from_config(cfg: dict, vocab_size: int, state: dict[str, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- the directory
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 def hf_tokenizer(spm_path: Path):
     """A fast tokenizer equal to the SentencePiece model: its pieces and ids (transformers' own

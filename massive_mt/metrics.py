@@ -66,7 +66,8 @@ class MetricsWriter:
     """metrics.jsonl + TensorBoard event files under the run directory (rank 0 only), and the same
     scalars to Weights & Biases with ``wandb`` (train.wandb: project, name, mode)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True, wandb=None, config: Optional[dict] = None):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True, wandb=None, config: Optional[dict] = None,
+                 resumed: bool = False):
         self.enabled = enabled
         self.jsonl = None
         self.tb = None
@@ -80,7 +81,7 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if wandb is not None:
-            self.wandb = _wandb_run(run_dir, wandb, config)
+            self.wandb = _wandb_run(run_dir, wandb, config, resumed)
 
     def write(self, step: int, record: dict, scalars: Optional[dict] = None):
         if not self.enabled:
@@ -107,16 +108,25 @@ class MetricsWriter:
             self.wandb = None
 
 
-def _wandb_run(run_dir: Path, cfg, config: Optional[dict]):
-    """A W&B run in RUN/wandb; one id per run directory, so a resumed run continues the same W&B run."""
+def _wandb_run(run_dir: Path, cfg, config: Optional[dict], resumed: bool):
+    """A W&B run in RUN/wandb: a resumed training run continues the W&B run of its start (its id in
+    RUN/wandb/run_id), a fresh one starts a new W&B run (W&B drops steps that go backwards)."""
     try:
         import wandb
     except ImportError:
         from .errors import ConfigError
         raise ConfigError("field 'train.wandb': needs Weights & Biases: pip install 'massive_mt[wandb]'") from None
-    import hashlib
+    import uuid
 
-    run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    from .io import atomic_write_text
+
+    id_file = run_dir / "wandb" / "run_id"
+    if resumed and id_file.is_file():
+        run_id = id_file.read_text(encoding="utf-8").strip()
+    else:
+        run_id = uuid.uuid4().hex[:16]
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(id_file, run_id + "\n")
     return wandb.init(project=cfg.project, name=cfg.name or run_dir.name, mode=cfg.mode, dir=str(run_dir),
                       id=run_id, resume="allow", config=config)
 

@@ -136,8 +136,6 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
     from .export import STEP_RE
     if not isinstance(checkpoint, str) or not STEP_RE.match(checkpoint) or checkpoint.isdigit() or checkpoint == "avg:0":
         raise StudyError(f"{path}: key 'checkpoint' must be last, best or avg:N (N >= 1), got {checkpoint!r}")
-    if checkpoint == "best" and not (common.get("train") or {}).get("valid_interval"):
-        raise StudyError(f"{path}: key 'checkpoint' = best needs validation: set common.train.valid_interval")
     return Grid(path, seeds, nproc, raw.get("launcher", "torchrun"), raw["ds_config"], raw["corpus"], baseline,
                 eval_opts, common, configs, checkpoint)
 
@@ -194,6 +192,9 @@ def cells(grid: Grid, out: Path) -> list[Cell]:
                 cfg = load_config(str(path), cell_overrides(seed, run))
             except ConfigError as e:
                 raise StudyError(f"{grid.path}: configuration {name!r}: {e}") from None
+            if grid.checkpoint == "best" and not cfg.train.valid_interval:
+                raise StudyError(f"{grid.path}: configuration {name!r}: key 'checkpoint' = best needs validation: "
+                                 f"set train.valid_interval (in common or the configuration)")
             out_cells.append(Cell(len(out_cells), name, seed, run, cfg))
     return out_cells
 

@@ -128,13 +128,14 @@ class Trainer:
             from .validation import Validator
             self.validator = Validator(self, data_bin, tasks, resource_buckets(self.train_sizes))
         self.best = None                                     # BestTracker, from fit() on (after the resume)
+        self.resumed_best = None                             # its state in the checkpoint resumed from
         self.saved_step = None
         self.step = 0
         self.nonfinite = NonFiniteCount()
         self.fault = fault_nonfinite(rank)
         self.meter = TaskMeter(self.tasks, self.device)
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard,
-                                    wandb=cfg.train.wandb, config=cfg.to_dict())
+                                    wandb=cfg.train.wandb, config=cfg.to_dict(), resumed=self.resume_from is not None)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
 
@@ -263,14 +264,13 @@ class Trainer:
         c = self.cfg.train
         if self.validator is not None:
             from .validation import BestTracker
-            fresh = self.step == 0                           # nothing resumed: no best-so-far to keep
-            self.best = BestTracker(self.ckpt_dir, c.best_metric, c.best_average, c.patience, self.rank, fresh,
-                                    c.best_min_delta)
+            self.best = BestTracker(self.ckpt_dir, c.best_metric, c.best_average, c.patience, self.rank,
+                                    self.resumed_best, c.best_min_delta)
         max_steps, start = self.cfg.train.max_steps, self.step
         bar = tqdm(total=max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True,
                    desc="train", file=sys.stderr, mininterval=1.0)
         last = {}
-        while self.step < max_steps:
+        while self.step < max_steps and not self.early_stopped:     # (a resumed early-stopped run: done)
             self.train_step()
             bar.update(1)
             logs = self.step % self.cfg.train.log_interval == 0 or self.step == max_steps
@@ -279,9 +279,11 @@ class Trainer:
             if logs:
                 last = self.log()
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-            if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0:
+            stopping = self.validator is not None and self.step % c.valid_interval == 0 and self.validate()
+            if self.cfg.train.save_interval and self.step % self.cfg.train.save_interval == 0 \
+                    and self.saved_step != self.step:       # (validation may have saved this step)
                 self.save()
-            if self.validator is not None and self.step % c.valid_interval == 0 and self.validate():
+            if stopping:
                 break                                        # train.patience validations without improvement
             if stop is not None and self.step < max_steps and stop.agreed(self.device):
                 break
@@ -308,16 +310,16 @@ class Trainer:
         averages = self.validator.run(self.step)
         value = averages[c.best_metric]
 
-        def tag_of_step() -> str:
+        def save() -> str:
             self.check_finite()
-            return checkpoint.tag_for(self.step) if self.saved_step == self.step else self.save()
-        if self.best.update(self.step, value, tag_of_step):
+            return self.save()
+        if self.best.update(self.step, value, save):
             self.writer.write(self.step, {"event": "best", "metric": c.best_metric, "value": round(value, 4),
                                           "tag": self.best.tag})
         if not self.best.exhausted:
             return False
         why = (f"{c.patience} validations without improvement of {c.best_metric} (averaged over "
-               f"{c.best_average}); best {self.best.best:.4f} at step {self.best.step} ({self.best.tag})")
+               f"{c.best_average}); {self.best.describe()}")
         self.writer.write(self.step, {"event": "early_stop", "reason": why, "exit_status": 0})
         if self.rank == 0:
             print(f"[massive_mt] early stop at step {self.step}: {why}", file=sys.stderr, flush=True)
@@ -397,6 +399,8 @@ class Trainer:
                  "precision": "bf16" if e.bfloat16_enabled() else "fp16" if e.fp16_enabled() else "fp32"}
         if self.reconciler is not None:
             state["reconciler"] = self.reconciler.state_dict()
+        if self.best is not None:
+            state["best"] = self.best.state_dict()
         return {"massive_mt": state}
 
     def save(self) -> str:
@@ -455,6 +459,7 @@ class Trainer:
         if "nonfinite" in s:
             self.nonfinite.load_state_dict(s["nonfinite"])
         self.step = s["step"]
+        self.resumed_best = s.get("best")
         if how is not None or self.reshard_note:
             layout = {k: [marker["run"].get(k), current[k]] for k in checkpoint.LAYOUT}
             self.writer.write(self.step, {"event": "reshard", "checkpoint": str(ckpt_dir / tag), "loader": how,
@@ -471,7 +476,7 @@ class Trainer:
         import deepspeed.comm as dist
         from .export import metadata, model_for, write_hf
 
-        state = checkpoint.full_fp32_state_dict(self.engine)
+        state = checkpoint.full_fp32_state_dict(self.engine, keep_on=0)
         if self.rank == 0:
             cfg = self.cfg.to_dict()
             tag = self.ckpt_dir / checkpoint.tag_for(self.step)

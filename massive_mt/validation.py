@@ -73,6 +73,10 @@ class Validator:
                 self.decode_rows += [(name, np.arange(i, min(i + 32, m))) for i in range(0, m, 32)]
         self.empty = sorted(f"{s}-{t}" for s, t in tasks if f"{s}-{t}" not in self.sets)
         self.names = sorted(self.sets)
+        if not self.sets:
+            from .errors import ConfigError
+            raise ConfigError(f"field 'train.valid_interval': no task has valid sentences in {data_bin}; "
+                              "set train.valid_interval: 0 or prepare a corpus with a valid split")
 
     def _mine(self, items: list) -> list:
         """This rank's share, round-robin; under ZeRO-3 padded to the same count on every rank
@@ -103,7 +107,8 @@ class Validator:
 
     @torch.no_grad()
     def decode(self) -> dict[str, dict]:
-        """Greedy BLEU and chrF per task on the decoded sample; gathered and scored on rank 0."""
+        """Greedy BLEU and chrF per task on the decoded sample, gathered on every rank and scored
+        there (every rank takes the same best-checkpoint decision)."""
         from .evaluate import score
 
         t, tok = self.t, self.t.tokenizer
@@ -182,37 +187,48 @@ class Validator:
 
 
 class BestTracker:
-    """The best value of train.best_metric, its tag, and the validations since (checkpoints/best.json)."""
+    """The best value of train.best_metric, its step and tag, and the validations since. Its state
+    travels in every checkpoint (so a resume counts exactly the validations after the checkpoint it
+    resumes from); ``checkpoints/best.json`` is the same record for pruning, export and the demo."""
 
-    def __init__(self, ckpt_dir: Path, metric: str, average: str, patience: int, rank: int, fresh: bool,
-                 min_delta: float = 0.0):
-        """``fresh``: a run that resumed nothing starts without a best-so-far (a best.json left
-        in the directory is replaced at the first validation)."""
+    def __init__(self, ckpt_dir: Path, metric: str, average: str, patience: int, rank: int,
+                 saved: Optional[dict] = None, min_delta: float = 0.0):
+        """``saved``: the state of the checkpoint the run resumed from (None: a fresh start)."""
         self.path, self.metric, self.average, self.patience, self.rank = Path(ckpt_dir) / BEST_FILE, metric, \
             average, patience, rank
         self.min_delta = min_delta
-        saved = {} if fresh else (read_best(ckpt_dir) or {})
+        saved = saved or {}
         if saved and (saved.get("metric"), saved.get("average")) != (metric, average):
             from .errors import ConfigError
-            raise ConfigError(f"field 'train.best_metric': {self.path} tracks {saved.get('metric')} averaged over "
+            raise ConfigError(f"field 'train.best_metric': the checkpoint tracks {saved.get('metric')} averaged over "
                               f"{saved.get('average')}, this run {metric} over {average}; start a new output_dir")
         self.best = saved.get("value")
         self.tag, self.step = saved.get("tag"), saved.get("step")
         self.since = saved.get("validations_since_best", 0)
 
-    def update(self, step: int, value: float, tag_of_step) -> bool:
-        """Record a validation; returns whether it improved (then ``tag_of_step()`` saves and names
-        the checkpoint of this step, before best.json points to it)."""
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "average": self.average, "value": self.best, "tag": self.tag,
+                "step": self.step, "validations_since_best": self.since}
+
+    def update(self, step: int, value: float, save) -> bool:
+        """Record a validation; returns whether it improved. On an improvement ``save()`` writes this
+        step's checkpoint (collective; the tracker's new state is in it) and returns its tag, before
+        best.json points to it."""
         better = improved(value, self.best, self.metric, self.min_delta)
         if better:
-            self.tag, self.best, self.step, self.since = tag_of_step(), value, step, 0
+            self.best, self.step, self.since = value, step, 0
+            self.tag = save()
         else:
             self.since += 1
         if self.rank == 0:
-            atomic_write_json(self.path, {"metric": self.metric, "average": self.average, "value": self.best,
-                                          "tag": self.tag, "step": self.step, "validations_since_best": self.since})
+            atomic_write_json(self.path, self.state_dict())
         return better
 
     @property
     def exhausted(self) -> bool:
         return self.patience > 0 and self.since >= self.patience
+
+    def describe(self) -> str:
+        if self.step is None:
+            return f"no finite {self.metric} so far"
+        return f"best {self.best:.4f} at step {self.step} ({self.tag})"

@@ -87,7 +87,7 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     ({"eval": {"metrics": "bleu"}}, "key 'eval.metrics' must be one of all, nll"),
     ({"checkpoint": "latest"}, "key 'checkpoint' must be last, best or avg:N (N >= 1), got 'latest'"),
     ({"checkpoint": "avg:0"}, "key 'checkpoint' must be last, best or avg:N"),
-    ({"checkpoint": "best"}, "key 'checkpoint' = best needs validation: set common.train.valid_interval"),
+    ({"checkpoint": "best"}, "configuration 'plain': key 'checkpoint' = best needs validation: set train.valid_interval"),
     ({"configs": {"plain": {}, "a": {"name": "a"}}}, "field 'name': unknown field"),
     ({"configs": {"plain": {}, "a": {"reconcile.beta": 0.1}}}, "renamed to 'reconcile.ema_rate'"),
     ({"configs": {"plain": {}, "a": {"sampling.seed": 4}}}, "key 'sampling.seed' may not differ"),
