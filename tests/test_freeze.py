@@ -129,6 +129,7 @@ def test_loaded_checkpoint_trains_with_frozen_parameters(data_bin, tmp_path):
     tok = Tokenizer(data_bin / "spm.model")
     ckpt = tiny_checkpoint(tmp_path / "ckpt", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
                            bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, decoder_start_token_id=tok.eos_id)
+    tok.save(ckpt)                                   # the checkpoint's tokenizer is the data-bin's (checked at start)
     out = tmp_path / "run"
     run_ranks(2, train_args(data_bin, out, "zero2.json", "train.max_steps=3", f"model.from_pretrained={ckpt}",
                             "model.freeze=[shared, encoder.layers.0]", "model.attention_dropout=0.05",

@@ -48,7 +48,7 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     assert json.loads((cell / "cell.json").read_text()) == {
         "config": "plain", "seed": 2, "grid": str(grid),
         "eval": {"split": "test", "beam": 1, "batch_size": 64, "max_tokens": 4096, "max_sentences": 4,
-                 "max_new_tokens": 8}}
+                 "max_new_tokens": 8, "metrics": "all"}, "checkpoint": "last"}
     assert sorted(x.name for x in (cell / "checkpoints").iterdir() if x.is_dir()) == ["step2", "step4"]
     assert not (out / "plain" / "seed1").exists()
     # interrupted after the step-2 checkpoint: what a kill during steps 3-4 leaves

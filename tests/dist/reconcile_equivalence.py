@@ -138,7 +138,7 @@ def frozen_report(trainer: Trainer, start, got) -> dict:
     wrapper_groups = next((getattr(opt, a) for a in ("bit16_groups", "fp16_groups", "bf16_groups") if hasattr(opt, a)),
                           [g["params"] for g in opt.param_groups])
     inner = getattr(opt, "optimizer", opt)
-    state = torch.tensor(float(sum(st["exp_avg"].numel() for st in inner.state.values())))
+    state = torch.tensor(float(sum(st["exp_avg"].numel() for st in inner.state.values())), device=trainer.device)
     if engine.zero_optimization_stage() > 0:
         dist.all_reduce(state)
     shards = trainer.reconciler.shards if trainer.reconciler is not None else None
