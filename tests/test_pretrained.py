@@ -239,8 +239,23 @@ def test_gradvac_zero2_trains_from_the_nllb_checkpoint(nllb_bin, nllb_ckpt, tmp_
     src = tr.encode(["Passwort vergessen?"], "de")[0]
     assert src[0] == tok.hf.convert_tokens_to_ids("deu_Latn") and src[-1] == tok.eos_id
     assert src[1:-1] == HFTokenizer(nllb_ckpt).hf("Passwort vergessen?", add_special_tokens=False).input_ids
-    assert all(isinstance(h, str) for h in tr.translate(["Passwort vergessen?"], "de", "fr", beam=2,
-                                                        max_new_tokens=8))
+    sentences = ["Passwort vergessen?", "Konto löschen"]
+    ours = tr.translate(sentences, "de", "fr", beam=2, max_new_tokens=8)
+    assert all(isinstance(h, str) for h in ours)
+    # plain transformers on the export: AutoTokenizer with NLLB's language codes, generate with the
+    # target code forced, gives evaluate's and translate's text
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(str(export), src_lang="deu_Latn")
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(export)).eval()
+    theirs = []
+    for text in sentences:
+        batch = hf_tok(text, return_tensors="pt")
+        assert batch["input_ids"][0].tolist() == tr.encode([text], "de")[0]
+        gen = model.generate(**batch, forced_bos_token_id=hf_tok.convert_tokens_to_ids("fra_Latn"), num_beams=2,
+                             max_new_tokens=8)
+        theirs.append(hf_tok.decode(gen[0], skip_special_tokens=True))
+    assert theirs == ours
 
 
 def test_an_added_language_starts_from_its_related_language_and_trains(added_bin, m2m100_ckpt, real_corpus, tmp_path):
