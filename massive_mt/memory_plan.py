@@ -154,6 +154,52 @@ def plan(config: M2M100Config, gpus: int, zero: int, tasks: int, tokens: int, ac
     return out
 
 
+def _status(field: str) -> int:
+    import re
+
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def measure_cpu_step(preset: str, vocab: int, tokens: int, sentence: int = 64) -> dict:
+    """Peak resident memory (VmHWM over the memory in use before, Linux) of one training micro-batch
+    (forward, the project's loss, backward) and of one evaluation pass (the test NLL's forward without
+    gradients, and greedy generation of 8 tokens) of a preset model with a ``vocab``-entry vocabulary
+    on the CPU, fp32: what the vocabulary costs where the training and evaluation code really run."""
+    from .model import build_model
+    from .optim import label_smoothed_loss
+
+    def reset() -> int:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                    # VmHWM := VmRSS
+        return _status("VmRSS")
+
+    torch.manual_seed(0)
+    model = build_model(preset, vocab, sentence + 8)
+    rows = max(1, tokens // sentence)
+    ids = torch.randint(4, vocab, (rows, sentence))
+    out = {"preset": preset, "vocab": vocab, "tokens": rows * sentence, "parameters": sum(p.numel() for p in model.parameters())}
+    base = reset()
+    model.train()
+    logits = model(input_ids=ids, decoder_input_ids=ids).logits
+    loss, _, _ = label_smoothed_loss(logits, ids, 1, 0.1)
+    loss.backward()
+    out["train_peak_bytes"] = _status("VmHWM") - base
+    del logits, loss
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    base = reset()
+    with torch.no_grad():
+        logits = model(input_ids=ids, decoder_input_ids=ids).logits
+        torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), ids, reduction="none")
+        del logits
+        model.generate(input_ids=ids, max_new_tokens=8, num_beams=1, do_sample=False,
+                       forced_bos_token_id=5, decoder_start_token_id=2)
+    out["evaluate_peak_bytes"] = _status("VmHWM") - base
+    out["one_fp32_tokens_x_vocab_bytes"] = rows * sentence * vocab * 4
+    return out
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
     names = list(rows[0][1])
     lines = ["| setting | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -173,11 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--plain", action="store_true", help="no reconciler (no per-task snapshot)")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--measure-cpu", metavar="PRESET", help="instead: measure one training micro-batch and one "
+                   "evaluation pass of this model preset on the CPU at --vocab entries and --max-tokens tokens")
+    p.add_argument("--vocab", type=int, default=256206, help="with --measure-cpu (default: NLLB's 256,206)")
     return p
 
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    if a.measure_cpu:
+        r = measure_cpu_step(a.measure_cpu, a.vocab, a.max_tokens)
+        print(json.dumps(r))
+        print(f"{a.measure_cpu}, vocabulary {a.vocab:,}, {r['tokens']:,} tokens on the CPU: training micro-batch "
+              f"{r['train_peak_bytes'] / GiB:.2f} GiB, evaluation {r['evaluate_peak_bytes'] / GiB:.2f} GiB "
+              f"(one fp32 tokens x vocabulary tensor: {r['one_fp32_tokens_x_vocab_bytes'] / GiB:.2f} GiB)",
+              file=sys.stderr)
+        return 0
     rows, out = [], []
     for name in a.model:
         config = shape_config(name)

@@ -50,3 +50,15 @@ def test_command_line(capsys):
     assert "| m2m100-418m (0.48 B), ZeRO-2, N=8, K=8 |" in out
     with pytest.raises(SystemExit):
         cli.main(["memory-plan", "--model", "no-such-shape"])
+
+
+def test_cpu_step_at_a_large_vocabulary_is_bounded_by_the_lean_loss():
+    """One micro-batch at 16 k entries: the training step holds the logits, their gradient and not
+    more than one further [tokens x vocabulary] fp32 tensor (the model itself is tiny)."""
+    from massive_mt.memory_plan import measure_cpu_step
+
+    r = measure_cpu_step("test", 16000, 1024)
+    tv = r["one_fp32_tokens_x_vocab_bytes"]
+    assert r["tokens"] == 1024 and tv == 1024 * 16000 * 4
+    assert 1.5 * tv < r["train_peak_bytes"] < 3.2 * tv
+    assert tv < r["evaluate_peak_bytes"] < 4.2 * tv
