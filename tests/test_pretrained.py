@@ -216,8 +216,8 @@ def test_a_checkpoint_without_tokenizer_files_is_refused(m2m100_bin, tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
-def _train_gradvac(data_bin, ckpt, out, langs):
-    run_ranks(2, train_args(data_bin, out, "zero2.json", f"model.from_pretrained={ckpt}", "train.max_steps=4",
+def _train_gradvac(data_bin, ckpt, out, langs, steps: int = 4):
+    run_ranks(2, train_args(data_bin, out, "zero2.json", f"model.from_pretrained={ckpt}", f"train.max_steps={steps}",
                             "reconcile.method=gradvac", f"data.langs={json.dumps(langs)}"))
     metrics = read_metrics(out)
     assert metrics[0]["event"] == "start" and metrics[0]["world_size"] == 2 and metrics[0]["zero_stage"] == 2
@@ -256,6 +256,10 @@ def test_gradvac_zero2_trains_from_the_nllb_checkpoint(nllb_bin, nllb_ckpt, tmp_
                              max_new_tokens=8)
         theirs.append(hf_tok.decode(gen[0], skip_special_tokens=True))
     assert theirs == ours
+    # a resume of a run started from the checkpoint continues it (the tokenizer check passes again)
+    metrics = _train_gradvac(nllb_bin, nllb_ckpt, tmp_path / "run", TEST_LANGS, steps=6)
+    starts = [m for m in metrics if m.get("event") == "start"]
+    assert [m["resumed_from_step"] for m in starts] == [0, 4] and metrics[-1]["step"] == 6
 
 
 def test_an_added_language_starts_from_its_related_language_and_trains(added_bin, m2m100_ckpt, real_corpus, tmp_path):
