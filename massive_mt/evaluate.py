@@ -247,6 +247,15 @@ def check_writable(out_dir: Path) -> None:
     probe.unlink()
 
 
+def gather_on_rank0(done: list, rank: int, world_size: int) -> Optional[list]:
+    """Every rank's list of results, on rank 0 (an object collective); None on the other ranks."""
+    if world_size == 1:
+        return [done]
+    parts = [None] * world_size if rank == 0 else None
+    torch.distributed.gather_object(done, parts, dst=0)
+    return parts if rank == 0 else None
+
+
 def _agree(rank: int, world_size: int, fn):
     """Run ``fn`` on rank 0 and return its result there (None on the other ranks); when it raises,
     every rank raises (no rank is left waiting)."""
@@ -323,12 +332,9 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
             hyps = tr.generate(encoded, tgt, beam, max_new_tokens, length_penalty) if decode else [""] * len(idx)
             done.append((task, idx.tolist(), hyps, tr.nll(encoded, tgt, [rows[task][i][1] for i in idx])))
             bar.update(len(idx))
-    parts = [done]
-    if world_size > 1:
-        parts = [None] * world_size if rank == 0 else None
-        torch.distributed.gather_object(done, parts, dst=0)
-        if rank != 0:
-            return None
+    parts = gather_on_rank0(done, rank, world_size)
+    if parts is None:
+        return None
     seconds = time.perf_counter() - t0
     done = [d for part in parts for d in part]
 

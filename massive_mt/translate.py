@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .errors import DataError, MassiveMTError
-from .evaluate import Translator, _count, _rank_argv, check_options, deal, length_batches
+from .evaluate import Translator, _count, _rank_argv, check_options, deal, gather_on_rank0, length_batches
 
 
 class CT2Translator(Translator):
@@ -110,12 +110,9 @@ def translate_lines(tr: Translator, lines: list[str], src: str, tgt: str, beam: 
     owner = deal([len(idx) * max(len(encoded[i]) for i in idx) for idx in batches], world_size)
     done = [(idx.tolist(), tr.generate([encoded[i] for i in idx], tgt, beam, max_new_tokens))
             for idx, r in zip(batches, owner) if r == rank]
-    parts = [done]
-    if world_size > 1:
-        parts = [None] * world_size if rank == 0 else None
-        torch.distributed.gather_object(done, parts, dst=0)
-        if rank != 0:
-            return None
+    parts = gather_on_rank0(done, rank, world_size)
+    if parts is None:
+        return None
     out = [""] * len(lines)
     for part in parts:
         for idx, hyps in part:
