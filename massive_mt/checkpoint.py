@@ -56,7 +56,7 @@ import deepspeed
 import deepspeed.comm as dist
 
 from .errors import MassiveMTError
-from .io import atomic_write_text
+from .io import atomic_write_text, staged_dir
 
 TAG_RE = re.compile(r"^step(\d+)$")
 MARKER = "massive_mt_complete.json"
