@@ -66,12 +66,16 @@ class Flores:
         {task: reason} for the tasks that cannot be scored). Every language's file has as many
         lines as the others (the benchmark is multi-way); a file that differs is named."""
         rows, files, unscored, lengths = {}, {}, {}, {}
+        read = {}                                      # each file once: the source side repeats across tasks
         for task, src, tgt in tasks:
             (src_path, why_src), (ref_path, why_ref) = self.file_of(src), self.file_of(tgt)
             if src_path is None or ref_path is None:
                 unscored[task] = "; ".join(r for r in (why_src, why_ref) if r)
                 continue
-            sources, refs = self.read(src_path), self.read(ref_path)
+            for path in (src_path, ref_path):
+                if path not in read:
+                    read[path] = self.read(path)
+            sources, refs = read[src_path], read[ref_path]
             for path, lines in ((src_path, sources), (ref_path, refs)):
                 lengths[path] = len(lines)
             rows[task] = list(zip(sources, refs))

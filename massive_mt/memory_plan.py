@@ -136,9 +136,10 @@ def measure_activations(config: M2M100Config, attn: str = "sdpa", checkpointing:
 
 
 def plan(config: M2M100Config, gpus: int, zero: int, tasks: int, tokens: int, acts: Activations,
-         bucket: int = 50_000_000, reconcile: bool = True) -> dict[str, float]:
-    """Bytes per GPU by component (see the module doc)."""
-    P, largest = count_parameters(config)
+         bucket: int = 50_000_000, reconcile: bool = True, counts: tuple[int, int] | None = None) -> dict[str, float]:
+    """Bytes per GPU by component (see the module doc); ``counts``: ``count_parameters(config)``
+    when the caller has it already."""
+    P, largest = counts or count_parameters(config)
     N, V = gpus, config.vocab_size
     shard = (lambda x: x / N)
     out = {
@@ -239,11 +240,12 @@ def main(argv=None) -> int:
     for name in a.model:
         config = shape_config(name)
         acts = measure_activations(config, a.attn, a.activation_checkpointing)
-        P, _ = count_parameters(config)
+        counts = count_parameters(config)
+        P = counts[0]
         for zero in a.zero:
             for n in a.gpus:
                 for k in a.tasks:
-                    r = plan(config, n, zero, k, a.max_tokens, acts, reconcile=not a.plain)
+                    r = plan(config, n, zero, k, a.max_tokens, acts, reconcile=not a.plain, counts=counts)
                     label = f"{name} ({P / 1e9:.2f} B), ZeRO-{zero}, N={n}, K={k}"
                     rows.append((label, r))
                     out.append({"model": name, "parameters": P, "zero": zero, "gpus": n, "tasks": k,
