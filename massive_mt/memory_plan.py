@@ -173,7 +173,11 @@ def measure_cpu_step(preset: str, vocab: int, tokens: int, sentence: int = 64) -
     def reset() -> int:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                                    # VmHWM := VmRSS
-        return _status("VmRSS")
+        rss, hwm = _status("VmRSS"), _status("VmHWM")
+        if hwm > rss + (1 << 20):
+            raise RuntimeError(f"/proc/self/clear_refs did not reset the peak (VmHWM {hwm} > VmRSS {rss} bytes): "
+                               "this kernel cannot measure a step's peak memory")
+        return rss
 
     torch.manual_seed(0)
     model = build_model(preset, vocab, sentence + 8)
