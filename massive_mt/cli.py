@@ -7,25 +7,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .distributed import free_port
-from .errors import MassiveMTError
+from massive_mt.launch import launch_command, launch_env, run_command
+from massive_mt.errors import MassiveMTError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
 def cmd_build_corpus(a) -> int:
-    from .data.catalogs import DEFAULT_WHEELS, build_catalog_corpus
-
     # --- multi-source corpora (massive_mt.data.sources): --sources, --list-sources ---
     if getattr(a, "list_sources", False):
-        from .data.sources.registry import PROFILES, SOURCES, default_min_pairs
+        from massive_mt.data.sources.registry import PROFILES, SOURCES, default_min_pairs
         for s in SOURCES.values():
             print(f"{s.name:17} {s.kind:5} {s.reader:8} {s.licence:32} {', '.join(s.packages)[:60]}")
         for name, members in PROFILES.items():
@@ -34,16 +31,17 @@ def cmd_build_corpus(a) -> int:
     if a.out is None:
         raise MassiveMTError("build-corpus: --out is required")
     if a.min_pairs is None:
-        from .data.sources.registry import default_min_pairs
+        from massive_mt.data.sources.registry import default_min_pairs
         a.min_pairs = default_min_pairs(getattr(a, "sources", None) or [])
     if (a.pins != "prefer" or a.pins_file or a.update_pins) and not getattr(a, "sources", None):
         raise MassiveMTError("--pins/--pins-file/--update-pins govern Debian packages: they need --sources")
     if getattr(a, "sources", None) and a.sources not in (["pypi"], ["default"]):
-        from .data.sources.multiway import MultiwaySizes
+        from massive_mt.data.sources.build import build_sources_corpus
+        from massive_mt.data.sources.multiway import MultiwaySizes
         if a.wheels or a.cache:
             raise MassiveMTError("--wheels/--cache belong to the default build; with --sources use --package-cache")
         sizes = MultiwaySizes(test=a.test_size, valid=a.valid_size, doc_test=a.doc_test_size)
-        manifest = build_catalog_corpus(a.out, min_pairs=a.min_pairs, max_ratio=a.max_ratio, sources=a.sources,
+        manifest = build_sources_corpus(a.out, a.sources, min_pairs=a.min_pairs, max_ratio=a.max_ratio,
                                         cache_dir=a.package_cache, from_dir=a.from_dir, split=a.split, sizes=sizes,
                                         workers=a.workers, pins_policy=a.pins, write_pins=a.update_pins,
                                         **({"pins_file": a.pins_file} if a.pins_file else {}))
@@ -59,6 +57,9 @@ def cmd_build_corpus(a) -> int:
                   + ", ".join(f"{n} with {k} sentences" for k, n in t["languages_with_at_least"].items()))
         return 0
     # --- end multi-source ---
+    from massive_mt.data.catalogs import build_catalog_corpus
+    from massive_mt.data.wheels import DEFAULT_WHEELS
+
     manifest = build_catalog_corpus(a.out, wheels=a.wheels or DEFAULT_WHEELS, cache_dir=a.cache,
                                     min_pairs=a.min_pairs)
     pairs = manifest["pairs"]
@@ -70,11 +71,11 @@ def cmd_build_corpus(a) -> int:
 def cmd_prepare(a) -> int:
     """Validate the corpus, train SentencePiece (or load --tokenizer), binarise; built in a temporary
     directory next to the output and renamed into place, so a failure leaves nothing behind."""
-    from .data.binarize import encode_corpus
-    from .data.corpus import load_corpus
-    from .data.spm import train_spm
-    from .data.tokenizers import load_tokenizer, parse_init_from
-    from .io import staged_dir
+    from massive_mt.data.binarize import encode_corpus
+    from massive_mt.data.corpus import load_corpus
+    from massive_mt.data.spm import train_spm
+    from massive_mt.data.tokenizers import load_tokenizer, parse_init_from
+    from massive_mt.io import staged_dir
 
     from tqdm import tqdm
 
@@ -101,7 +102,7 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_similarity(a) -> int:
-    from .plots import plot_similarity
+    from massive_mt.experiments.plots import plot_similarity
 
     out = plot_similarity(Path(a.run), Path(a.out or Path(a.run) / f"similarity_{a.group}.png"), group=a.group,
                           windows=a.windows, tasks=a.tasks)
@@ -110,21 +111,21 @@ def cmd_similarity(a) -> int:
 
 
 def cmd_task_weights(a) -> int:
-    from .plots import plot_task_weights
+    from massive_mt.experiments.plots import plot_task_weights
 
     print(plot_task_weights(Path(a.run), Path(a.out or Path(a.run) / "task_weights.png")))
     return 0
 
 
 def cmd_bench_report(a) -> int:
-    from .bench_report import report
+    from massive_mt.experiments.bench_report import report
     path = report(a.results, a.out)
     print(f"wrote {path} and its figures", file=sys.stderr)
     return 0
 
 
 def cmd_compare(a) -> int:
-    from .compare import run_compare
+    from massive_mt.experiments.compare import run_compare
 
     res = run_compare(a.runs, a.out, baseline=a.baseline, samples=a.samples, eval_dir=a.eval_dir, corpus=a.corpus)
     print(f"{a.out}: compare.md, compare.json, compare.png ({len(res['configs'])} configurations, "
@@ -133,46 +134,19 @@ def cmd_compare(a) -> int:
 
 
 def cmd_study(a) -> int:
-    from .study import main as study_main
+    from massive_mt.experiments.study import main as study_main
 
     return study_main(a)
 
 
 def cmd_relatedness(a) -> int:
-    from .relatedness import run_relatedness
+    from massive_mt.experiments.relatedness import run_relatedness
 
     out = run_relatedness(Path(a.run), Path(a.out or Path(a.run) / "relatedness"), spans=a.spans,
                           permutations=a.permutations, group=a.group, tasks=a.tasks,
                           alternative="two-sided" if a.two_sided else "less")
     print(f"{out}: relatedness.md, relatedness.json, relatedness_{a.group}.png")
     return 0
-
-
-def launch_env(nproc: int) -> dict:
-    """The environment of `nproc` local ranks: the CPU accelerator without a GPU, the cores split
-    between the ranks instead of oversubscribed."""
-    env = dict(os.environ)
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            env.setdefault("DS_ACCELERATOR", "cpu")
-    except ImportError:
-        pass
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return env
-
-
-def launch_command(launcher: str, nproc: int, args: list[str], module: str = "massive_mt.train") -> list[str]:
-    """The command that starts `nproc` local ranks of `module` (massive_mt.train, massive_mt.evaluate)."""
-    if launcher == "deepspeed":
-        exe = shutil.which("deepspeed")
-        if exe is None:
-            raise MassiveMTError("the 'deepspeed' launcher is not on PATH; use --launcher torchrun")
-        return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", module] + args
-    if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(free_port()), "-m", module] + args
-    raise MassiveMTError(f"--launcher must be deepspeed or torchrun, got {launcher!r}")
 
 
 def demo_overrides(a) -> list[str]:
@@ -187,9 +161,9 @@ def demo_overrides(a) -> list[str]:
 def cmd_demo(a) -> int:
     """Corpus -> SentencePiece -> ZeRO-2 training on local ranks -> evaluation table and,
     when a reconciliation method logged task gradients, the language-similarity heatmap."""
-    from .config import load_config
-    from .evaluate import evaluate, markdown_table
-    from .plots import plot_similarity
+    from massive_mt.engine.config import load_config
+    from massive_mt.evaluation.evaluate import evaluate, markdown_table
+    from massive_mt.experiments.plots import plot_similarity
 
     overrides = demo_overrides(a)
     method = load_config(a.config, overrides).reconcile.method      # bad overrides fail before any work
@@ -218,11 +192,11 @@ def cmd_demo(a) -> int:
         return rc
     timings["train_s"] = time.time() - t0
     t0 = time.time()
-    from .validation import read_best
+    from massive_mt.engine.validation import read_best
     best = read_best(run / "checkpoints")                  # with train.valid_interval: the best checkpoint
     model = run / "model"
     if best is not None:
-        from .export import export_run
+        from massive_mt.engine.export import export_run
         model = run / "model-best"
         if not (model / "massive_mt.json").is_file():
             export_run(run, "best", model)
@@ -254,8 +228,8 @@ def _loss_curve(path: Path):
 
 
 def cmd_language_codes(a) -> int:
-    from .data.corpus import load_corpus
-    from .data.language_codes import coverage
+    from massive_mt.data.corpus import load_corpus
+    from massive_mt.data.language_codes import coverage
 
     if not (a.langs or a.corpus):
         raise MassiveMTError("language-codes: give --corpus DIR or --langs CODE...")
@@ -277,8 +251,8 @@ def cmd_language_codes(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.catalogs import MIN_PAIRS
-    from .data.sources.fetch import PIN_POLICIES
+    from massive_mt.data.candidates import MIN_PAIRS
+    from massive_mt.data.sources.fetch import PIN_POLICIES
 
     p = argparse.ArgumentParser(prog="massive-mt", description="Massively multilingual translation under DeepSpeed ZeRO.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -412,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="directory (default RUN/relatedness)")
     r.set_defaults(fn=cmd_relatedness)
 
-    from .export import add_arguments as export_arguments, cmd_export
+    from massive_mt.engine.export import add_arguments as export_arguments, cmd_export
     ex = sub.add_parser("export", help="a Hugging Face (or CTranslate2) model directory from any complete checkpoint, "
                                        "offline (ZeRO shards consolidated to fp32; avg:N averages checkpoints)")
     export_arguments(ex)
@@ -423,41 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:            # its own parser: the launchers append --local_rank
-        from . import train
+        from massive_mt import train
         return train.main(argv[1:])
     if argv[:1] == ["bench"]:
-        from . import bench
+        from massive_mt.experiments import bench
         return bench.main(argv[1:])
     if argv[:1] == ["evaluate"]:         # its own parser: it may run as a rank of a launcher
-        from . import evaluate
+        from massive_mt.evaluation import evaluate
         return evaluate.main(argv[1:])
     if argv[:1] == ["memory-plan"]:
-        from . import memory_plan
+        from massive_mt.experiments import memory_plan
         return memory_plan.main(argv[1:])
     if argv[:1] == ["translate"]:        # likewise
-        from . import translate
+        from massive_mt.evaluation import translate
         return translate.main(argv[1:])
     args = build_parser().parse_args(argv)
     return run_command(args.command, getattr(args, "out", None), args.fn, args)
-
-
-def error_message(e: BaseException, output=None) -> str:
-    """One line for a user-facing error: an OSError as `path: reason` (a failed write names no file:
-    then the command's `output`), a MassiveMTError as its message."""
-    if isinstance(e, OSError) and e.strerror:
-        paths = [p for p in (e.filename, e.filename2) if p is not None] or ([output] if output else [])
-        return f"{' -> '.join(map(str, paths))}: {e.strerror}" if paths else e.strerror
-    return str(e)
-
-
-def run_command(command: str, output, fn, *args) -> int:
-    """The error boundary of a command writing to `output`: bad input (MassiveMTError) and a file system
-    that refuses (OSError: read-only, full, not a directory) give one line and exit status 2."""
-    try:
-        return fn(*args)
-    except (MassiveMTError, OSError) as e:
-        print(f"massive-mt {command}: error: {error_message(e, output)}", file=sys.stderr, flush=True)
-        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ clear error naming the file."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -11,7 +12,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from .errors import DataError
+from massive_mt.errors import DataError
 
 
 def _beside(path: Path, kind: str) -> Path:
@@ -112,3 +113,9 @@ def staged_dir(dest: str | os.PathLike, replace: bool = False) -> Iterator[Path]
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path) -> str:
+    """The sha256 of a file's bytes (hex): how a data-bin, a test set or an export names its inputs."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -9,12 +9,12 @@ downloads, and records the model's sha256 next to the signature (which says only
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 from massive_mt.errors import DataError
+from massive_mt.io import sha256_file
 
 # sacrebleu tokenizers for scripts written without spaces; chrF needs none
 BLEU_TOKENIZE = {"zh": "zh", "ja": "char", "th": "char", "my": "char", "km": "char", "lo": "char"}
@@ -23,11 +23,6 @@ SPM_NAME = "flores200sacrebleuspm"   # the file name sacrebleu looks for (basena
 
 def bleu_tokenize_for(lang: str) -> str:
     return BLEU_TOKENIZE.get(lang.split("_")[0], "13a")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextmanager

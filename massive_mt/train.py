@@ -21,20 +21,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import checkpoint
-from .config import ExperimentConfig, load_config, load_ds_config, resolve_ds_config, save_resolved
-from .data.sampler import TaskStepSampler, elastic_micro_batches, temperature_probs, token_budget_batches
-from .data.binarize import load_data_bin
-from .data.dataset import TaskDataset
-from .data.tokenizers import check_pretrained, load_tokenizer
-from .data.tasks import resolve_tasks, task_name
-from .distributed import init_distributed
-from .errors import ConfigError, MassiveMTError
-from .lock import take as take_lock
-from .metrics import MetricsWriter, NonFiniteCount, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
-from .model import add_language_embeddings, build_model, count_parameters, freeze_parameters
-from .optim import build_optimizer, label_smoothed_loss
-from .preemption import REQUEUE_EXIT, StopRequested, StopSignals
+from massive_mt.engine import checkpoint
+from massive_mt.engine.config import ExperimentConfig, load_config, load_ds_config, resolve_ds_config, save_resolved
+from massive_mt.data.sampler import TaskStepSampler, elastic_micro_batches, temperature_probs, token_budget_batches
+from massive_mt.data.binarize import load_data_bin
+from massive_mt.data.dataset import TaskDataset
+from massive_mt.data.tokenizers import check_pretrained, load_tokenizer
+from massive_mt.data.tasks import resolve_tasks, task_name
+from massive_mt.engine.distributed import init_distributed, shutdown
+from massive_mt.errors import ConfigError, MassiveMTError
+from massive_mt.engine.lock import take as take_lock
+from massive_mt.engine.metrics import MetricsWriter, NonFiniteCount, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
+from massive_mt.engine.model import add_language_embeddings, build_model, count_parameters, freeze_parameters
+from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
+from massive_mt.engine.preemption import REQUEUE_EXIT, StopRequested, StopSignals
 
 NONFINITE_EXIT = 3      # stopped: non-finite parameters, or too many consecutive non-finite steps
 # Tests only: "RANK:STEPS:SLOT" multiplies the loss of the step-local task SLOT (0-based) by NaN on
@@ -117,15 +117,16 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_id
         self.reconciler = None
         if cfg.reconcile.method != "plain":
-            from .reconcile.sharded import ShardedReconciler
+            from massive_mt.engine.zero_adapter import GradShards
+            from massive_mt.reconcile.sharded import ShardedReconciler
             self.reconciler = (reconciler_cls or ShardedReconciler)(
-                self.engine, cfg.reconcile, self.tasks, self.train_sizes, cfg.sampling.seed, cfg.optim.clip_norm)
+                self.engine, GradShards(self.engine), cfg.reconcile, self.tasks, self.train_sizes, cfg.sampling.seed, cfg.optim.clip_norm)
             if self.reconciler.meta_data == "valid":
                 self.valid_sets, self.valid_batches = self.valid_data(data_bin, tasks)
         self.validator = None
         if cfg.train.valid_interval:
-            from .evaluate import resource_buckets
-            from .validation import Validator
+            from massive_mt.data.tasks import resource_buckets
+            from massive_mt.engine.validation import Validator
             self.validator = Validator(self, data_bin, tasks, resource_buckets(self.train_sizes))
         self.best = None                                     # BestTracker, from fit() on (after the resume)
         self.resumed_best = None                             # its state in the checkpoint resumed from
@@ -215,7 +216,7 @@ class Trainer:
             bad = self.plain_nonfinite(tasks, losses)
             skip = bool(bad)
         if skip:
-            from .zero_adapter import skip_step
+            from massive_mt.engine.zero_adapter import skip_step
             skip_step(self.engine)                           # every rank: no update, optimizer untouched
             self.scheduler.step()                            # the schedule follows the step counter
         else:
@@ -230,7 +231,7 @@ class Trainer:
         """Without per-task capture: the step's tasks whose loss is not finite on some rank, or all of
         them when only the accumulated gradient is (one all-reduce of K + 1 flags)."""
         import deepspeed.comm as dist
-        from .zero_adapter import local_grads_nonfinite
+        from massive_mt.engine.zero_adapter import local_grads_nonfinite
         flags = [~torch.isfinite(torch.as_tensor(x, device=self.device)).all() for x in losses]
         flags = torch.stack(flags + [local_grads_nonfinite(self.engine)]).to(torch.int32)   # no host sync
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -263,7 +264,7 @@ class Trainer:
         self.log_start()
         c = self.cfg.train
         if self.validator is not None:
-            from .validation import BestTracker
+            from massive_mt.engine.validation import BestTracker
             self.best = BestTracker(self.ckpt_dir, c.best_metric, c.best_average, c.patience, self.rank,
                                     self.resumed_best, c.best_min_delta)
         max_steps, start = self.cfg.train.max_steps, self.step
@@ -472,9 +473,9 @@ class Trainer:
 
     def export(self) -> None:
         """Collective: the full fp32 weights gathered from the live engine; rank 0 writes RUN/model
-        with the writer of `massive-mt export` (massive_mt/export.py)."""
+        with the writer of `massive-mt export` (massive_mt/engine/export.py)."""
         import deepspeed.comm as dist
-        from .export import metadata, model_for, write_hf
+        from massive_mt.engine.export import metadata, model_for, write_hf
 
         state = checkpoint.full_fp32_state_dict(self.engine, keep_on=0)
         if self.rank == 0:
@@ -537,6 +538,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except NonFiniteStop as e:
         print(f"massive-mt train: {e}", file=sys.stderr, flush=True)
         return NONFINITE_EXIT
+    finally:
+        shutdown()
     return 0
 
 

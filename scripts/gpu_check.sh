@@ -128,7 +128,7 @@ for b in "${BENCH[@]}"; do
   t=$(( $(left) - RESERVE ))
   if [ "$t" -lt 30 ]; then say "budget spent: skipping bench $1 $2"; echo "$1 $2" >>"$OUT/skipped.txt"; continue; fi
   say "bench $1 $2 (up to ${t}s)"
-  torchrun_1 "$t" -m massive_mt.bench --data-bin "$DATA_BIN" --ds-config "ds_configs/$2" --preset "$1" \
+  torchrun_1 "$t" -m massive_mt.experiments.bench --data-bin "$DATA_BIN" --ds-config "ds_configs/$2" --preset "$1" \
     --tasks-per-step "${KS[@]}" --methods plain bare gradvac:all_layer cats naive --max-tokens "$MAX_TOKENS" \
     --steps "$STEPS" --warmup "$WARMUP" --out "$OUT/bench.jsonl" "${PEAK[@]}" "data.max_len=$MAX_LEN" \
     >"$OUT/logs/bench-$1-${2%.json}.log" 2>&1 || say "bench $1 $2 stopped (exit $?): see logs/bench-$1-${2%.json}.log"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dist.common import format_rank_errors, parse_result, rank_errors   # tests/dist/common.py
-from massive_mt.distributed import free_port
+from massive_mt.launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 # one small permissively licensed wheel (BSD): ~40 languages of real UI strings
@@ -22,7 +22,8 @@ TEST_LANGS = ["de", "fr", "ru", "ja"]
 
 @pytest.fixture(scope="session")
 def real_corpus(tmp_path_factory) -> Path:
-    from massive_mt.data.catalogs import build_catalog_corpus, default_cache_dir
+    from massive_mt.data.wheels import default_cache_dir
+    from massive_mt.data.catalogs import build_catalog_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "allauth"
     build_catalog_corpus(out, wheels=[TEST_WHEEL], cache_dir=default_cache_dir(), min_pairs=100, progress=False)

@@ -1,4 +1,4 @@
-"""Peak host memory of the label-smoothed loss, old formula against massive_mt.optim (CPU, RSS).
+"""Peak host memory of the label-smoothed loss, old formula against massive_mt.engine.optim (CPU, RSS).
 
 `reference_loss` is the formula massive_mt used before its loss became a custom autograd function:
 log-softmax over an fp32 copy of the logits, then gather and sum (fairseq's label_smoothed_nll_loss).
@@ -50,7 +50,7 @@ def _reset_peak() -> None:
 
 
 def measure(impl: str, dtype: torch.dtype, tokens: int, vocab: int, hidden: int = 64) -> dict:
-    from massive_mt.optim import label_smoothed_loss
+    from massive_mt.engine.optim import label_smoothed_loss
     fn = {"old": reference_loss, "new": label_smoothed_loss}[impl]
     g = torch.Generator().manual_seed(0)
     h = torch.randn(tokens, hidden, generator=g).to(dtype).requires_grad_()

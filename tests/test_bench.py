@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from conftest import REPO, TEST_LANGS, dist_env, run_ranks
-from massive_mt.bench import parse_method
-from massive_mt.bench_report import load, summarise
+from massive_mt.experiments.bench import parse_method
+from massive_mt.experiments.bench_report import load, summarise
 from massive_mt.errors import DataError
 
 METHODS = ["plain", "bare", "gradvac:all_layer", "cats", "naive"]
@@ -18,7 +18,7 @@ KS = [2, 3]
 @pytest.fixture(scope="module")
 def bench_run(data_bin, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.jsonl"
-    run_ranks(2, ["-m", "massive_mt.bench", "--data-bin", str(data_bin), f"data.langs={json.dumps(TEST_LANGS)}",
+    run_ranks(2, ["-m", "massive_mt.experiments.bench", "--data-bin", str(data_bin), f"data.langs={json.dumps(TEST_LANGS)}",
                   "data.max_len=48", "reconcile.ema_rate=0.5", "--preset", "test", "--max-tokens", "256",
                   "--steps", "3", "--warmup", "1", "--tasks-per-step", *map(str, KS), "--methods", *METHODS,
                   "--out", str(out)])

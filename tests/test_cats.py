@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference     # tests/reference.py
-from massive_mt.config import load_config
+from massive_mt.engine.config import load_config
 from massive_mt.errors import ConfigError
 from massive_mt.reconcile import make_state, reconcile
 from massive_mt.reconcile.cats import (CATSConfig, CATSState, LookAhead, cats, check_state, corrected_gram, curvature,

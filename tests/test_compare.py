@@ -8,12 +8,14 @@ import pytest
 import yaml
 
 from massive_mt import cli
-from massive_mt.compare import (CompareError, holm, recompute, run_compare, seed_model, seeds_for_power, t_interval,
+from massive_mt.experiments.compare import (CompareError, holm, recompute, run_compare, seed_model, seeds_for_power, t_interval,
                                 welch_interval)
-from massive_mt.config import load_config
-from massive_mt.evaluate import TaskResult, bucket_averages, resource_buckets, score, write_report
-from massive_mt.evaluate import test_set_identity as set_identity   # not collected as a test
-from massive_mt.study import CELL_FILE
+from massive_mt.engine.config import load_config
+from massive_mt.data.tasks import resource_buckets
+from massive_mt.evaluation.evaluate import TaskResult, bucket_averages, write_report
+from massive_mt.scoring import score
+from massive_mt.evaluation.evaluate import test_set_identity as set_identity   # not collected as a test
+from massive_mt.experiments.study import CELL_FILE
 
 SIZES = {"en-fr": 5000, "en-de": 4000, "en-es": 900, "en-ru": 800, "en-ja": 100, "en-it": 80}
 TASKS = list(SIZES)
@@ -171,7 +173,7 @@ def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
 
 def test_compare_prints_the_seed_level_verdict_and_recomputes_from_its_json(study, tmp_path, capsys):
     """The printed report is the mixed model's table with the seeds for 80 % power; `python -m
-    massive_mt.compare --from-json` recomputes the same statistics from a compare.json alone."""
+    massive_mt.experiments.compare --from-json` recomputes the same statistics from a compare.json alone."""
     root, runs = study
     res = run_compare([runs[(c, s)] for c in ("base", "better") for s in (1, 2, 3)], tmp_path / "a", samples=200)
     printed = capsys.readouterr().out

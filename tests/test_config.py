@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from massive_mt.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.errors import ConfigError
 
 
@@ -195,7 +195,7 @@ def test_ds_config_top_level_keys_are_the_ones_deepspeed_reads():
     """DS_TOP_LEVEL_KEYS is every key DeepSpeedConfig reads from the top of the dict (traced here), less the
     ones DeepSpeed 0.19.8 removed, plus the two deepspeed.initialize reads for its device mesh."""
     from deepspeed.runtime import config as ds_cfg
-    from massive_mt.config import DS_TOP_LEVEL_KEYS
+    from massive_mt.engine.config import DS_TOP_LEVEL_KEYS
 
     class Traced(dict):
         read = set()

@@ -9,8 +9,8 @@ import yaml
 
 from conftest import REPO, TEST_LANGS, dist_env
 from massive_mt.cli import DEMO_CONFIG, build_parser, demo_overrides
-from massive_mt.config import load_config
-from massive_mt.evaluate import resource_buckets
+from massive_mt.engine.config import load_config
+from massive_mt.data.tasks import resource_buckets
 from massive_mt.reconcile.sharded import vaccinated_ids
 
 

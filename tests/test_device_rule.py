@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO, TEST_LANGS, dist_env, format_rank_errors, rank_errors, train_args
-from massive_mt.distributed import free_port
+from massive_mt.launch import free_port
 
 pytestmark = pytest.mark.distributed
 CATS = ["cats+param=softmax+eps=0", "cats+meta_data=valid+objective=lookahead+eps=0"]
@@ -69,7 +69,7 @@ def test_lock_checkpoint_resume_evaluate_and_bench_on_the_rank_device(data_bin, 
            str(real_corpus), "--max-sentences", "4", "--beam", "1", "--max-new-tokens", "4", "--no-progress",
            "--out", str(tmp_path / "eval")], tmp_path / "rule-eval", tensors=False)
     assert (tmp_path / "eval" / "results.json").is_file()
-    ruled(["-m", "massive_mt.bench", "--data-bin", str(data_bin), f"data.langs={json.dumps(TEST_LANGS)}",
+    ruled(["-m", "massive_mt.experiments.bench", "--data-bin", str(data_bin), f"data.langs={json.dumps(TEST_LANGS)}",
            "data.max_len=48", "--preset", "test", "--max-tokens", "128", "--steps", "1", "--warmup", "0",
            "--tasks-per-step", "2", "--methods", "plain", "gradvac:all_layer", "--out", str(tmp_path / "b.jsonl")],
           tmp_path / "rule-bench")

@@ -1,10 +1,10 @@
-"""Which GPU a rank drives (massive_mt/distributed.py device_index, bind_device) under the variables
+"""Which GPU a rank drives (massive_mt/engine/distributed.py device_index, bind_device) under the variables
 Slurm, torchrun and the deepspeed launcher set, and the refusal of a GPU job that sees no GPU."""
 import os
 
 import pytest
 
-from massive_mt.distributed import (check_requested_gpus, device_index, discover, local_world_size,
+from massive_mt.engine.distributed import (check_requested_gpus, device_index, discover, local_world_size,
                                     _gpu_list)
 from massive_mt.errors import ConfigError
 
@@ -103,7 +103,7 @@ def test_bind_device_on_cpu_ranks_keeps_the_local_rank(monkeypatch):
     """On CPU ranks (DS_ACCELERATOR=cpu, no GPU request) the device is the CPU and LOCAL_RANK is kept."""
     import torch
 
-    import massive_mt.distributed as md
+    import massive_mt.engine.distributed as md
     monkeypatch.setenv("LOCAL_RANK", "1")
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
     monkeypatch.setattr(md, "_DEVICE", None)

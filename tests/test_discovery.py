@@ -1,4 +1,4 @@
-"""Rank discovery rules (massive_mt/distributed.py) on the variables each launcher sets, and a
+"""Rank discovery rules (massive_mt/engine/distributed.py) on the variables each launcher sets, and a
 real `mpiexec` launch. The Slurm launches (srun, the sbatch templates, srun without MPI support)
 are in test_slurm.py."""
 import re
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from massive_mt.distributed import discover, first_host
+from massive_mt.engine.distributed import discover, first_host
 from massive_mt.errors import ConfigError
-from massive_mt.preemption import parse_signals
+from massive_mt.engine.preemption import parse_signals
 
 from conftest import REPO, dist_env, read_metrics, train_args
 

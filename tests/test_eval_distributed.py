@@ -43,10 +43,10 @@ def chatty_model(trained_run, tmp_path):
 
 def test_two_ranks_match_one_process(chatty_model, real_corpus, tmp_path):
     model = chatty_model
-    one = subprocess.run([sys.executable, "-m", "massive_mt.evaluate", *_args(model, real_corpus, tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "massive_mt.evaluation.evaluate", *_args(model, real_corpus, tmp_path / "one")],
                          env=dist_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert one.returncode == 0, one.stderr[-4000:]
-    two = run_ranks(2, ["-m", "massive_mt.evaluate", *_args(model, real_corpus, tmp_path / "two")])
+    two = run_ranks(2, ["-m", "massive_mt.evaluation.evaluate", *_args(model, real_corpus, tmp_path / "two")])
     assert "rank 1 of 2 joined" in two.stderr
     # the same through the command line, which starts its ranks itself
     cli = subprocess.run([sys.executable, "-m", "massive_mt.cli", "evaluate", "--nproc", "2",

@@ -6,7 +6,10 @@ import pytest
 
 from massive_mt import cli
 from massive_mt.errors import ConfigError
-from massive_mt.evaluate import Translator, evaluate, markdown_table, resource_buckets, score
+from massive_mt.data.tasks import resource_buckets
+from massive_mt.evaluation.decoding import Translator
+from massive_mt.evaluation.evaluate import evaluate, markdown_table
+from massive_mt.scoring import score
 
 
 def test_score_identity_and_signatures():
@@ -195,7 +198,7 @@ def test_batches_are_token_bounded_and_in_input_order(trained_run, monkeypatch):
 
 
 def test_deal_balances_and_is_deterministic():
-    from massive_mt.evaluate import deal
+    from massive_mt.evaluation.decoding import deal
 
     costs = [50, 10, 40, 30, 20, 20]
     owner = deal(costs, 2)

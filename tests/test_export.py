@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from conftest import TEST_LANGS, run_ranks, train_args
 from massive_mt import cli
-from massive_mt.checkpoint import MARKER
-from massive_mt.export import consolidate
+from massive_mt.engine.checkpoint import MARKER
+from massive_mt.engine.export import consolidate
 
 FILES = {"config.json", "generation_config.json", "massive_mt.json", "model.safetensors", "spm.model",
          "tokenizer.json", "tokenizer_config.json"}

@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from conftest import REPO, dist_env, read_metrics, train_args
-from massive_mt import checkpoint
-from massive_mt.distributed import free_port
-from massive_mt.lock import LOCK_NAME, LockError, OutputDirLock
+from massive_mt.engine import checkpoint
+from massive_mt.launch import free_port
+from massive_mt.engine.lock import LOCK_NAME, LockError, OutputDirLock
 
 MARKER = checkpoint.MARKER
 
@@ -285,7 +285,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_stale_one(tmp_path, capsys)
     out = tmp_path / "run"
     out.mkdir()
     first = OutputDirLock.acquire(out)
-    holder = subprocess.run([sys.executable, "-c", "from massive_mt.lock import OutputDirLock; "
+    holder = subprocess.run([sys.executable, "-c", "from massive_mt.engine.lock import OutputDirLock; "
                              f"OutputDirLock.acquire({str(out)!r})"], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert holder.returncode != 0 and "LockError" in holder.stderr and f"pid {os.getpid()}" in holder.stderr

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-from massive_mt.config import load_config
+from massive_mt.engine.config import load_config
 from massive_mt.errors import ConfigError
-from massive_mt.model import build_model, freeze_parameters, matches
-from massive_mt.optim import build_optimizer
+from massive_mt.engine.model import build_model, freeze_parameters, matches
+from massive_mt.engine.optim import build_optimizer
 
 
 def tiny_checkpoint(path, vocab_size=120, **overrides):
@@ -94,7 +94,7 @@ def test_pattern_matching_nothing_is_refused():
 
 def test_frozen_parameters_belong_to_no_group():
     from massive_mt.reconcile.groups import ShardGroups, assign_groups
-    from massive_mt.zero_adapter import Segment
+    from massive_mt.reconcile.shards import Segment
 
     model = build_model("test", 100, 16)        # 1 encoder + 1 decoder layer
     freeze_parameters(model, ["shared", "decoder.layers.0"])

@@ -1,10 +1,10 @@
 """Parameter groups over a shard layout: assignment by name, partial Grams, combination."""
 import torch
 
-from massive_mt.model import build_model
+from massive_mt.engine.model import build_model
 from massive_mt.reconcile.groups import ShardGroups, assign_groups
 from massive_mt.reconcile.sharded import vaccinated_ids
-from massive_mt.zero_adapter import Segment
+from massive_mt.reconcile.shards import Segment
 
 
 def names():

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
-from massive_mt.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.errors import ConfigError
-from massive_mt.model import build_model, count_parameters, preset_config, train_flops
+from massive_mt.engine.model import build_model, count_parameters, preset_config, train_flops
 from test_reconcile_distributed import CATS, equivalence
 
 METHODS = ["plain", "gradvac:all_layer", CATS[0]]

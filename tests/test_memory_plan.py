@@ -1,12 +1,12 @@
-"""The memory plan (massive_mt/memory_plan.py): exact parameter counts, measured activations, ZeRO's layout."""
+"""The memory plan (massive_mt/experiments/memory_plan.py): exact parameter counts, measured activations, ZeRO's layout."""
 
 from __future__ import annotations
 
 import pytest
 
 from massive_mt import cli
-from massive_mt.memory_plan import Activations, count_parameters, measure_activations, plan, shape_config
-from massive_mt.model import preset_config
+from massive_mt.experiments.memory_plan import Activations, count_parameters, measure_activations, plan, shape_config
+from massive_mt.engine.model import preset_config
 
 
 def test_parameter_count_is_the_built_models():

@@ -15,9 +15,9 @@ import torch
 
 from conftest import read_metrics, train_args
 from test_faults import train
-from massive_mt import checkpoint
-from massive_mt.config import OptimConfig
-from massive_mt.optim import inverse_sqrt_lambda
+from massive_mt.engine import checkpoint
+from massive_mt.engine.config import OptimConfig
+from massive_mt.engine.optim import inverse_sqrt_lambda
 from massive_mt.train import FAULT_NONFINITE_ENV, NONFINITE_EXIT
 
 LAYOUTS = [("zero0.json", 0), ("zero1.json", 1), ("zero2.json", 2), ("zero3.json", 3),

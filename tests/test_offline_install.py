@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from massive_mt.data.catalogs import DEFAULT_WHEELS, download_wheels
+from massive_mt.data.wheels import DEFAULT_WHEELS, download_wheels
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from loss_memory import reference_loss     # tests/loss_memory.py: the log-softmax formula
-from massive_mt import optim
-from massive_mt.optim import inverse_sqrt_lambda, label_smoothed_loss
+from massive_mt.engine import optim
+from massive_mt.engine.optim import inverse_sqrt_lambda, label_smoothed_loss
 
 
 def test_label_smoothed_loss_matches_fairseq_formula():

@@ -25,7 +25,7 @@ import polib
 import pytest
 
 from massive_mt.cli import main
-from massive_mt.data.catalogs import download_wheels
+from massive_mt.data.wheels import download_wheels
 from massive_mt.data.sources import registry
 from massive_mt.data.sources.build import build_sources_corpus
 from massive_mt.data.sources.fetch import fetch

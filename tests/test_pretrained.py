@@ -19,7 +19,7 @@ from massive_mt.data.corpus import load_corpus
 from massive_mt.data.indexed import IndexedTokens
 from massive_mt.data.tokenizers import HFTokenizer, check_pretrained, load_tokenizer
 from massive_mt.errors import ConfigError, DataError
-from massive_mt.model import add_language_embeddings
+from massive_mt.engine.model import add_language_embeddings
 
 LANGS = ["en", *TEST_LANGS]
 
@@ -233,7 +233,7 @@ def test_gradvac_zero2_trains_from_the_nllb_checkpoint(nllb_bin, nllb_ckpt, tmp_
     assert tok.kind == "hf" and tok.identity() == HFTokenizer(nllb_ckpt).identity()
     assert check_pretrained(load_data_bin(nllb_bin), nllb_bin, export)["init"] == {}
     # evaluation reads the export through the same interface: NLLB's language tokens, forced target
-    from massive_mt.evaluate import Translator
+    from massive_mt.evaluation.decoding import Translator
 
     tr = Translator(export, device="cpu")
     src = tr.encode(["Passwort vergessen?"], "de")[0]

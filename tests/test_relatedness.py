@@ -10,8 +10,8 @@ from scipy import stats
 
 from massive_mt import cli
 from massive_mt.errors import DataError
-from massive_mt.metrics import ReconcileTelemetry
-from massive_mt.relatedness import INSTALL, TypologyMissing, iso639_3, mantel, task_languages, uriel_distances
+from massive_mt.engine.metrics import ReconcileTelemetry
+from massive_mt.experiments.relatedness import INSTALL, TypologyMissing, iso639_3, mantel, task_languages, uriel_distances
 
 
 def distance_matrix(rng, n):

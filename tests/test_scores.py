@@ -14,8 +14,8 @@ import sentencepiece as spm
 
 from massive_mt.data.corpus import load_corpus
 from massive_mt.errors import DataError
-from massive_mt.flores import Flores
-from massive_mt.lid import FastTextId, identifier, off_target_rate, same_language
+from massive_mt.data.flores import Flores
+from massive_mt.evaluation.lid import FastTextId, identifier, off_target_rate, same_language
 from massive_mt.scoring import SPM_NAME, SpBleu, _no_download, extra_scores, score
 
 SENTS = {

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from massive_mt.cli import main
-from massive_mt.data.catalogs import Candidate, first_failing_rule, normalize
+from massive_mt.data.candidates import Candidate, first_failing_rule, normalize
 from massive_mt.data.corpus import canonical_lang, load_corpus
 from massive_mt.data.sources import gettext, keyjson, lohelp, mallard, mozilla, report
 from massive_mt.data.sources.archive import deb_control, iter_deb
@@ -79,7 +79,7 @@ def test_gettext_mo_in_deb(libc_deb):
 
 
 def test_struct_mo_reader_matches_polib(libc_deb):
-    from massive_mt.data.catalogs import entry_candidates, parse_catalog
+    from massive_mt.data.candidates import entry_candidates, parse_catalog
     for m in iter_deb(libc_deb, lambda n: n.endswith("/de/LC_MESSAGES/libc.mo")):
         ours = gettext.mo_candidates(m.data)
         theirs = [c for e in parse_catalog(m.data, True) for c in entry_candidates(e)]

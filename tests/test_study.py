@@ -10,8 +10,8 @@ import yaml
 
 from conftest import REPO, dist_env, read_metrics, train_args
 from massive_mt import cli
-from massive_mt import study as study_mod
-from massive_mt.config import load_config
+from massive_mt.experiments import study as study_mod
+from massive_mt.engine.config import load_config
 
 
 def write_grid(path, corpus="corpus", **changes):
@@ -41,7 +41,7 @@ def test_study_skips_finished_cells_and_resumes_an_interrupted_one(data_bin, rea
     cell = out / "plain" / "seed2"
     assert (cell / "cell.json").is_file() and (cell / "eval" / "results.json").is_file()
     # evaluated by the launcher's ranks with the grid's eval options
-    assert "--nproc_per_node 1" in p.stderr and "-m massive_mt.evaluate" in p.stderr
+    assert "--nproc_per_node 1" in p.stderr and "-m massive_mt.evaluation.evaluate" in p.stderr
     report = json.loads((cell / "eval" / "results.json").read_text())
     assert report["speed"]["world_size"] == 1 and report["beam"] == 1 and report["max_sentences"] == 4
     assert all(t["test_set"]["sentences"] == 4 for t in report["tasks"])
@@ -148,7 +148,7 @@ def test_finished_cell_is_evaluated_again_when_the_grid_changes_its_eval_options
 def test_a_cell_evaluates_the_grids_checkpoint_and_compare_says_which(trained_run, real_corpus, tmp_path):
     """checkpoint: avg:2 exports the mean of the last two tags once (RUN/model-avg2), the cell is
     evaluated on it, and compare reports the checkpoint each run used."""
-    from massive_mt.compare import load_run
+    from massive_mt.experiments.compare import load_run
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

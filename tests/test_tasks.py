@@ -1,7 +1,7 @@
 """Task lists from a manifest's pairs: directions, explicit tasks, language subsets."""
 import pytest
 
-from massive_mt.config import load_config
+from massive_mt.engine.config import load_config
 from massive_mt.data.tasks import parse_task, resolve_tasks, task_name
 from massive_mt.errors import ConfigError, DataError
 

@@ -16,7 +16,7 @@ import torch
 
 from conftest import REPO, dist_env
 from massive_mt import cli
-from massive_mt.evaluate import Translator
+from massive_mt.evaluation.decoding import Translator
 
 SENTENCES = ["Save the file", "", "Delete this item?", "Your e-mail address has been confirmed.", "",
              "Sign in with your account", "Password", ""]
@@ -25,8 +25,8 @@ SENTENCES = ["Save the file", "", "Delete this item?", "Your e-mail address has 
 @pytest.fixture(scope="module")
 def random_export(trained_run, tmp_path_factory) -> Path:
     from massive_mt.data.spm import Tokenizer
-    from massive_mt.export import write_hf
-    from massive_mt.model import build_model
+    from massive_mt.engine.export import write_hf
+    from massive_mt.engine.model import build_model
 
     src = trained_run / "model"
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def test_ct2_export_translates_and_evaluates_as_torch(trained_run, random_export
     """fp32 CTranslate2 gives torch's hypotheses and test NLL; an int8 export loads and translates."""
     import ctranslate2  # noqa: F401  (the test extra installs it)
 
-    from massive_mt.export import write_ct2
+    from massive_mt.engine.export import write_ct2
 
     hf = shutil.copytree(random_export, tmp_path / "hf")
     ct2 = write_ct2(tmp_path / "ct2", hf, None)

@@ -1,4 +1,4 @@
-"""Validation during training (massive_mt/validation.py): per-task valid NLL in metrics.jsonl and
+"""Validation during training (massive_mt/engine/validation.py): per-task valid NLL in metrics.jsonl and
 TensorBoard, the same training losses with and without it, the best tag kept through pruning,
 early stopping by patience, and the best-so-far carried over a resume. 2 ranks, ZeRO-2."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ranks, train_args
-from massive_mt.checkpoint import tag_for
+from massive_mt.engine.checkpoint import tag_for
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

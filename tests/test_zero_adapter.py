@@ -1,4 +1,4 @@
-"""massive_mt.zero_adapter.GradShards on real DeepSpeed engines (CPU, gloo), every supported layout.
+"""massive_mt.engine.zero_adapter.GradShards on real DeepSpeed engines (CPU, gloo), every supported layout.
 
 Each case starts tests/dist/adapter_check.py on N local ranks; the script compares per-task
 gradient snapshots, Grams and the written-back update with an unsharded float64 reference.

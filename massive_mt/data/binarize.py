@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from massive_mt.data import language_codes
 from massive_mt.data.corpus import MANIFEST_NAME, load_corpus, read_lines
-from massive_mt.data.tokenizers import DATA_BIN_TOKENIZER_DIR, BaseTokenizer, HFTokenizer, load_tokenizer
+from massive_mt.data.tokenizer_base import BaseTokenizer
+from massive_mt.data.tokenizers import DATA_BIN_TOKENIZER_DIR, HFTokenizer, load_tokenizer
 from massive_mt.errors import ConfigError, DataError
 from massive_mt.io import atomic_write_json, read_json_object
 

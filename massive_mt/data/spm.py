@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from massive_mt.data.corpus import Corpus, load_corpus, read_lines
 from massive_mt.data.sampler import temperature_probs
-from massive_mt.data.tokenizers import SPM_FILE, BaseTokenizer
+from massive_mt.data.tokenizer_base import SPM_FILE, BaseTokenizer
 from massive_mt.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

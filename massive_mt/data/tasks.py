@@ -3,6 +3,8 @@
 translation direction around the pivot language, or from an explicit list."""
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 from massive_mt.errors import ConfigError, DataError
@@ -62,4 +64,16 @@ def resolve_tasks(manifest: dict, direction: str = "one_to_many", tasks: Sequenc
         out += [(pivot, x) for x in others]
     if direction in ("many_to_one", "many_to_many"):
         out += [(x, pivot) for x in others]
+    return out
+
+
+def resource_buckets(train_sizes: dict[str, int]) -> dict[str, str]:
+    """high / medium / low by training size: the top, middle and bottom thirds of the tasks."""
+    if not train_sizes:
+        return {}
+    names = sorted(train_sizes, key=lambda t: (-train_sizes[t], t))
+    n = len(names)
+    out = {}
+    for i, t in enumerate(names):
+        out[t] = "high" if i < math.ceil(n / 3) else ("medium" if i < math.ceil(2 * n / 3) else "low")
     return out

@@ -1,5 +1,5 @@
 """Multi-task gradient reconciliation (sum, PCGrad, GradVac; CATS on top) from per-group Gram matrices."""
-from .methods import (
+from massive_mt.reconcile.methods import (
     METHODS,
     Corrections,
     GradVacState,

@@ -40,7 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from .methods import METHODS
+from massive_mt.reconcile.methods import METHODS
 
 F64 = torch.float64
 

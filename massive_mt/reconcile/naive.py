@@ -21,15 +21,15 @@ import torch
 
 import deepspeed.comm as dist
 
-from ..errors import ConfigError
-from ..zero_adapter import Segment
-from .groups import ShardGroups
-from .sharded import ShardedReconciler
+from massive_mt.errors import ConfigError
+from massive_mt.reconcile.groups import ShardGroups
+from massive_mt.reconcile.sharded import ShardedReconciler
+from massive_mt.reconcile.shards import Segment
 
 
 class NaiveReconciler(ShardedReconciler):
-    def __init__(self, engine, cfg, tasks, train_sizes, seed, clip_norm):
-        super().__init__(engine, cfg, tasks, train_sizes, seed, clip_norm)
+    def __init__(self, engine, shards, cfg, tasks, train_sizes, seed, clip_norm):
+        super().__init__(engine, shards, cfg, tasks, train_sizes, seed, clip_norm)
         if not self.shards.partitioned:
             raise ConfigError("the naive baseline gathers ZeRO partitions: use a ds_config with "
                               "zero_optimization.stage 1, 2 or 3 (stage 0 already holds full gradients)")

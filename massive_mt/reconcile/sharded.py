@@ -29,11 +29,11 @@ import torch
 import deepspeed.comm as dist
 from deepspeed.accelerator import get_accelerator
 
-from ..zero_adapter import GradShards
-from .cats import CATSConfig, CATSState, LookAhead, check_state, corrected_gram, is_meta_step
-from .cats import cats as cats_weights
-from .groups import ShardGroups
-from .methods import make_state, reconcile, step_generator, update_norm_sq
+from massive_mt.reconcile.cats import CATSConfig, CATSState, LookAhead, check_state, corrected_gram, is_meta_step
+from massive_mt.reconcile.cats import cats as cats_weights
+from massive_mt.reconcile.groups import ShardGroups
+from massive_mt.reconcile.methods import make_state, reconcile, step_generator, update_norm_sq
+from massive_mt.reconcile.shards import Shards
 
 
 def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
@@ -45,7 +45,7 @@ def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str
     if spec == ["low_resource"]:
         cut = float(np.quantile([train_sizes[t] for t in tasks], quantile))
         return frozenset(i for i, t in enumerate(tasks) if train_sizes[t] <= cut)
-    from ..errors import ConfigError
+    from massive_mt.errors import ConfigError
     unknown = sorted(set(spec) - set(tasks))
     if unknown:
         raise ConfigError(f"field 'reconcile.vaccinate': {unknown} are not tasks of this run")
@@ -64,10 +64,11 @@ def nonfinite_tasks(parts: list[torch.Tensor]) -> list[bool]:
 
 
 class ShardedReconciler:
-    def __init__(self, engine, cfg, tasks: list[str], train_sizes: dict[str, int], seed: int, clip_norm: float):
+    def __init__(self, engine, shards: Shards, cfg, tasks: list[str], train_sizes: dict[str, int], seed: int,
+                 clip_norm: float):
         self.engine, self.method, self.tasks, self.seed = engine, cfg.method, list(tasks), seed
         self.task_index = {t: i for i, t in enumerate(self.tasks)}
-        self.shards = GradShards(engine)
+        self.shards = shards
         self.groups = ShardGroups.of_module(engine.module, cfg.granularity, self.shards.segments(),
                                             self.shards.gram_segments())
         self.options = {"ema_rate": cfg.ema_rate,      # the base method's options (METHODS[base].options)
@@ -254,7 +255,7 @@ class ShardedReconciler:
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
-        from ..errors import ConfigError
+        from massive_mt.errors import ConfigError
         if sd["method"] != self.method or sd["groups"] != self.groups.names:
             raise ConfigError(f"field 'reconcile': the checkpoint was written with method {sd['method']!r} and "
                               f"{len(sd['groups'])} groups, this run uses {self.method!r} and {len(self.groups)}")

@@ -1,4 +1,4 @@
-"""GradShards (massive_mt.zero_adapter) against an unsharded single-process float64 reference.
+"""GradShards (massive_mt.engine.zero_adapter) against an unsharded single-process float64 reference.
 
   DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node N \\
       tests/dist/adapter_check.py --stage S --dtype fp32|bf16 [--clip C]
@@ -39,7 +39,7 @@ import deepspeed
 import deepspeed.comm as dist
 
 from massive_mt.errors import ConfigError
-from massive_mt.zero_adapter import GradShards
+from massive_mt.engine.zero_adapter import GradShards
 
 from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
 

@@ -24,7 +24,7 @@ def full_params(engine):
     """Collective: the full fp32 (master) parameters in named_parameters order, as one float64 vector."""
     import torch
 
-    from massive_mt.checkpoint import full_fp32_state_dict
+    from massive_mt.engine.checkpoint import full_fp32_state_dict
     return torch.cat([v.double().reshape(-1) for v in full_fp32_state_dict(engine).values()])
 
 

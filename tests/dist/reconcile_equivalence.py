@@ -22,11 +22,11 @@ import torch
 
 import deepspeed.comm as dist
 
-from massive_mt.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.data.sampler import TaskStepSampler
-from massive_mt.distributed import init_distributed
-from massive_mt.model import build_model, freeze_parameters
-from massive_mt.optim import build_optimizer, label_smoothed_loss
+from massive_mt.engine.distributed import init_distributed
+from massive_mt.engine.model import build_model, freeze_parameters
+from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
 from massive_mt.reconcile import make_state, step_generator
 from massive_mt.reconcile.cats import CATSState, is_meta_step, task_weights
 from massive_mt.reconcile.groups import assign_groups

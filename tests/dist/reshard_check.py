@@ -17,8 +17,8 @@ import torch
 import deepspeed
 import deepspeed.comm as dist
 
-from massive_mt.config import load_config, load_ds_config, resolve_ds_config
-from massive_mt.distributed import init_distributed
+from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.engine.distributed import init_distributed
 from massive_mt.train import Trainer
 
 from common import emit_result, exit_now, run_rank     # tests/dist/common.py (the script's folder)

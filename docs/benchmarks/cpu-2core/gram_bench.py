@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from massive_mt.model import build_model
+from massive_mt.engine.model import build_model
 from massive_mt.reconcile.groups import ShardGroups
-from massive_mt.zero_adapter import Segment
+from massive_mt.engine.zero_adapter import Segment
 
 
 def reference_grams(groups: ShardGroups, S: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:

@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 rm -f "$OUT/gram_gemm.jsonl"
 for n in 1 2; do
   echo "N=$n start $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
-  torchrun --nproc_per_node "$n" -m massive_mt.bench --data-bin "$DB" data.max_len=64 \
+  torchrun --nproc_per_node "$n" -m massive_mt.experiments.bench --data-bin "$DB" data.max_len=64 \
     --ds-config ds_configs/zero2.json --max-tokens 512 --preset tiny --tasks-per-step 8 \
     --steps 5 --warmup 2 --repeats "$R" --methods plain gradvac:all_layer cats --out "$OUT/gram_gemm.jsonl"
   echo "N=$n end $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"

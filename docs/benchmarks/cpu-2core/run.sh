@@ -15,7 +15,7 @@ export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 bench() {   # bench NPROC FILE ARGS...
   local n=$1 file=$2; shift 2
-  torchrun --nproc_per_node "$n" -m massive_mt.bench --data-bin "$DB" data.max_len=64 \
+  torchrun --nproc_per_node "$n" -m massive_mt.experiments.bench --data-bin "$DB" data.max_len=64 \
     --ds-config ds_configs/zero2.json --max-tokens 512 --out "$OUT/$file" "$@"
 }
 rm -f "$OUT/bench.jsonl" "$OUT/plain_vs_bare.jsonl"

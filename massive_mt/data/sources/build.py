@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from massive_mt.data.catalogs import MIN_PAIRS, PIVOT, Candidate, normalize, split_of
+from massive_mt.data.candidates import Candidate, MIN_PAIRS, normalize, PIVOT, split_of
 from massive_mt.io import require_empty_dir, staged_dir
 from massive_mt.data.corpus import CORPUS_FORMAT, SPLITS, write_manifest, write_parallel
 from massive_mt.data.sources import gettext, keyjson, lohelp, mallard, mozilla

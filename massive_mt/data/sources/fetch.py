@@ -26,7 +26,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from massive_mt.data.catalogs import _norm_name, _wheel_key, download_wheels
+from massive_mt.data.wheels import download_wheels, norm_name, wheel_key
 from massive_mt.data.sources.archive import deb_control, open_zip
 from massive_mt.data.sources.registry import Source, debian_packages
 from massive_mt.errors import DataError
@@ -221,8 +221,8 @@ def fetch_wheels(source: Source, cache: Path, from_dir: Path | None) -> list[Pac
         paths = []
         for spec in source.packages:
             name, _, version = spec.partition("==")
-            found = sorted(p for p in from_dir.glob("*.whl") if _wheel_key(p)[0] == _norm_name(name))
-            exact = [p for p in found if _wheel_key(p)[1] == version.lower()]
+            found = sorted(p for p in from_dir.glob("*.whl") if wheel_key(p)[0] == norm_name(name))
+            exact = [p for p in found if wheel_key(p)[1] == version.lower()]
             if not found:
                 raise DataError(f"source {source.name}: {from_dir} has no wheel of {name}")
             paths.append((exact or found)[-1])
@@ -234,7 +234,7 @@ def fetch_wheels(source: Source, cache: Path, from_dir: Path | None) -> list[Pac
             bad = z.testzip()
         if bad is not None:
             raise DataError(f"{path}: corrupt wheel (member {bad} fails its CRC check)")
-        name, version = _wheel_key(path)
+        name, version = wheel_key(path)
         out.append(PackageFile(name, version, path.name, sha256_of(path), source.licence, path))
     return out
 

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from massive_mt.data.catalogs import FILTER_RULES, display_length, is_format_only, normalize
+from massive_mt.data.candidates import display_length, FILTER_RULES, is_format_only, normalize
 
 EXTRA_RULES = ("english_copy", "non_english_source", "message_key")
 # Inserted after "identical": the text checks come before the format and length checks.

@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
-from massive_mt.data.catalogs import Candidate, entry_candidates, parse_catalog
+from massive_mt.data.candidates import Candidate, entry_candidates, parse_catalog
 from massive_mt.data.sources.archive import Member, iter_package, iter_zip, open_zip
 from massive_mt.data.sources.records import Block, Skips
 

@@ -12,7 +12,7 @@ import re
 
 import langcodes
 
-from massive_mt.data.catalogs import HOME_REGION, catalog_language
+from massive_mt.data.candidates import catalog_language, HOME_REGION
 from massive_mt.data.corpus import is_english
 from massive_mt.errors import DataError
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from massive_mt.data.catalogs import Candidate
+from massive_mt.data.candidates import Candidate
 from massive_mt.data.sources.archive import iter_package
 from massive_mt.data.sources.records import Block, Skips
 

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from lxml import etree
 
-from massive_mt.data.catalogs import Candidate
+from massive_mt.data.candidates import Candidate
 from massive_mt.data.sources.archive import iter_package
 from massive_mt.data.sources.records import Block, Skips
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from massive_mt.data.catalogs import Candidate
+from massive_mt.data.candidates import Candidate
 
 
 @dataclass

@@ -11,7 +11,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from massive_mt.data.catalogs import DEFAULT_WHEELS, MIN_PAIRS
+from massive_mt.data.candidates import MIN_PAIRS
+from massive_mt.data.wheels import DEFAULT_WHEELS
 from massive_mt.errors import DataError
 from massive_mt.io import atomic_write_text
 

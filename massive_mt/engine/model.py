@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-from .errors import ConfigError
+from massive_mt.errors import ConfigError
 
 # d_model, ffn, heads, encoder layers, decoder layers
 PRESETS = {

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-from .optim import _CHUNK_ELEMENTS as LOSS_CHUNK      # the loss's fp32 chunk (docs/gpu.md#loss-memory)
+from massive_mt.engine.optim import _CHUNK_ELEMENTS as LOSS_CHUNK      # the loss's fp32 chunk (docs/gpu.md#loss-memory)
 
 GiB = 1024 ** 3
 # published shapes (the checkpoints' config.json): NLLB Team (2022), Fan et al. (2020)
@@ -167,8 +167,8 @@ def measure_cpu_step(preset: str, vocab: int, tokens: int, sentence: int = 64) -
     (forward, the project's loss, backward) and of one evaluation pass (the test NLL's forward without
     gradients, and greedy generation of 8 tokens) of a preset model with a ``vocab``-entry vocabulary
     on the CPU, fp32: what the vocabulary costs where the training and evaluation code really run."""
-    from .model import build_model
-    from .optim import label_smoothed_loss
+    from massive_mt.engine.model import build_model
+    from massive_mt.engine.optim import label_smoothed_loss
 
     def reset() -> int:
         with open("/proc/self/clear_refs", "w") as f:

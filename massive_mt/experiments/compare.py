@@ -27,7 +27,7 @@ Statistics (docs/comparing.md):
 - seed-level verdict: see `seed_model`; power: see `seeds_for_power`;
 - paired test per language: see `paired_test` (it holds the trained models fixed).
 
-`python -m massive_mt.compare --from-json OLD/compare.json --out DIR` recomputes everything but the
+`python -m massive_mt.experiments.compare --from-json OLD/compare.json --out DIR` recomputes everything but the
 paired tests (kept from the file) from the per-seed scores a compare.json records.
 """
 from __future__ import annotations
@@ -43,9 +43,8 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from .config import flatten
-from .errors import ConfigError, DataError
-from .study import CELL_FILE
+from massive_mt.engine.config import flatten
+from massive_mt.errors import ConfigError, DataError
 
 # config fields that do not make a different configuration: seeds, paths, checkpoint/log cadence
 IGNORED = ("train.output_dir", "train.resume", "train.seed", "sampling.seed", "train.save_interval",
@@ -61,6 +60,8 @@ BUCKETS = ("high", "medium", "low", "all")
 LEVEL = 0.95
 ALPHA = 0.05
 SCORE_TOLERANCE = 0.011          # results.json rounds to 2 decimals
+
+CELL_FILE = "cell.json"          # in a cell's run directory: {config, seed, grid, eval}; marks it finished
 
 
 class CompareError(ConfigError):
@@ -105,8 +106,8 @@ def _read_json(path: Path, what: str, run: Path) -> dict:
 def _references(run: Path, task: str, test_set: dict, corpus: Optional[str]) -> list[str]:
     """The reference lines `task` was scored against: the file results.json names (under `corpus`
     when given: the corpus moved), checked against the sha256 recorded at the evaluation."""
-    from .data.corpus import read_lines
-    from .evaluate import sha256_file
+    from massive_mt.data.corpus import read_lines
+    from massive_mt.io import sha256_file
 
     path = Path(test_set["reference"])
     if corpus is not None:
@@ -127,7 +128,7 @@ def _references(run: Path, task: str, test_set: dict, corpus: Optional[str]) -> 
 
 def load_run(path, eval_dir: str = "eval", corpus: Optional[str] = None) -> Run:
     """Read one evaluated run; CompareError naming the run for anything missing or inconsistent."""
-    from .evaluate import score
+    from massive_mt.scoring import score
 
     run = Path(path)
     if not (run / "config.yaml").is_file():
@@ -317,7 +318,7 @@ def paired_test(base: list[Run], system: list[Run], task: str, samples: int) -> 
     import sacrebleu
     from sacrebleu.significance import PairedTest
 
-    from .evaluate import bleu_tokenize_for
+    from massive_mt.scoring import bleu_tokenize_for
 
     refs = [x for r in base for x in r.refs[task]]
     named = [("baseline", [h for r in base for h in r.hyps[task]]),
@@ -799,7 +800,7 @@ def markdown(res: dict) -> str:
                 cells += [_fmt(b[m], m), _fmt(s[m], m), _fmt(s[m]["diff"], m), "/".join(map(str, s[m]["win_tie_loss"]))]
             L.append("| " + " | ".join(cells) + " |")
     if res.get("off_target"):
-        from .evaluate import percent
+        from massive_mt.evaluation.evaluate import percent
 
         off, labels = res["off_target"], list(res["configs"])
         L += ["", "## Off-target rate", "",
@@ -822,7 +823,7 @@ def plot(res: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import _save
+    from massive_mt.experiments.plots import _save
 
     base = res["baseline"]
     metrics = res.get("metrics", METRICS)
@@ -900,7 +901,7 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m massive_mt.compare", description=recompute.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m massive_mt.experiments.compare", description=recompute.__doc__)
     ap.add_argument("--from-json", required=True, help="a compare.json written by `massive-mt compare`")
     ap.add_argument("--out", required=True, help="directory for the new compare.md, compare.json, compare.png")
     a = ap.parse_args()

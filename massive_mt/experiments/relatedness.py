@@ -26,8 +26,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DataError, MassiveMTError
-from .plots import _save, cosine_matrices, read_jsonl, similarity_windows
+from massive_mt.errors import DataError, MassiveMTError
+from massive_mt.experiments.plots import _save, cosine_matrices, read_jsonl, similarity_windows
 
 DISTANCES = ("genetic", "syntactic", "geographic")
 ALTERNATIVES = ("less", "two-sided", "greater")       # scipy's words: "less" is rho < 0
@@ -181,7 +181,7 @@ def uriel_distances(isos: tuple) -> dict:
 def family_order(genetic: np.ndarray, families: list[str]) -> np.ndarray:
     """Languages grouped by family (families in order of first appearance in the clustering), within
     a family by average-linkage clustering on the genetic distance; unknown ones last."""
-    from .plots import cluster_order
+    from massive_mt.experiments.plots import cluster_order
 
     order = cluster_order(-np.nan_to_num(genetic, nan=1.0))   # cluster_order works on similarities (1 - x)
     first = {}

@@ -4,11 +4,11 @@ off-target rate, the teacher-forced test NLL, averages per resource bucket, JSON
 table.
 
 Works on any parallel files in the corpus layout ({split}.{src}-{tgt}.{lang}), on FLORES-200 /
-FLORES+ from a local directory (``--benchmark flores200``, massive_mt/flores.py), and any model
+FLORES+ from a local directory (``--benchmark flores200``, massive_mt/data/flores.py), and any model
 directory written by the trainer (`save_pretrained` + spm.model + massive_mt.json).
 ``--metrics nll`` scores the test NLL alone, without decoding.
 
-Data-parallel over the launcher's ranks (`torchrun --nproc_per_node N -m massive_mt.evaluate ...`
+Data-parallel over the launcher's ranks (`torchrun --nproc_per_node N -m massive_mt.evaluation.evaluate ...`
 or `massive-mt evaluate --nproc N`): the sentences of every task are cut into length-sorted,
 token-bounded batches once, the same whatever the world size; the batches of all tasks are dealt
 to the ranks (largest first, each to the least loaded rank), gathered on rank 0 in the original
@@ -18,7 +18,6 @@ so N ranks give the hypotheses and scores of one process.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -31,18 +30,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data.sampler import token_budget_batches
-from .data.tasks import parse_task
-from .errors import ConfigError, DataError, MassiveMTError
-from .io import atomic_write_texts, read_json_object
-from .scoring import bleu_tokenize_for, score, sha256_file  # noqa: F401 (compare uses them from here)
+from massive_mt.data.tasks import parse_task
+from massive_mt.data.tasks import resource_buckets
+from massive_mt.errors import ConfigError, DataError, MassiveMTError
+from massive_mt.evaluation.decoding import (DTYPES, check_options, count_arg, deal, gather_on_rank0,
+                                            length_batches, load_translator, rank_argv)
+from massive_mt.io import atomic_write_texts, sha256_file
+from massive_mt.scoring import score
 
 METRICS = ("all", "nll")   # --metrics: decode and score everything, or the test NLL alone
-
-# weight files of a `save_pretrained` directory, in the order transformers looks for them
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-
 
 @dataclass
 class TaskResult:
@@ -67,175 +63,11 @@ class TaskResult:
         return dict(self.__dict__)
 
 
-def resource_buckets(train_sizes: dict[str, int]) -> dict[str, str]:
-    """high / medium / low by training size: the top, middle and bottom thirds of the tasks."""
-    if not train_sizes:
-        return {}
-    names = sorted(train_sizes, key=lambda t: (-train_sizes[t], t))
-    n = len(names)
-    out = {}
-    for i, t in enumerate(names):
-        out[t] = "high" if i < math.ceil(n / 3) else ("medium" if i < math.ceil(2 * n / 3) else "low")
-    return out
-
-
 def test_set_identity(split: str, src_path: Path, ref_path: Path, n_sentences: int) -> dict:
     """What identifies a test set: the split, both files with their sha256, the sentences used."""
     return {"split": split, "sentences": n_sentences,
             "source": str(src_path.resolve()), "source_sha256": sha256_file(src_path),
             "reference": str(ref_path.resolve()), "reference_sha256": sha256_file(ref_path)}
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def decode_dtype(dtype: Optional[str], device: torch.device) -> str:
-    """The dtype the model decodes in: ``dtype`` (bf16 or fp32), else bf16 on CUDA and fp32 elsewhere."""
-    if dtype is None:
-        return "bf16" if device.type == "cuda" else "fp32"
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    return dtype
-
-
-class Translator:
-    """Beam search with an M2M100-style model from a trainer output directory, in ``dtype``
-    (:func:`decode_dtype`; the test NLL is computed from fp32 log-probabilities either way)."""
-
-    def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_len: Optional[int] = None,
-                 dtype: Optional[str] = None):
-        from .data.tokenizers import load_tokenizer
-
-        model_dir = Path(model_dir)
-        for f in ("config.json",):
-            if not (model_dir / f).is_file():
-                raise DataError(f"{model_dir / f}: missing (not a massive_mt model directory)")
-        meta_path = model_dir / "massive_mt.json"
-        self.meta = read_json_object(meta_path) if meta_path.is_file() else {}
-        self.tokenizer = load_tokenizer(model_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = decode_dtype(dtype, self.device)
-        self.model = load_model(model_dir)
-        self.model.to(self.device, dtype=DTYPES[self.dtype]).eval()
-        self.max_positions = self.model.config.max_position_embeddings
-        self.max_len = min(max_len or self.meta.get("max_len", 256), self.max_positions - 2)
-
-    def encode(self, sentences: list[str], src: str) -> list[list[int]]:
-        """``[src_tag] + tokens + [eos]`` per sentence, within the model's length."""
-        tok = self.tokenizer
-        src_tag = tok.lang_id(src)
-        return [[src_tag] + tok.encode(s)[: self.max_len - 2] + [tok.eos_id] for s in sentences]
-
-    @torch.inference_mode()
-    def generate(self, encoded: list[list[int]], tgt: str, beam: int = 4, max_new_tokens: int = 128,
-                 length_penalty: float = 1.0) -> list[str]:
-        """One batch of beam search: the rows right-padded, the target tag forced as the first token."""
-        tok = self.tokenizer
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), tok.pad_id, dtype=torch.long)
-        for row, e in enumerate(encoded):
-            ids[row, :len(e)] = torch.tensor(e)
-        mask = ids.ne(tok.pad_id).long()
-        # fairseq-style length limit a*src+b, within the model's position table
-        limit = min(max_new_tokens, int(1.5 * width) + 10, self.max_positions - 2)
-        gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  num_beams=beam, max_new_tokens=limit, length_penalty=length_penalty,
-                                  forced_bos_token_id=tok.lang_id(tgt), decoder_start_token_id=tok.eos_id,
-                                  early_stopping=True)
-        return [tok.decode(g) for g in gen.tolist()]
-
-    @torch.inference_mode()
-    def nll(self, encoded: list[list[int]], tgt: str, refs: list[str]) -> list[tuple[float, int]]:
-        """(summed negative log-likelihood in nats, tokens) of each reference given its source, teacher
-        forced as in training (``labels = [tgt_tag] + tokens + [eos]``, ``decoder_input_ids = [eos] +
-        labels[:-1]``, no label smoothing); the target tag, which decoding forces, is not scored."""
-        tok = self.tokenizer
-        labels = [[tok.lang_id(tgt)] + tok.encode(r)[: self.max_len - 2] + [tok.eos_id] for r in refs]
-        ids = torch.full((len(encoded), max(map(len, encoded))), tok.pad_id, dtype=torch.long)
-        lab = torch.full((len(labels), max(map(len, labels))), tok.pad_id, dtype=torch.long)
-        for row, (e, y) in enumerate(zip(encoded, labels)):
-            ids[row, :len(e)] = torch.tensor(e)
-            lab[row, :len(y)] = torch.tensor(y)
-        dec = torch.cat([torch.full((len(labels), 1), tok.eos_id, dtype=torch.long), lab[:, :-1]], dim=1)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=ids.ne(tok.pad_id).long().to(self.device),
-                            decoder_input_ids=dec.to(self.device)).logits
-        lab = lab.to(self.device)
-        tok_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), lab, reduction="none")
-        scored = lab.ne(tok.pad_id)
-        scored[:, 0] = False                                  # the forced target tag
-        tok_nll = tok_nll.masked_fill(~scored, 0.0)
-        return [(float(s), int(n)) for s, n in zip(tok_nll.double().sum(1).tolist(), scored.sum(1).tolist())]
-
-    def translate(self, sentences: list[str], src: str, tgt: str, beam: int = 4, batch_size: int = 64,
-                  max_tokens: int = 4096, max_new_tokens: int = 128, length_penalty: float = 1.0) -> list[str]:
-        """Translate in one process: length-sorted batches of at most ``batch_size`` sentences and
-        ``max_tokens`` source tokens (padding included), hypotheses in the input order."""
-        encoded = self.encode(sentences, src)
-        out: list[Optional[str]] = [None] * len(sentences)
-        for idx in length_batches(encoded, max_tokens, batch_size):
-            for i, h in zip(idx, self.generate([encoded[i] for i in idx], tgt, beam, max_new_tokens,
-                                               length_penalty)):
-                out[i] = h
-        return out
-
-
-def load_model(model_dir: Path):
-    """The model of a `save_pretrained` directory; DataError naming the directory or weight file when
-    the weights are missing, unreadable (e.g. a truncated safetensors file) or not finite."""
-    from safetensors import SafetensorError
-    from transformers import M2M100ForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    weights = next((model_dir / f for f in WEIGHT_FILES if (model_dir / f).is_file()), None)
-    if weights is None:
-        raise DataError(f"{model_dir}: no model weights ({WEIGHT_FILES[0]}): not a complete model directory")
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()                  # one line per error, no bar of a small load
-    try:
-        model = M2M100ForConditionalGeneration.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{weights}: cannot load the model weights ({reason}); the file is damaged or truncated") from None
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-    state = model.state_dict()
-    bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise DataError(f"{weights}: the model is non-finite: NaN or inf in {len(bad)} of {len(state)} tensors "
-                        f"(first: {bad[0]}); the training diverged, evaluate an earlier checkpoint")
-    return model
-
-
-def length_batches(encoded: list[list[int]], max_tokens: int, batch_size: int) -> list[np.ndarray]:
-    """Sentence indices in length-sorted batches of at most ``batch_size`` sentences and ``max_tokens``
-    padded source tokens: a function of the lengths alone, so every world size cuts the same batches."""
-    if not encoded:
-        return []
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    if lengths.max() > max_tokens:
-        raise ConfigError(f"--max-tokens {max_tokens} is below the longest source sentence "
-                          f"({int(lengths.max())} tokens with its tag and </s>)")
-    return token_budget_batches(lengths, lengths, max_tokens, max_sentences=batch_size, seed=0)
-
-
-def deal(costs: list[int], world_size: int) -> list[int]:
-    """The rank of every job: the most costly first, each to the least loaded rank (ties: lowest rank,
-    then the earlier job), so that the ranks finish together. Deterministic."""
-    load = [0] * world_size
-    owner = [0] * len(costs)
-    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
-        r = min(range(world_size), key=lambda r: (load[r], r))
-        owner[j] = r
-        load[r] += costs[j]
-    return owner
-
-
-def check_options(beam: int, batch_size: int, max_tokens: int, max_sentences: int, max_new_tokens: int) -> None:
-    for flag, value, least in (("--beam", beam, 1), ("--batch-size", batch_size, 1), ("--max-tokens", max_tokens, 1),
-                               ("--max-sentences", max_sentences, 0), ("--max-new-tokens", max_new_tokens, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ConfigError(f"{flag} must be an integer >= {least}, got {value!r}")
 
 
 def check_writable(out_dir: Path) -> None:
@@ -245,15 +77,6 @@ def check_writable(out_dir: Path) -> None:
     probe = out_dir / f".write-check-{os.getpid()}"
     probe.write_bytes(b"")
     probe.unlink()
-
-
-def gather_on_rank0(done: list, rank: int, world_size: int) -> Optional[list]:
-    """Every rank's list of results, on rank 0 (an object collective); None on the other ranks."""
-    if world_size == 1:
-        return [done]
-    parts = [None] * world_size if rank == 0 else None
-    torch.distributed.gather_object(done, parts, dst=0)
-    return parts if rank == 0 else None
 
 
 def _agree(rank: int, world_size: int, fn):
@@ -267,7 +90,7 @@ def _agree(rank: int, world_size: int, fn):
         except (MassiveMTError, OSError) as e:
             error = e
     if world_size > 1:
-        from .cli import error_message
+        from massive_mt.launch import error_message
 
         box = [error_message(error) if error is not None else None]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -299,7 +122,6 @@ def evaluate(model_dir: str | Path, corpus_dir: Optional[str | Path], tasks: Opt
     check_options(beam, batch_size, max_tokens, max_sentences, max_new_tokens)
     if metrics not in METRICS:
         raise ConfigError(f"--metrics {metrics!r}: expected one of {', '.join(METRICS)}")
-    from .translate import load_translator
 
     tr = load_translator(model_dir, engine, device, dtype)   # engine ct2: a `massive-mt export --format ct2`
     if tasks is None:
@@ -377,7 +199,7 @@ def test_rows(tasks: list[str], split: str, corpus_dir, flores_dir):
     {task: reason}, what was scored) from the corpus's ``split`` or from FLORES; every file is read
     before any translation, and a task that cannot be scored is listed, never silently dropped."""
     if flores_dir is not None:
-        from .flores import Flores
+        from massive_mt.data.flores import Flores
 
         rows, files, untested = Flores(Path(flores_dir), split).rows([(t, *parse_task(t)) for t in tasks])
         if not rows:
@@ -389,7 +211,7 @@ def test_rows(tasks: list[str], split: str, corpus_dir, flores_dir):
         return rows, files, untested, scored
     if corpus_dir is None:
         raise ConfigError("evaluate: give --corpus (the corpus's test split) or --benchmark-dir (FLORES)")
-    from .data.corpus import load_corpus
+    from massive_mt.data.corpus import load_corpus
 
     corpus = load_corpus(corpus_dir)
     untested = untested_tasks(corpus, tasks, split)
@@ -411,16 +233,16 @@ class Scorers:
     def __init__(self, spm_model, lid_model):
         import tempfile
 
-        from .lid import identifier
-        from .scoring import SpBleu
+        from massive_mt.evaluation.lid import identifier
+        from massive_mt.scoring import SpBleu
 
         self.lid = identifier(lid_model)
         self._sacrebleu_home = tempfile.TemporaryDirectory(prefix="massive_mt-sacrebleu-") if spm_model else None
         self.spbleu = SpBleu(spm_model, self._sacrebleu_home.name) if spm_model else None
 
     def score(self, result: TaskResult, hyps: list[str], refs: list[str], tgt: str) -> None:
-        from .lid import off_target_rate
-        from .scoring import extra_scores
+        from massive_mt.evaluation.lid import off_target_rate
+        from massive_mt.scoring import extra_scores
 
         bleu, chrf, result.bleu_signature, result.chrf_signature = score(hyps, refs, tgt)
         result.bleu, result.chrf = round(bleu, 2), round(chrf, 2)
@@ -552,22 +374,10 @@ def write_report(report: dict, hyps: dict[str, list[str]], out_dir: Path,
 
 
 # ---------------------------------------------------------------------------------- command line
-def _count(least: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="massive-mt evaluate", allow_abbrev=False, description=(
         "Beam search + sacrebleu BLEU/chrF per task. Data-parallel under a launcher "
-        "(torchrun --nproc_per_node N -m massive_mt.evaluate ...) or with --nproc N."))
+        "(torchrun --nproc_per_node N -m massive_mt.evaluation.evaluate ...) or with --nproc N."))
     p.add_argument("--model", required=True, help="model directory written by training (run/model)")
     p.add_argument("--corpus", help="corpus directory in the {split}.{src}-{tgt}.{lang} layout")
     p.add_argument("--tasks", nargs="*", help="tasks such as en-fr en-pt_BR (default: the model's training tasks)")
@@ -580,47 +390,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spm-model", help="the FLORES-200 SentencePiece model (a local file) for spBLEU")
     p.add_argument("--lid-model", help="a local fastText language-ID model (GlotLID, OpenLID) for the off-target "
                                        "rate instead of py3langid")
-    p.add_argument("--beam", type=_count(1), default=4)
-    p.add_argument("--batch-size", type=_count(1), default=64, help="most sentences per batch")
-    p.add_argument("--max-tokens", type=_count(1), default=4096,
+    p.add_argument("--beam", type=count_arg(1), default=4)
+    p.add_argument("--batch-size", type=count_arg(1), default=64, help="most sentences per batch")
+    p.add_argument("--max-tokens", type=count_arg(1), default=4096,
                    help="most source tokens per batch, padding included")
-    p.add_argument("--max-sentences", type=_count(0), default=0, help="the first N sentences per task, 0 = all")
-    p.add_argument("--max-new-tokens", type=_count(1), default=128)
+    p.add_argument("--max-sentences", type=count_arg(0), default=0, help="the first N sentences per task, 0 = all")
+    p.add_argument("--max-new-tokens", type=count_arg(1), default=128)
     p.add_argument("--device", help="default: this rank's GPU if there is one, else the CPU")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="the model's dtype for decoding "
                    "(default: bf16 on a GPU, fp32 on the CPU)")
     p.add_argument("--engine", choices=["torch", "ct2"], default="torch",
                    help="torch (transformers' generate) or ct2 (CTranslate2: a massive-mt export --format ct2)")
     p.add_argument("--out", help="where results.json/results.md go (default: next to the model, in eval/)")
-    p.add_argument("--nproc", type=_count(1), default=1, help="start this many local ranks (one per GPU or CPU share)")
+    p.add_argument("--nproc", type=count_arg(1), default=1, help="start this many local ranks (one per GPU or CPU share)")
     p.add_argument("--launcher", default="torchrun", choices=["torchrun", "deepspeed"], help="for --nproc > 1")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)      # appended by the deepspeed launcher
     return p
 
 
-def _rank_argv(argv: list[str]) -> list[str]:
-    """The arguments of the ranks: ``argv`` without --nproc and --launcher, which the launchers'
-    own parsers would take for (abbreviations of) their options."""
-    out, skip = [], False
-    for arg in argv:
-        if skip or arg in ("--nproc", "--launcher") or arg.startswith(("--nproc=", "--launcher=")):
-            skip = not skip and arg in ("--nproc", "--launcher")
-            continue
-        out.append(arg)
-    return out
-
-
 def run(a: argparse.Namespace, argv: list[str]) -> int:
-    from .distributed import discover
+    from massive_mt.engine.distributed import discover
 
     d = discover()
     if a.nproc > 1 and d.source == "single":          # not started by a launcher: start the ranks
         import subprocess
 
-        from .cli import launch_command, launch_env
+        from massive_mt.launch import launch_command, launch_env
 
-        cmd = launch_command(a.launcher, a.nproc, _rank_argv(argv), module="massive_mt.evaluate")
+        cmd = launch_command(a.launcher, a.nproc, rank_argv(argv), module="massive_mt.evaluation.evaluate")
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
         rc = subprocess.call(cmd, env=launch_env(a.nproc))
         if rc != 0:
@@ -628,12 +426,12 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
         return 2 if rc != 0 else 0
     rank, world = 0, 1
     if d.world_size > 1:
-        from .distributed import init_distributed
+        from massive_mt.engine.distributed import init_distributed
 
         rank, world = init_distributed()
     device = a.device
     if device is None and world > 1:
-        from .distributed import rank_device
+        from massive_mt.engine.distributed import rank_device
 
         device = str(rank_device())                 # the GPU init_distributed bound this rank to
     report = evaluate(a.model, a.corpus, tasks=a.tasks, split=a.split, beam=a.beam, batch_size=a.batch_size,
@@ -652,7 +450,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .cli import run_command
+    from massive_mt.launch import run_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()

@@ -2,7 +2,7 @@
 ZeRO, a bare DeepSpeed loop and the naive full-gradient approach.
 
 One process per rank (deepspeed / torchrun / srun), e.g. on CPU:
-    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m massive_mt.bench --data-bin data-bin \\
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m massive_mt.experiments.bench --data-bin data-bin \\
         --ds-config ds_configs/zero2.json --tasks-per-step 2 4 8 --methods plain bare gradvac cats naive
 (`massive-mt bench ...` is the same entry point.) Then `massive-mt bench-report bench.jsonl`.
 
@@ -24,7 +24,7 @@ peak memory per rank during the timed steps (CUDA: max allocated; CPU: peak resi
 reset through /proc/self/clear_refs) and its increase over the memory in use before the
 configuration's trainer was built (freed memory returned to the system first), snapshot bytes against K*P/N*4, bytes per collective per
 step, the last step's task weights, and the machine, versions and configuration; the model
-FLOPs of the timed steps (massive_mt.model.train_flops over the sentence pairs every rank
+FLOPs of the timed steps (massive_mt.engine.model.train_flops over the sentence pairs every rank
 trained on) and the accelerator's dense bf16 peak (`--peak-tflops`, or from PEAK_BF16_TFLOPS by
 GPU name), from which bench-report derives the model FLOPs utilisation.
 """
@@ -47,13 +47,13 @@ from typing import Optional
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_METHODS = ["plain", "bare", "sum", "pcgrad", "gradvac:whole_model", "gradvac:all_layer", "cats", "naive"]
 
 
 def method_names() -> list[str]:
     """Every --methods name, in report order: the baselines, the registered reconcilers, cats, naive."""
-    from .reconcile.methods import METHODS
+    from massive_mt.reconcile.methods import METHODS
 
     return ["plain", "bare", *METHODS, "cats", "naive"]
 
@@ -141,7 +141,7 @@ def bare_step(trainer, step: int) -> int:
 def step_flops(trainer, sampler, steps: int) -> float:
     """Model FLOPs of this rank's micro-batches in the next `steps` steps of `sampler` (a copy of the
     trainer's, taken before the timed steps), counted without padding."""
-    from .model import train_flops
+    from massive_mt.engine.model import train_flops
 
     total = 0.0
     for _ in range(steps):
@@ -174,13 +174,13 @@ def comm_per_step(run_step) -> dict:
 def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: int, memory: PeakMemory) -> dict:
     import deepspeed.comm as dist
 
-    from .preemption import StopSignals
-    from .train import Trainer
+    from massive_mt.engine.preemption import StopSignals
+    from massive_mt.train import Trainer
 
     start = memory.current()     # before this configuration's trainer exists
     cls = None
     if kind == "naive":
-        from .reconcile.naive import NaiveReconciler
+        from massive_mt.reconcile.naive import NaiveReconciler
         cls = NaiveReconciler
     trainer = Trainer(cfg, ds, rank, world, reconciler_cls=cls)
     agree = StopSignals([])      # fit() agrees on stop signals after every step: timed with the step
@@ -294,9 +294,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     import deepspeed
     import deepspeed.comm as dist
 
-    from .config import load_config, load_ds_config, resolve_ds_config
-    from .distributed import init_distributed, rank_device
-    from .errors import MassiveMTError
+    from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
+    from massive_mt.engine.distributed import init_distributed, rank_device
+    from massive_mt.errors import MassiveMTError
 
     try:
         rank, world = init_distributed()

@@ -36,9 +36,9 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import CheckpointError, read_marker, step_tags, verify
-from .scoring import sha256_file
-from .errors import ConfigError, DataError
+from massive_mt.engine.checkpoint import CheckpointError, read_marker, step_tags, verify
+from massive_mt.io import sha256_file
+from massive_mt.errors import ConfigError, DataError
 
 STEP_RE = re.compile(r"^(?:(\d+)|last|best|avg:(\d+))$")
 GENERATION = {"num_beams": 4, "length_penalty": 1.0, "early_stopping": True, "max_new_tokens": 128}
@@ -58,7 +58,7 @@ def select_tags(ckpt_dir: Path, step: str) -> list[Path]:
     complete = [(s, ckpt_dir / t) for s, t in step_tags(ckpt_dir) if (ckpt_dir / t / "massive_mt_complete.json").is_file()]
     have = ", ".join(t.name for _, t in complete) or "none"
     if step == "best":
-        from .validation import BEST_FILE, read_best
+        from massive_mt.engine.validation import BEST_FILE, read_best
 
         best = read_best(ckpt_dir)
         if not best or not best.get("tag"):
@@ -146,7 +146,7 @@ def model_for(config, state: dict[str, torch.Tensor], where: str):
 
 def model_from_config(cfg: dict, vocab_size: int, state: dict[str, torch.Tensor], where: str):
     """The model a run's config describes (model.preset or model.from_pretrained), with `state`."""
-    from .model import build_model
+    from massive_mt.engine.model import build_model
 
     m = cfg["model"]
     base = build_model(m["preset"], vocab_size, cfg["data"]["max_len"], m.get("from_pretrained"),
@@ -165,7 +165,7 @@ def hf_tokenizer(spm_path: Path):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import SentencePieceExtractor, SpmConverter
 
-    from .data.spm import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+    from massive_mt.data.spm import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
     tok = Tokenizer(spm_path)
     proto = SentencePieceExtractor(str(spm_path)).proto
@@ -183,7 +183,7 @@ def hf_tokenizer(spm_path: Path):
 
 
 def tokenizer_identity(spm_path: Path) -> dict:
-    from .data.spm import Tokenizer
+    from massive_mt.data.spm import Tokenizer
 
     tok = Tokenizer(spm_path)
     return {"spm_model": "spm.model", "spm_sha256": sha256_file(spm_path), "vocab_size": tok.vocab_size,
@@ -211,8 +211,8 @@ def write_hf(out_dir: Path, model, data_bin: Path, meta: dict, replace: bool = F
     (`hf_tokenizer`), or a pretrained checkpoint's Hugging Face files, copied byte for byte."""
     from transformers import GenerationConfig
 
-    from .data.tokenizers import load_tokenizer
-    from .io import staged_dir
+    from massive_mt.data.tokenizers import load_tokenizer
+    from massive_mt.io import staged_dir
 
     tok = load_tokenizer(data_bin)
     ids = tok.special_ids()
@@ -239,7 +239,7 @@ def write_ct2(out_dir: Path, hf_dir: Path, quantization: Optional[str]) -> Path:
         import ctranslate2
     except ImportError:
         raise ConfigError("--format ct2 needs CTranslate2: pip install 'massive_mt[ct2]'") from None
-    from .io import staged_dir
+    from massive_mt.io import staged_dir
 
     meta = json.loads((hf_dir / "massive_mt.json").read_text(encoding="utf-8"))
     meta["format"] = {"engine": "ct2", "ctranslate2": ctranslate2.__version__, "quantization": quantization}
@@ -261,13 +261,13 @@ def write_ct2(out_dir: Path, hf_dir: Path, quantization: Optional[str]) -> Path:
 def export_run(run_dir: str | Path, step: str, out_dir: str | Path, fmt: str = "hf",
                quantization: Optional[str] = None, data_bin: Optional[str | Path] = None) -> dict:
     """Export `step` of a run (see the module doc); returns massive_mt.json's contents."""
-    from .data.dataset import TaskDataset
-    from .data.tasks import parse_task
+    from massive_mt.data.dataset import TaskDataset
+    from massive_mt.data.tasks import parse_task
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if quantization is not None and fmt != "ct2":
         raise ConfigError("--quantization applies to --format ct2")
-    from .io import require_empty_dir
+    from massive_mt.io import require_empty_dir
 
     require_empty_dir(out_dir)                                   # before the slow part
     tags = select_tags(run_dir / "checkpoints", step)

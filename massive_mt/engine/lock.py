@@ -1,6 +1,6 @@
 """One run per output directory: a lock file held by rank 0 for the whole run.
 
-`output_dir/massive_mt.lock` holds the holder's host, pid and start time and is locked with
+`output_dir/massive_mt.engine.lock` holds the holder's host, pid and start time and is locked with
 `fcntl.flock` while the run lives; it is deleted when the run ends (success, error or stop
 request). A second run on the same directory is refused before it writes anything.
 
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import MassiveMTError
+from massive_mt.errors import MassiveMTError
 
-LOCK_NAME = "massive_mt.lock"
+LOCK_NAME = "massive_mt.engine.lock"
 
 
 class LockError(MassiveMTError):

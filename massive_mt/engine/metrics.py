@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .reconcile.methods import cosines
+from massive_mt.reconcile.methods import cosines
 
 
 class TaskMeter:
@@ -114,11 +114,11 @@ def _wandb_run(run_dir: Path, cfg, config: Optional[dict], resumed: bool):
     try:
         import wandb
     except ImportError:
-        from .errors import ConfigError
+        from massive_mt.errors import ConfigError
         raise ConfigError("field 'train.wandb': needs Weights & Biases: pip install 'massive_mt[wandb]'") from None
     import uuid
 
-    from .io import atomic_write_text
+    from massive_mt.io import atomic_write_text
 
     id_file = run_dir / "wandb" / "run_id"
     if resumed and id_file.is_file():

@@ -23,7 +23,7 @@ import signal
 import sys
 from typing import Optional
 
-from .errors import ConfigError
+from massive_mt.errors import ConfigError
 
 REQUEUE_EXIT = 75          # EX_TEMPFAIL: stopped on request after a checkpoint; start again to continue
 

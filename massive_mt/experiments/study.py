@@ -31,15 +31,15 @@ from typing import Optional
 
 import yaml
 
-from .config import ExperimentConfig, load_config, parse_overrides
-from .errors import ConfigError
+from massive_mt.engine.config import ExperimentConfig, load_config, parse_overrides
+from massive_mt.errors import ConfigError
+from massive_mt.experiments.compare import CELL_FILE
 
 GRID_KEYS = ("name", "seeds", "nproc", "launcher", "ds_config", "corpus", "baseline", "eval", "common", "configs",
              "checkpoint")
 FIXED = ("data.", "model.", "train.max_steps", "train.seed", "sampling.seed", "train.output_dir", "train.resume")
 EVAL_KEYS = ("split", "beam", "batch_size", "max_tokens", "max_sentences", "max_new_tokens",
              "metrics")           # evaluate's options (metrics: all, or nll without decoding)
-CELL_FILE = "cell.json"          # in a cell's run directory: {config, seed, grid, eval}; marks it finished
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -133,7 +133,7 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
     if not isinstance(nproc, int) or nproc < 1:
         raise StudyError(f"{path}: key 'nproc' must be a positive integer, got {nproc!r}")
     checkpoint = raw.get("checkpoint", "last")
-    from .export import STEP_RE
+    from massive_mt.engine.export import STEP_RE
     if not isinstance(checkpoint, str) or not STEP_RE.match(checkpoint) or checkpoint.isdigit() or checkpoint == "avg:0":
         raise StudyError(f"{path}: key 'checkpoint' must be last, best or avg:N (N >= 1), got {checkpoint!r}")
     return Grid(path, seeds, nproc, raw.get("launcher", "torchrun"), raw["ds_config"], raw["corpus"], baseline,
@@ -142,7 +142,8 @@ def load_grid(path, overrides: list[str] = ()) -> Grid:
 
 def load_eval(path: Path, raw) -> dict:
     """The grid's `eval` mapping over `massive-mt evaluate`'s defaults, checked as evaluate checks them."""
-    from .evaluate import METRICS, build_parser, check_options
+    from massive_mt.evaluation.decoding import check_options
+    from massive_mt.evaluation.evaluate import METRICS, build_parser
 
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
@@ -207,7 +208,7 @@ def state(cell: Cell, grid: Grid) -> str:
         have = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         want = json.loads(json.dumps(cell.cfg.to_dict()))
         if have != want:
-            from .config import flatten
+            from massive_mt.engine.config import flatten
             h, w = flatten(have), flatten(want)
             diff = sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
             raise StudyError(f"{run}: holds a run of another configuration (field '{diff[0]}': {h.get(diff[0])!r}, "
@@ -225,8 +226,8 @@ def state(cell: Cell, grid: Grid) -> str:
 
 
 def launch(module: str, args: list[str], nproc: int, launcher: str) -> int:
-    """Run `module` (massive_mt.train, massive_mt.evaluate) on `nproc` local ranks; its exit status."""
-    from .cli import launch_command, launch_env
+    """Run `module` (massive_mt.train, massive_mt.evaluation.evaluate) on `nproc` local ranks; its exit status."""
+    from massive_mt.launch import launch_command, launch_env
 
     cmd = launch_command(launcher, nproc, args, module=module)
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -246,7 +247,7 @@ def cell_model(cell: Cell, grid: Grid) -> Path:
         return cell.run / "model"
     out = cell.run / f"model-{grid.checkpoint.replace(':', '')}"
     if not (out / "massive_mt.json").is_file():           # the export is written atomically (staged, renamed)
-        from .export import export_run
+        from massive_mt.engine.export import export_run
 
         export_run(cell.run, grid.checkpoint, out)
     return out
@@ -257,7 +258,7 @@ def evaluate_cell(cell: Cell, grid: Grid, nproc: int, launcher: str) -> int:
     args = ["--model", str(cell_model(cell, grid)), "--corpus", grid.corpus, "--out", str(cell.run / "eval")]
     for k, v in grid.eval.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
-    rc = launch("massive_mt.evaluate", args, nproc, launcher)
+    rc = launch("massive_mt.evaluation.evaluate", args, nproc, launcher)
     if rc == 0:
         tmp = cell.run / f".{CELL_FILE}.tmp"
         tmp.write_text(json.dumps({"config": cell.config, "seed": cell.seed, "grid": str(grid.path),
@@ -289,7 +290,7 @@ def run_cell(cell: Cell, grid: Grid, out: Path, nproc: int, launcher: str) -> in
 
 
 def merge(grid: Grid, all_cells: list[Cell], out: Path, samples: int) -> dict:
-    from .compare import run_compare
+    from massive_mt.experiments.compare import run_compare
 
     unfinished = [f"{c.index} ({c.config} seed {c.seed}: {st})" for c in all_cells if (st := state(c, grid)) != "done"]
     if unfinished:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DataError
+from massive_mt.errors import DataError
 
 
 def read_jsonl(path: Path) -> list[dict]:

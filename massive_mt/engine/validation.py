@@ -30,9 +30,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data.dataset import TaskDataset
-from .data.sampler import token_budget_batches
-from .io import atomic_write_json, read_json_object
+from massive_mt.data.dataset import TaskDataset
+from massive_mt.data.sampler import token_budget_batches
+from massive_mt.io import atomic_write_json, read_json_object
 
 BEST_FILE = "best.json"
 LOWER_IS_BETTER = {"valid_nll": True, "valid_bleu": False, "valid_chrf": False}
@@ -74,7 +74,7 @@ class Validator:
         self.empty = sorted(f"{s}-{t}" for s, t in tasks if f"{s}-{t}" not in self.sets)
         self.names = sorted(self.sets)
         if not self.sets:
-            from .errors import ConfigError
+            from massive_mt.errors import ConfigError
             raise ConfigError(f"field 'train.valid_interval': no task has valid sentences in {data_bin}; "
                               "set train.valid_interval: 0 or prepare a corpus with a valid split")
 
@@ -109,7 +109,7 @@ class Validator:
     def decode(self) -> dict[str, dict]:
         """Greedy BLEU and chrF per task on the decoded sample, gathered on every rank and scored
         there (every rank takes the same best-checkpoint decision)."""
-        from .evaluate import score
+        from massive_mt.scoring import score
 
         t, tok = self.t, self.t.tokenizer
         zero3 = t.engine.zero_optimization_stage() == 3
@@ -199,7 +199,7 @@ class BestTracker:
         self.min_delta = min_delta
         saved = saved or {}
         if saved and (saved.get("metric"), saved.get("average")) != (metric, average):
-            from .errors import ConfigError
+            from massive_mt.errors import ConfigError
             raise ConfigError(f"field 'train.best_metric': the checkpoint tracks {saved.get('metric')} averaged over "
                               f"{saved.get('average')}, this run {metric} over {average}; start a new output_dir")
         self.best = saved.get("value")

@@ -4,7 +4,7 @@
         [--batch-size 64] [--max-tokens 4096] [--max-new-tokens 128] [--engine torch|ct2] [--nproc N]
 
 Text comes from stdin or --input and goes to stdout or --output; empty lines stay empty. The decoding
-is evaluate's (massive_mt/evaluate.py: `Translator.generate` on length-sorted, token-bounded
+is evaluate's (massive_mt/evaluation/evaluate.py: `Translator.generate` on length-sorted, token-bounded
 batches, the target tag forced); `--nproc N` deals the batches to N local ranks as evaluate does.
 `--engine ct2` decodes with CTranslate2 a directory written by `massive-mt export --format ct2`.
 """
@@ -19,73 +19,17 @@ from typing import Optional
 
 import torch
 
-from .errors import DataError, MassiveMTError
-from .evaluate import Translator, _count, _rank_argv, check_options, deal, gather_on_rank0, length_batches
-
-
-class CT2Translator(Translator):
-    """evaluate's Translator with a CTranslate2 model (`massive-mt export --format ct2`): the same
-    SentencePiece encoding, batches, tags and length limit; CTranslate2's beam search and scoring."""
-
-    def __init__(self, model_dir: str | Path, device: Optional[str] = None, max_len: Optional[int] = None):
-        try:
-            import ctranslate2
-        except ImportError:
-            raise MassiveMTError("--engine ct2 needs CTranslate2: pip install 'massive_mt[ct2]'") from None
-        from .data.spm import Tokenizer
-        from .io import read_json_object
-
-        model_dir = Path(model_dir)
-        for f in ("model.bin", "spm.model", "massive_mt.json"):
-            if not (model_dir / f).is_file():
-                raise DataError(f"{model_dir / f}: missing (not a CTranslate2 export: massive-mt export --format ct2)")
-        self.meta = read_json_object(model_dir / "massive_mt.json")
-        self.dtype = f"ct2:{(self.meta.get('format') or {}).get('quantization') or 'float32'}"
-        self.tokenizer = Tokenizer(model_dir / "spm.model")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kind, _, index = device.partition(":")
-        self.device = device
-        self.model = ctranslate2.Translator(str(model_dir), device=kind, device_index=int(index or 0),
-                                            intra_threads=torch.get_num_threads())
-        self.max_positions = self.meta.get("max_position_embeddings", max(self.meta.get("max_len", 256), 8) + 2)
-        self.max_len = min(max_len or self.meta.get("max_len", 256), self.max_positions - 2)
-
-    def pieces(self, ids: list[int]) -> list[str]:
-        return [self.tokenizer.sp.id_to_piece(i) for i in ids]
-
-    def generate(self, encoded: list[list[int]], tgt: str, beam: int = 4, max_new_tokens: int = 128,
-                 length_penalty: float = 1.0) -> list[str]:
-        tok = self.tokenizer
-        limit = min(max_new_tokens, int(1.5 * max(map(len, encoded))) + 10, self.max_positions - 2)
-        res = self.model.translate_batch([self.pieces(e) for e in encoded],
-                                         target_prefix=[self.pieces([tok.lang_id(tgt)])] * len(encoded),
-                                         beam_size=beam, max_decoding_length=limit, length_penalty=length_penalty)
-        return [tok.decode([tok.sp.piece_to_id(p) for p in r.hypotheses[0]]) for r in res]
-
-    def nll(self, encoded: list[list[int]], tgt: str, refs: list[str]) -> list[tuple[float, int]]:
-        """As Translator.nll: CTranslate2 scores ``[tgt_tag] + tokens`` and the </s> it appends; the
-        forced tag is not counted."""
-        tok = self.tokenizer
-        targets = [self.pieces([tok.lang_id(tgt)] + tok.encode(r)[: self.max_len - 2]) for r in refs]
-        res = self.model.score_batch([self.pieces(e) for e in encoded], targets)
-        return [(-float(sum(r.log_probs[1:])), len(r.log_probs) - 1) for r in res]
-
-
-def load_translator(model_dir: str | Path, engine: str = "torch", device: Optional[str] = None,
-                    dtype: Optional[str] = None) -> Translator:
-    """evaluate's Translator (``dtype``: bf16 or fp32, see evaluate.decode_dtype) or, with engine ct2,
-    a CTranslate2 export (its weight type is the export's quantization)."""
-    if engine == "ct2":
-        return CT2Translator(model_dir, device=device)
-    return Translator(model_dir, device=device, dtype=dtype)
+from massive_mt.errors import DataError
+from massive_mt.evaluation.decoding import (Translator, check_options, count_arg, deal, gather_on_rank0, length_batches,
+                                            load_translator, rank_argv)
 
 
 def check_langs(model_dir: str | Path, src: str, tgt: str) -> None:
     """DataError unless the model was trained on both languages (its tasks in massive_mt.json; without
     them, the tags of its tokenizer), listing the languages it has. Before any model is loaded."""
-    from .data.spm import Tokenizer
-    from .data.tasks import parse_task
-    from .io import read_json_object
+    from massive_mt.data.spm import Tokenizer
+    from massive_mt.data.tasks import parse_task
+    from massive_mt.io import read_json_object
 
     model_dir = Path(model_dir)
     if not (model_dir / "spm.model").is_file():
@@ -146,14 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", required=True, help="target language, e.g. en")
     p.add_argument("--input", help="text file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="where the translations go (default: stdout)")
-    p.add_argument("--beam", type=_count(1), default=4)
-    p.add_argument("--batch-size", type=_count(1), default=64, help="most sentences per batch")
-    p.add_argument("--max-tokens", type=_count(1), default=4096, help="most source tokens per batch, padding included")
-    p.add_argument("--max-new-tokens", type=_count(1), default=128)
+    p.add_argument("--beam", type=count_arg(1), default=4)
+    p.add_argument("--batch-size", type=count_arg(1), default=64, help="most sentences per batch")
+    p.add_argument("--max-tokens", type=count_arg(1), default=4096, help="most source tokens per batch, padding included")
+    p.add_argument("--max-new-tokens", type=count_arg(1), default=128)
     p.add_argument("--engine", choices=["torch", "ct2"], default="torch",
                    help="torch (transformers' generate) or ct2 (CTranslate2, an export --format ct2)")
     p.add_argument("--device", help="default: this rank's GPU if there is one, else the CPU")
-    p.add_argument("--nproc", type=_count(1), default=1, help="start this many local ranks")
+    p.add_argument("--nproc", type=count_arg(1), default=1, help="start this many local ranks")
     p.add_argument("--launcher", default="torchrun", choices=["torchrun", "deepspeed"], help="for --nproc > 1")
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)      # appended by the deepspeed launcher
     return p
@@ -163,7 +107,7 @@ def launch(a: argparse.Namespace, argv: list[str]) -> int:
     """--nproc N: stdin and stdout go through files the ranks read and rank 0 writes."""
     import subprocess
 
-    from .cli import launch_command, launch_env
+    from massive_mt.launch import launch_command, launch_env
 
     with tempfile.TemporaryDirectory(prefix="massive-mt-translate-") as tmp:
         extra = []
@@ -172,7 +116,7 @@ def launch(a: argparse.Namespace, argv: list[str]) -> int:
             extra += ["--input", str(Path(tmp, "input"))]
         if a.output is None:
             extra += ["--output", str(Path(tmp, "output"))]
-        cmd = launch_command(a.launcher, a.nproc, _rank_argv(argv) + extra, module="massive_mt.translate")
+        cmd = launch_command(a.launcher, a.nproc, rank_argv(argv) + extra, module="massive_mt.evaluation.translate")
         print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
         rc = subprocess.call(cmd, env=launch_env(a.nproc), stdout=sys.stderr)
         if rc != 0:
@@ -185,8 +129,8 @@ def launch(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def run(a: argparse.Namespace, argv: list[str]) -> int:
-    from .distributed import discover
-    from .io import atomic_write_text
+    from massive_mt.engine.distributed import discover
+    from massive_mt.io import atomic_write_text
 
     d = discover()
     check_options(a.beam, a.batch_size, a.max_tokens, 0, a.max_new_tokens)
@@ -197,7 +141,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
     lines = read_lines(a.input)
     rank, world = 0, 1
     if d.world_size > 1:
-        from .distributed import init_distributed
+        from massive_mt.engine.distributed import init_distributed
 
         rank, world = init_distributed()
     out = translate_lines(tr, lines, a.src, a.tgt, a.beam, a.batch_size, a.max_tokens, a.max_new_tokens, rank, world)
@@ -214,7 +158,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .cli import run_command
+    from massive_mt.launch import run_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_intermixed_args(argv)

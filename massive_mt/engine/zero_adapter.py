@@ -51,7 +51,6 @@ which is wrong after a partition-only write-back: clip from the Gram instead, se
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -65,20 +64,9 @@ from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 from deepspeed.runtime.zero.stage_1_and_2 import INITIAL_MICRO_STEP_ID, DeepSpeedZeroOptimizer
 
 from massive_mt.errors import ConfigError
+from massive_mt.reconcile.shards import Segment
 
 SUPPORTED_DEEPSPEED = "0.19.8"
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A contiguous run of ONE parameter's values inside this rank's flat snapshot.
-
-    For any parameter, its ``gram_segments()`` of all data-parallel ranks, taken in rank order
-    (and in list order within a rank), tile the flattened parameter from first to last value.
-    """
-    name: str       # parameter name from engine.module.named_parameters() (tied params appear once)
-    start: int      # offset in the snapshot vector
-    numel: int
 
 
 def _offloaded(offload_cfg) -> bool:
@@ -87,7 +75,7 @@ def _offloaded(offload_cfg) -> bool:
 
 
 def _check_engine_config(engine) -> None:
-    """The engine's own settings. resolve_ds_config (massive_mt/config.py) refuses fp16 and offload in
+    """The engine's own settings. resolve_ds_config (massive_mt/engine/config.py) refuses fp16 and offload in
     a ds_config first, with the file's name; this guard covers engines built any other way
     (GradShards is used on any DeepSpeed engine, e.g. by tests/dist/adapter_check.py)."""
     if engine.fp16_enabled():
@@ -361,7 +349,7 @@ class GradShards:
 
     def __init__(self, engine):
         if deepspeed.__version__ != SUPPORTED_DEEPSPEED:
-            warnings.warn(f"massive_mt.zero_adapter was verified with deepspeed=={SUPPORTED_DEEPSPEED}, found "
+            warnings.warn(f"massive_mt.engine.zero_adapter was verified with deepspeed=={SUPPORTED_DEEPSPEED}, found "
                           f"{deepspeed.__version__}: run tests/test_zero_adapter.py before trusting it",
                           RuntimeWarning, stacklevel=2)
         _check_engine_config(engine)

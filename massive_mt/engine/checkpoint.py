@@ -1,6 +1,6 @@
 """Checkpoints: DeepSpeed's `save_checkpoint` (model, optimizer, scheduler, per-rank shards)
 plus the trainer's own state (step, sampler cursors) in `client_state`, and the final model
-in Hugging Face format (written by massive_mt/export.py).
+in Hugging Face format (written by massive_mt/engine/export.py).
 
 A checkpoint counts only when complete (docs/failures.md)::
 
@@ -55,8 +55,8 @@ import torch
 import deepspeed
 import deepspeed.comm as dist
 
-from .errors import MassiveMTError
-from .io import atomic_write_text, staged_dir
+from massive_mt.errors import MassiveMTError
+from massive_mt.io import atomic_write_text, staged_dir
 
 TAG_RE = re.compile(r"^step(\d+)$")
 MARKER = "massive_mt_complete.json"
@@ -218,8 +218,8 @@ def save(engine, ckpt_dir: Path, step: int, client_state: dict, keep_last: int, 
 
 def prune(ckpt_dir: Path, keep_last: int) -> None:
     """Keep the newest keep_last complete tags, the newest complete finite one and the best one
-    (checkpoints/best.json, massive_mt/validation.py); see the module doc."""
-    from .validation import read_best
+    (checkpoints/best.json, massive_mt/engine/validation.py); see the module doc."""
+    from massive_mt.engine.validation import read_best
 
     complete, debris = [], []
     for step, tag in step_tags(ckpt_dir):
@@ -494,7 +494,7 @@ def check_resume(saved: dict, current: dict, where: Path, reshard: str = "never"
     `reshard` is "never" (or a side is ZeRO-0); returns `reshard_plan`'s answer.
     `saved` and `current`: {"world_size", "zero_stage", "precision", "config"}."""
     how = reshard_plan(saved, current, where, reshard)
-    from .config import flatten
+    from massive_mt.engine.config import flatten
 
     old, new = flatten(saved.get("config", {})), flatten(current["config"])
     for key in sorted(set(old) | set(new)):

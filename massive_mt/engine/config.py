@@ -28,13 +28,13 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
                       model_validator)
 
-from .distributed import COLLECTIVE_TIMEOUT_S
-from .errors import ConfigError
-from .model import ATTN_IMPLEMENTATIONS, PRESETS, check_attn_implementation
-from .preemption import parse_signals
-from .reconcile.cats import CATSConfig
-from .reconcile.groups import GRANULARITIES
-from .reconcile.methods import EMA_RATE, METHODS
+from massive_mt.engine.distributed import COLLECTIVE_TIMEOUT_S
+from massive_mt.errors import ConfigError
+from massive_mt.engine.model import ATTN_IMPLEMENTATIONS, PRESETS, check_attn_implementation
+from massive_mt.engine.preemption import parse_signals
+from massive_mt.reconcile.cats import CATSConfig
+from massive_mt.reconcile.groups import GRANULARITIES
+from massive_mt.reconcile.methods import EMA_RATE, METHODS
 
 DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
 RECONCILE_METHODS = ("plain", *METHODS, "cats")   # plain: no per-task capture
@@ -95,7 +95,7 @@ class ModelConfig(Section):
     activation_dropout: float = Field(0.0, ge=0, lt=1)
     attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = "sdpa"   # flash_attention_2 needs flash-attn
     activation_checkpointing: bool = False  # recompute each Transformer layer in the backward pass
-    # parameters left untrained, by name pattern (massive_mt/model.py `matches`), e.g. [shared, encoder.layers.0]
+    # parameters left untrained, by name pattern (massive_mt/engine/model.py `matches`), e.g. [shared, encoder.layers.0]
     freeze: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None
 
     @field_validator("from_pretrained")
@@ -134,10 +134,10 @@ class TrainConfig(Section):
     reshard: Literal["auto", "never"] = "auto"   # a checkpoint of another world size / ZeRO stage / precision: auto converts it (docs/failures.md) | never refuses
     tensorboard: bool = True
     seed: Seed = 1                          # model initialisation
-    stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/preemption.py)
+    stop_signals: list[Union[str, int]] = ["USR1", "TERM"]   # checkpoint, exit 75 (massive_mt/engine/preemption.py)
     collective_timeout_s: int = Field(COLLECTIVE_TIMEOUT_S, ge=1)   # a rank waiting longer for its peers fails (docs/failures.md)
     max_nonfinite_steps: int = Field(5, ge=0)   # consecutive non-finite steps tolerated; the next stops the run (docs/failures.md)
-    # validation, best checkpoint, early stopping (massive_mt/validation.py, docs/training.md#validation)
+    # validation, best checkpoint, early stopping (massive_mt/engine/validation.py, docs/training.md#validation)
     valid_interval: int = Field(0, ge=0)        # validate every N steps (0: never)
     valid_max_sentences: int = Field(500, ge=1)  # the first N valid sentences of every task
     valid_decode: bool = False                  # also greedy BLEU/chrF on valid_decode_sentences per task

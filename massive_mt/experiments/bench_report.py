@@ -14,7 +14,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .errors import DataError
+from massive_mt.errors import DataError
 
 REQUIRED = ("run_id", "method", "kind", "K", "world_size", "preset", "zero_stage", "step_s", "target_tokens",
             "parameters", "memory", "comm_bytes_per_step", "machine", "versions")
@@ -88,8 +88,8 @@ def summarise(records: list[dict]) -> list[dict]:
 def _method_order(method: str):
     """The order of `massive-mt bench --methods` names (plain, bare, the registered methods, cats,
     naive); granularities in order of coarseness."""
-    from .bench import method_names
-    from .reconcile.groups import GRANULARITIES
+    from massive_mt.experiments.bench import method_names
+    from massive_mt.reconcile.groups import GRANULARITIES
 
     name, _, gran = method.partition(":")
     names = method_names()
@@ -193,7 +193,7 @@ def utilisation(rows: list[dict]) -> str:
     out = ["", "## Throughput per rank and model FLOPs utilisation", "",
            "Target tokens/s and model TFLOP/s per rank over the timed steps; MFU: that rate over the "
            "accelerator's dense bf16 peak (`massive-mt bench --peak-tflops`, or the GPU's data-sheet value; "
-           "empty where none is known, e.g. on CPU). Model FLOPs: `massive_mt.model.train_flops`, 3 x the "
+           "empty where none is known, e.g. on CPU). Model FLOPs: `massive_mt.engine.model.train_flops`, 3 x the "
            "forward matrix products of the encoder on source tokens and of the decoder and output "
            "projection on target tokens, attention scores included, padding and recomputation excluded.", "",
            "| preset | N | ZeRO | K | method | target tok/s per rank | model TFLOP/s per rank | MFU |",
@@ -248,7 +248,7 @@ def _n_axis(ax, rows: list[dict], title: str, ylabel: str) -> None:
 
 
 def plot_overhead(rows: list[dict], out: Path) -> Path:
-    from .plots import _save
+    from massive_mt.experiments.plots import _save
 
     keys = sorted({(r["preset"], r["N"], r["zero"]) for r in rows if r["vs_plain"] is not None})
     color = _colors(rows)
@@ -271,7 +271,7 @@ def plot_overhead(rows: list[dict], out: Path) -> Path:
 
 
 def plot_memory(rows: list[dict], out: Path) -> Path:
-    from .plots import _save
+    from massive_mt.experiments.plots import _save
 
     sel = [r for r in rows if "snapshot_bytes" in r]
     keys = sorted({(r["preset"], r["K"]) for r in sel})
@@ -298,7 +298,7 @@ def plot_memory(rows: list[dict], out: Path) -> Path:
 
 
 def plot_step_time(rows: list[dict], out: Path) -> Path:
-    from .plots import _save
+    from massive_mt.experiments.plots import _save
 
     keys = sorted({(r["preset"], r["K"]) for r in rows})
     color = _colors(rows)

@@ -38,7 +38,8 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from .errors import ConfigError
+from massive_mt.errors import ConfigError
+from massive_mt.launch import free_port
 
 MODES = ("auto", "env", "slurm", "mpi")
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -320,15 +321,18 @@ def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     return rank, world
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shutdown() -> None:
+    """Destroy the process group if one exists (local, no collective): a rank leaving on an error must
+    not leave gloo's or NCCL's threads to the interpreter's exit, which can abort the process
+    ("terminate called without an active exception", SIGABRT) instead of returning its status."""
+    import torch.distributed as tdist
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
-if __name__ == "__main__":          # `python -m massive_mt.distributed check-gpus`: the sbatch templates' start check
+if __name__ == "__main__":          # `python -m massive_mt.engine.distributed check-gpus`: the sbatch templates' start check
     if sys.argv[1:] != ["check-gpus"]:
-        sys.exit("usage: python -m massive_mt.distributed check-gpus")
+        sys.exit("usage: python -m massive_mt.engine.distributed check-gpus")
     try:
         check_requested_gpus(os.environ, visible_gpus())
     except ConfigError as e:
