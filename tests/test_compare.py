@@ -8,14 +8,13 @@ import pytest
 import yaml
 
 from massive_mt import cli
-from massive_mt.experiments.compare import (CompareError, holm, recompute, run_compare, seed_model, seeds_for_power, t_interval,
-                                welch_interval)
+from massive_mt.experiments.compare import CELL_FILE, recompute, run_compare
+from massive_mt.experiments.seed_stats import CompareError, holm, seed_model, seeds_for_power, t_interval, welch_interval
 from massive_mt.engine.config import load_config
 from massive_mt.data.tasks import resource_buckets
 from massive_mt.evaluation.evaluate import TaskResult, bucket_averages, write_report
 from massive_mt.scoring import score
 from massive_mt.evaluation.evaluate import test_set_identity as set_identity   # not collected as a test
-from massive_mt.experiments.study import CELL_FILE
 
 SIZES = {"en-fr": 5000, "en-de": 4000, "en-es": 900, "en-ru": 800, "en-ja": 100, "en-it": 80}
 TASKS = list(SIZES)
