@@ -9,7 +9,7 @@ import shutil
 import socket
 import sys
 
-from massive_mt.errors import MassiveMTError
+from massive_mt.errors import MassiveMTError, exit_code, exit_line
 
 
 def free_port() -> int:
@@ -56,9 +56,10 @@ def error_message(e: BaseException, output=None) -> str:
 
 def run_command(command: str, output, fn, *args) -> int:
     """The error boundary of a command writing to `output`: bad input (MassiveMTError) and a file system
-    that refuses (OSError: read-only, full, not a directory) give one line and exit status 2."""
+    that refuses (OSError: read-only, full, not a directory) give one line and their exit status
+    (massive_mt/errors.py)."""
     try:
         return fn(*args)
     except (MassiveMTError, OSError) as e:
-        print(f"massive-mt {command}: error: {error_message(e, output)}", file=sys.stderr, flush=True)
-        return 2
+        print(exit_line(command, e, error_message(e, output)), file=sys.stderr, flush=True)
+        return exit_code(e)

@@ -29,21 +29,17 @@ from massive_mt.data.dataset import TaskDataset
 from massive_mt.data.tokenizers import check_pretrained, load_tokenizer
 from massive_mt.data.tasks import resolve_tasks, task_name
 from massive_mt.engine.distributed import init_distributed, shutdown
-from massive_mt.errors import ConfigError, MassiveMTError
+from massive_mt.errors import (NONFINITE_EXIT, REQUEUE_EXIT, ConfigError, MassiveMTError, NonFiniteStop, StopRequested,
+                               Stopped, exit_code, exit_line)
 from massive_mt.engine.lock import take as take_lock
 from massive_mt.engine.metrics import MetricsWriter, NonFiniteCount, ReconcileTelemetry, TaskMeter, flatten_scalars, per_task_table
 from massive_mt.engine.model import add_language_embeddings, build_model, count_parameters, freeze_parameters
 from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
-from massive_mt.engine.preemption import REQUEUE_EXIT, StopRequested, StopSignals
+from massive_mt.engine.preemption import StopSignals
 
-NONFINITE_EXIT = 3      # stopped: non-finite parameters, or too many consecutive non-finite steps
 # Tests only: "RANK:STEPS:SLOT" multiplies the loss of the step-local task SLOT (0-based) by NaN on
 # rank RANK at the 0-based steps STEPS ("2" or "2-4"), giving a real non-finite gradient
 FAULT_NONFINITE_ENV = "MASSIVE_MT_FAULT_NONFINITE"
-
-
-class NonFiniteStop(Exception):
-    """The run stops: its parameters are not finite, or train.max_nonfinite_steps was exceeded."""
 
 
 def fault_nonfinite(rank: int) -> Optional[tuple[range, int]]:
@@ -529,15 +525,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
         run(args)
-    except MassiveMTError as e:
-        print(f"massive-mt train: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except StopRequested as e:
-        print(f"massive-mt train: {e}", file=sys.stderr, flush=True)
-        return REQUEUE_EXIT
-    except NonFiniteStop as e:
-        print(f"massive-mt train: {e}", file=sys.stderr, flush=True)
-        return NONFINITE_EXIT
+    except (MassiveMTError, Stopped) as e:     # an OSError here is a crash (a collective's socket, too)
+        print(exit_line("train", e), file=sys.stderr, flush=True)
+        return exit_code(e)
     finally:
         shutdown()
     return 0

@@ -62,3 +62,29 @@ def test_unsupported_configs_raise_config_error():
     for case, field in expected_field.items():
         assert refusals[case]["outcome"] == "ConfigError", (case, refusals[case])
         assert field in refusals[case]["message"], (case, refusals[case])
+
+
+def test_each_ds_config_layout_has_exactly_one_backend():
+    from massive_mt.engine.zero_adapter import BACKENDS, backend_for
+
+    pairs = [(stage, bf16) for stage in (0, 1, 2, 3) for bf16 in (False, True)]
+    owners = {pair: [b.kind for b in BACKENDS if pair in b.layouts] for pair in pairs}
+    assert owners == {(0, False): ["z0"], (0, True): [], (1, False): ["z12"], (1, True): ["bf16"],
+                      (2, False): ["z12"], (2, True): ["z12"], (3, False): ["z3"], (3, True): ["z3"]}
+    assert len({b.wrapper for b in BACKENDS}) == len(BACKENDS)     # one backend per optimizer wrapper
+    assert [b.kind for b in BACKENDS if b.clip_from_gram] == ["bf16"]
+    assert backend_for(1, True).clip_from_gram and not backend_for(2, True).clip_from_gram
+
+
+@pytest.mark.distributed
+def test_layout_is_chosen_once_and_skip_and_local_grads_go_through_it():
+    r = dist_result(run_ranks(1, ["tests/dist/layout_check.py"], timeout=300))
+    assert r["world_size"] == 1
+    layouts = r["layouts"]
+    assert {k: v["kind"] for k, v in layouts.items()} == {f"{s}-{d}": kind for (s, d), kind in EXPECTED_KIND.items()}
+    for name, v in layouts.items():
+        assert v["matches_config"] and v["cached"] and v["grad_shards_uses_it"], (name, v)
+        assert v["local_grads"] > 0 and v["grad_nonzero"], (name, v)
+        assert (v["finite_verdict"], v["nan_verdict"], v["after_skip_verdict"]) == (False, True, False), (name, v)
+        assert v["skip_calls"] == 1 and v["cleared"] and v["weights_kept"] and v["stepped_after_skip"], (name, v)
+    assert r["zero0_bf16"].startswith("ConfigError:") and "zero_optimization.stage" in r["zero0_bf16"]

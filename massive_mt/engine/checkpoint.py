@@ -55,6 +55,7 @@ import torch
 import deepspeed
 import deepspeed.comm as dist
 
+from massive_mt.engine.zero_adapter import layout_of
 from massive_mt.errors import MassiveMTError
 from massive_mt.io import atomic_write_text, staged_dir
 
@@ -163,7 +164,7 @@ def verify_all(tag_dir: Path) -> Optional[str]:
 def params_finite(engine) -> bool:
     """Collective: True when no parameter is NaN or inf; each rank checks its share (ZeRO-3: its partition)."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    if engine.zero_optimization_stage() == 3:
+    if layout_of(engine).weights_partitioned:
         local = [deepspeed.utils.safe_get_local_fp32_param(p) for p in engine.module.parameters()]
     else:
         local = [p for i, p in enumerate(engine.module.parameters()) if i % world == rank]
@@ -388,7 +389,7 @@ def _universal_step(zdir: Path, first_param: str):
 def _set_full(engine, p, value: torch.Tensor, key: Optional[str]) -> None:
     """The full fp32 master copy (key None) or Adam moment `key` of parameter p, this rank's part of it."""
     zo = engine.optimizer
-    if engine.zero_optimization_stage() == 3:
+    if layout_of(engine).weights_partitioned:
         # DeepSpeed 0.19.8's stage-3 setter slices value at partition * rank without padding, which
         # fails for the last rank's padded partition: copy the real part of this rank's slice
         part, _ = zo._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
@@ -412,7 +413,7 @@ def load_stage_change(engine, ckpt_dir: Path, tag: str) -> dict:
     from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 
     udir = convert(ckpt_dir, tag)
-    zdir, z3, zo = udir / "zero", engine.zero_optimization_stage() == 3, engine.optimizer
+    zdir, z3, zo = udir / "zero", layout_of(engine).weights_partitioned, engine.optimizer
     named = list(engine.module.named_parameters())
     step = torch.as_tensor(float(_universal_step(zdir, named[0][0])))
     flats = zo.fp32_partitioned_groups_flat if z3 else zo.single_partition_of_fp32_groups
@@ -513,7 +514,7 @@ def full_fp32_state_dict(engine, keep_on: Optional[int] = None) -> dict:
     """Collective: the full fp32 weights (ZeRO master copies where they exist), on every rank, or
     with ``keep_on`` only on that rank (the others return {}: no full host copy per rank)."""
     module = engine.module
-    stage = engine.zero_optimization_stage()
+    master = layout_of(engine).master_weights
     keep = keep_on is None or dist.get_rank() == keep_on
     out = {}
     for name, p in module.named_parameters():
@@ -522,7 +523,7 @@ def full_fp32_state_dict(engine, keep_on: Optional[int] = None) -> dict:
                 value = p.detach()
                 if keep:
                     out[name] = value.float().cpu().clone()
-        elif stage == 0 and not engine.bfloat16_enabled():
+        elif not master:
             if keep:
                 out[name] = p.detach().float().cpu().clone()
         else:

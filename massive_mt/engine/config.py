@@ -468,10 +468,11 @@ def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: s
             raise ConfigError(f"{where}: field 'data_types.grad_accum_dtype' = {acc!r}: bf16 training "
                               f"accumulates gradients in fp32; set it to \"fp32\"")
         ds.setdefault("data_types", {})["grad_accum_dtype"] = "fp32"
-    if bf16.get("enabled") and stage in (0, 1) and cfg.reconcile.method != "plain":
-        # DeepSpeed's BF16_Optimizer clips by a norm over its full local buffer, which is wrong after a
-        # partition-only write-back: the reconciler clips from the Gram matrix instead
-        ds["gradient_clipping"] = 0.0
+    if cfg.reconcile.method != "plain":
+        from massive_mt.engine.zero_adapter import backend_for
+
+        if backend_for(stage, bool(bf16.get("enabled"))).clip_from_gram:   # the reconciler clips instead
+            ds["gradient_clipping"] = 0.0
     ds.setdefault("steps_per_print", 10**9)   # massive_mt does its own logging
     ds.setdefault("wall_clock_breakdown", False)
     return ds

@@ -25,17 +25,6 @@ from typing import Optional
 
 from massive_mt.errors import ConfigError
 
-REQUEUE_EXIT = 75          # EX_TEMPFAIL: stopped on request after a checkpoint; start again to continue
-
-
-class StopRequested(Exception):
-    """Raised by the trainer after the checkpoint of a stop request has been written."""
-
-    def __init__(self, signal_name: str, step: int):
-        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint written, "
-                         f"exit status {REQUEUE_EXIT} (start again to resume)")
-        self.signal_name, self.step = signal_name, step
-
 
 def parse_signals(names, where: str = "train.stop_signals") -> list[signal.Signals]:
     """['USR1', 'SIGTERM', 12] -> signals; refuses unknown names and signals that cannot be caught."""

@@ -1,9 +1,10 @@
 """Per-task gradient shards under DeepSpeed: snapshot, reset and write back a rank's gradient.
 
 This is the only module of massive_mt that reads or writes DeepSpeed's semi-private gradient
-buffers. It is written against deepspeed==0.19.8 (pinned in pyproject.toml); `GradShards`
-warns when another version is installed, and tests/test_zero_adapter.py checks every supported
-layout against a single-process PyTorch reference. Re-run it whenever the pin moves.
+buffers (hence its length: the four layouts sit together, to be re-verified together). It is
+written against deepspeed==0.19.8 (pinned in pyproject.toml); `GradShards` warns when another
+version is installed, and tests/test_zero_adapter.py checks every supported layout against a
+single-process PyTorch reference. Re-run it whenever the pin moves.
 
 Usage, per optimizer step (every rank runs the same task at the same micro-step)::
 
@@ -23,7 +24,13 @@ Usage, per optimizer step (every rank runs the same task at the same micro-step)
     engine.set_gradient_accumulation_boundary(True)
     engine.step()
 
-Where the rank's gradient lives (one backend class each; ``kind`` is its label in logs and tests):
+Where the rank's gradient lives: one backend class per layout (``kind`` is its label in logs and
+tests), chosen once per engine by ``layout_of(engine)`` from DeepSpeed's optimizer wrapper, which
+must be the one the ds_config's (ZeRO stage, bf16) gives (``backend_for``). Each backend answers
+for its layout: the local gradient, reset, dropping a step (``skip_step``), writing back, and the
+facts ``clip_from_gram`` (read by resolve_ds_config and the reconciler), ``weights_partitioned``
+and ``master_weights`` (read by checkpoint.py). Nothing else in massive_mt branches on an
+engine's optimizer wrapper or ZeRO stage:
 
 - ``"z0"``: ZeRO stage 0, fp32, plain torch optimizer. After a boundary backward DeepSpeed has
   all-reduced and averaged every ``p.grad``; each rank holds the full gradient.
@@ -106,12 +113,26 @@ def _clear_z12(opt) -> None:
         opt.all_grad_tensors[k] = None
 
 
+def _param_names(engine) -> dict:
+    return {id(p): n for n, p in engine.module.named_parameters()}
+
+
 class _Backend:
-    """What every layout provides; the defaults hold for the partitioned ZeRO optimizers."""
+    """One gradient layout: where a rank's reduced gradient lives and how to read, clear, replace or
+    drop it. The class attributes are the layout's facts; the defaults hold for the partitioned ZeRO
+    optimizers."""
 
     kind: str
-    partitioned = True       # each rank holds only its partition (stage 0: the full gradient)
+    wrapper: Optional[type] = None   # DeepSpeed's optimizer wrapper of this layout (None: a torch optimizer)
+    layouts: frozenset = frozenset()  # the (ZeRO stage, bf16) pairs of a ds_config that give this layout
+    partitioned = True       # each rank holds only its partition of the gradient (stage 0: the full one)
     clip_from_gram = False   # DeepSpeed's clipping is wrong after a write-back: the caller clips from the Gram
+    weights_partitioned = False   # each rank holds only its partition of the fp32 weights (ZeRO-3)
+    master_weights = True    # the optimizer keeps fp32 master copies apart from the module's weights
+
+    @classmethod
+    def wraps(cls, opt) -> bool:
+        return type(opt) is cls.wrapper
 
     def begin_step(self) -> None:
         pass
@@ -119,15 +140,27 @@ class _Backend:
     def gram_segments(self) -> list:
         return self.segments()
 
+    def skip(self) -> None:
+        """Drop the step's gradient as DeepSpeed's own overflow path does, leaving the optimizer
+        ready for the next step's first backward."""
+        self.reset()
+
 
 class _ZeRO0(_Backend):
     """Stage 0: after a boundary backward every p.grad is all-reduced and averaged."""
 
     kind = "z0"
+    layouts = frozenset({(0, False)})
     partitioned = False
+    master_weights = False
+
+    @classmethod
+    def wraps(cls, opt) -> bool:
+        return isinstance(opt, torch.optim.Optimizer) and not isinstance(opt, DeepSpeedOptimizer)
 
     def __init__(self, engine):
         named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+        self.opt = engine.optimizer
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.numel = sum(p.numel() for p in self.params)
@@ -143,9 +176,15 @@ class _ZeRO0(_Backend):
                 out[off:off + n].copy_(p.grad.reshape(-1))
             off += n
 
+    def local_grads(self):
+        return [p.grad for p in self.params if p.grad is not None]
+
     def reset(self):
         for p in self.params:
             p.grad = None
+
+    def skip(self):
+        self.opt.zero_grad(set_to_none=True)
 
     def write_back(self, flat):
         off = 0
@@ -181,10 +220,12 @@ class _ZeRO12(_Backend):
     """DeepSpeedZeroOptimizer: partitions in averaged_gradients[i] (pieces + pads, or .flat_partition)."""
 
     kind = "z12"
+    wrapper = DeepSpeedZeroOptimizer
+    layouts = frozenset({(1, False), (2, False), (2, True)})
 
-    def __init__(self, opt, names):
-        self.opt = opt
-        self.names = names
+    def __init__(self, engine):
+        self.opt = opt = engine.optimizer
+        self.names = _param_names(engine)
         self.sizes = [int(s) for s in opt.partition_size]
         self.numel = sum(self.sizes)
         self.dp_group = opt.dp_process_group
@@ -207,8 +248,19 @@ class _ZeRO12(_Backend):
                     o += t.numel()
                 assert o == size, (i, o, size)
 
+    def local_grads(self):
+        out = []
+        for ag in self.opt.averaged_gradients.values():
+            flat = getattr(ag, "flat_partition", None)
+            out += [flat] if flat is not None else list(ag or [])
+        return out
+
     def reset(self):
         _clear_z12(self.opt)
+
+    def skip(self):
+        _clear_z12(self.opt)
+        self.opt.micro_step_id = INITIAL_MICRO_STEP_ID      # what its step() sets
 
     def write_back(self, flat):
         # In place, keeping the pieces: step(), the norm and the overflow check read them.
@@ -250,15 +302,13 @@ class _BF16(_ZeRO12):
     """BF16_Optimizer: full averaged fp32 buffer per rank; the partition is a view into it."""
 
     kind = "bf16"
+    wrapper = BF16_Optimizer
+    layouts = frozenset({(1, True)})     # deepspeed 0.19.8: ZeRO-1 + bf16 + fp32 gradient accumulation
     clip_from_gram = True    # its clipping norm covers the full local buffer, not what was written back
 
-    def __init__(self, opt, names):
-        if opt.clip_grad > 0:
-            raise ConfigError(f"ds_config field 'gradient_clipping' = {opt.clip_grad}: with BF16_Optimizer "
-                              "(ZeRO stage 1 + bf16) DeepSpeed's clipping norm is wrong after a partition "
-                              "write-back; set it to 0 and clip from the Gram (GradShards.clip_from_gram)")
-        self.opt = opt
-        self.names = names
+    def __init__(self, engine):
+        self.opt = opt = engine.optimizer
+        self.names = _param_names(engine)
         self.sizes = [t.numel() for t in opt.fp32_groups_gradient_flat_partition]
         self.numel = sum(self.sizes)
         self.dp_group = opt.dp_process_group
@@ -269,9 +319,14 @@ class _BF16(_ZeRO12):
             out[off:off + t.numel()].copy_(t.view(-1))
             off += t.numel()
 
+    def local_grads(self):
+        return list(self.opt.fp32_groups_gradient_flat_partition)
+
     def reset(self):
         self.opt.clear_hp_grads()
         self.opt.clear_lp_grads(set_to_none=True)
+
+    skip = _Backend.skip      # its reset is DeepSpeed's overflow path; no micro-step count to reset
 
     def write_back(self, flat):
         # Values outside this rank's partition are zeroed and every parameter is flagged as
@@ -292,10 +347,13 @@ class _ZeRO3(_Backend):
     """DeepSpeedZeroOptimizer_Stage3: partitions of all params in grad_partitions_flat_buffer."""
 
     kind = "z3"
+    wrapper = DeepSpeedZeroOptimizer_Stage3
+    layouts = frozenset({(3, False), (3, True)})
+    weights_partitioned = True
 
-    def __init__(self, opt, names):
-        self.opt = opt
-        self.names = names
+    def __init__(self, engine):
+        self.opt = opt = engine.optimizer
+        self.names = _param_names(engine)
         self.numel = opt.grad_partitions_flat_buffer.numel()
         self.dp_group = opt.dp_process_group
 
@@ -314,9 +372,16 @@ class _ZeRO3(_Backend):
     def snapshot(self, out):
         out.copy_(self._buffer())
 
+    def local_grads(self):
+        return [self.opt.grad_partitions_flat_buffer]
+
     def reset(self):
         # The next micro-batch copies (micro_step_id == 0) or adds (> 0) into zeros: both exact.
         self._buffer().zero_()
+
+    def skip(self):
+        self.opt.grad_partitions_flat_buffer.zero_()
+        self.opt.zero_grad(set_to_none=True)  # also micro_step_id = 0, as after engine.step()
 
     def write_back(self, flat):
         self._buffer().copy_(flat)
@@ -332,6 +397,38 @@ class _ZeRO3(_Backend):
                     out.append(Segment(self.names[id(p)], off, valid))
                 off += n
         return out
+
+
+BACKENDS = (_ZeRO0, _ZeRO12, _BF16, _ZeRO3)
+_CACHE = "_massive_mt_layout"
+
+
+def backend_for(stage: int, bf16: bool) -> type:
+    """The backend class of an engine built from a ds_config with ZeRO ``stage`` and ``bf16``
+    (with fp32 gradient accumulation, as resolve_ds_config requires); ConfigError when none."""
+    found = [b for b in BACKENDS if (stage, bool(bf16)) in b.layouts]
+    if len(found) != 1:
+        raise ConfigError(f"ds_config 'zero_optimization.stage' = {stage} with bf16 = {bool(bf16)} has no gradient "
+                          "layout in the per-task gradient adapter: use stage 0 with fp32 parameters, or stages 1-3 "
+                          "(with bf16: data_types.grad_accum_dtype = \"fp32\")")
+    return found[0]
+
+
+def layout_of(engine) -> _Backend:
+    """The engine's gradient layout (a backend object), chosen once from its optimizer wrapper and
+    cached on the engine; ConfigError when the wrapper is not the one its ds_config should give."""
+    layout = engine.__dict__.get(_CACHE)
+    if layout is None:
+        opt, stage, bf16 = engine.optimizer, engine.zero_optimization_stage(), engine.bfloat16_enabled()
+        found = [b for b in BACKENDS if b.wraps(opt)]
+        if len(found) != 1 or (stage, bf16) not in found[0].layouts:
+            raise ConfigError(f"optimizer wrapper {type(opt).__name__} (ds_config 'zero_optimization.stage' = "
+                              f"{stage}, bf16 = {bf16}) is not supported by the per-task gradient adapter: use "
+                              "stage 0 with fp32 parameters, or stages 1-3 (with bf16: "
+                              "data_types.grad_accum_dtype = \"fp32\")")
+        layout = found[0](engine)
+        setattr(engine, _CACHE, layout)
+    return layout
 
 
 class GradShards:
@@ -353,22 +450,12 @@ class GradShards:
                           f"{deepspeed.__version__}: run tests/test_zero_adapter.py before trusting it",
                           RuntimeWarning, stacklevel=2)
         _check_engine_config(engine)
+        impl = layout_of(engine)
+        if impl.clip_from_gram and engine.gradient_clipping() > 0:
+            raise ConfigError(f"ds_config field 'gradient_clipping' = {engine.gradient_clipping()}: with "
+                              f"{type(engine.optimizer).__name__} DeepSpeed's clipping norm is wrong after a "
+                              "partition write-back; set it to 0 and clip from the Gram (GradShards.clip_from_gram)")
         opt = engine.optimizer
-        names = {id(p): n for n, p in engine.module.named_parameters()}
-        if type(opt) is DeepSpeedZeroOptimizer:
-            impl = _ZeRO12(opt, names)
-        elif type(opt) is DeepSpeedZeroOptimizer_Stage3:
-            impl = _ZeRO3(opt, names)
-        elif type(opt) is BF16_Optimizer:
-            impl = _BF16(opt, names)
-        elif (engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled()
-              and isinstance(opt, torch.optim.Optimizer) and not isinstance(opt, DeepSpeedOptimizer)):
-            impl = _ZeRO0(engine)
-        else:
-            raise ConfigError(f"optimizer wrapper {type(opt).__name__} (ds_config 'zero_optimization.stage' = "
-                              f"{engine.zero_optimization_stage()}, bf16 = {engine.bfloat16_enabled()}) is not "
-                              "supported by the per-task gradient adapter: use stage 0 with fp32 parameters, or "
-                              "stages 1-3 (with bf16: data_types.grad_accum_dtype = \"fp32\")")
         real_groups = getattr(opt, "real_dp_process_group", None)
         if real_groups is not None and any(g is not impl.dp_group for g in real_groups):
             raise ConfigError("expert-parallel (MoE) parameter groups are not supported by the per-task "
@@ -440,27 +527,10 @@ class GradShards:
 
 # ------------------------------------------------------------------ non-finite steps (any layout, plain included)
 
-def _local_grads(engine) -> list:
-    """The reduced gradient this rank holds after the step's last boundary backward (its partition;
-    stage 0: the full gradient), as the tensors DeepSpeed's step() would read."""
-    opt = engine.optimizer
-    if type(opt) is BF16_Optimizer:
-        return list(opt.fp32_groups_gradient_flat_partition)
-    if type(opt) is DeepSpeedZeroOptimizer_Stage3:
-        return [opt.grad_partitions_flat_buffer]
-    if type(opt) is DeepSpeedZeroOptimizer:
-        out = []
-        for ag in opt.averaged_gradients.values():
-            flat = getattr(ag, "flat_partition", None)
-            out += [flat] if flat is not None else list(ag or [])
-        return out
-    return [p.grad for p in engine.module.parameters() if p.grad is not None]
-
-
 def local_grads_nonfinite(engine) -> torch.Tensor:
-    """0-d bool tensor on the device, True when this rank's reduced gradient has a NaN/inf; no host
-    synchronisation (a local verdict: all-reduce it)."""
-    grads = _local_grads(engine)
+    """0-d bool tensor on the device, True when this rank's reduced gradient (its partition; stage 0:
+    the full gradient) has a NaN/inf; no host synchronisation (a local verdict: all-reduce it)."""
+    grads = layout_of(engine).local_grads()
     if not grads:
         return torch.zeros((), dtype=torch.bool, device=engine.device)
     return ~torch.stack([torch.isfinite(t).all() for t in grads]).all()
@@ -470,15 +540,4 @@ def skip_step(engine) -> None:
     """Drop the step's gradient instead of calling engine.step(): the buffers cleared as on
     DeepSpeed's own overflow path and the optimizer's micro-step count reset as its step() does;
     parameters, optimizer state and the learning-rate scheduler untouched. Call it on every rank."""
-    opt = engine.optimizer
-    if type(opt) is DeepSpeedZeroOptimizer:
-        _clear_z12(opt)
-        opt.micro_step_id = INITIAL_MICRO_STEP_ID      # what its step() sets
-    elif type(opt) is DeepSpeedZeroOptimizer_Stage3:
-        opt.grad_partitions_flat_buffer.zero_()
-        opt.zero_grad(set_to_none=True)  # also micro_step_id = 0, as after engine.step()
-    elif type(opt) is BF16_Optimizer:
-        opt.clear_hp_grads()
-        opt.clear_lp_grads(set_to_none=True)
-    else:
-        opt.zero_grad(set_to_none=True)
+    layout_of(engine).skip()

@@ -47,6 +47,8 @@ from typing import Optional
 
 import torch
 
+from massive_mt.errors import ConfigError, MassiveMTError, exit_code, exit_line
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_METHODS = ["plain", "bare", "sum", "pcgrad", "gradvac:whole_model", "gradvac:all_layer", "cats", "naive"]
 
@@ -280,23 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refused(e: MassiveMTError) -> int:
+    print(exit_line("bench", e), file=sys.stderr, flush=True)
+    return exit_code(e)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     a = build_parser().parse_intermixed_args(argv)
     try:
         methods = [(spec, *parse_method(spec)) for spec in a.methods]
-    except ValueError as e:
-        print(f"massive-mt bench: error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:         # a --methods name
+        return _refused(ConfigError(str(e)))
     if a.steps < 1 or a.warmup < 0 or a.repeats < 1:
-        print("massive-mt bench: error: --steps and --repeats must be >= 1, --warmup >= 0", file=sys.stderr)
-        return 2
+        return _refused(ConfigError("--steps and --repeats must be >= 1, --warmup >= 0"))
 
     import deepspeed
     import deepspeed.comm as dist
 
     from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
     from massive_mt.engine.distributed import init_distributed, rank_device
-    from massive_mt.errors import MassiveMTError
 
     try:
         rank, world = init_distributed()
@@ -331,8 +335,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                               f"[{res['step_s_q1']:.3f}, {res['step_s_q3']:.3f}] "
                               f"{res['target_tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     except MassiveMTError as e:
-        print(f"massive-mt bench: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return _refused(e)
     dist.barrier()
     dist.destroy_process_group()
     return 0
