@@ -144,6 +144,7 @@ class Trainer:
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard,
                                     wandb=cfg.train.wandb, config=cfg.to_dict(), resumed=self.resume_from is not None)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
+                                            self.reconciler.groups.names if self.reconciler is not None else [],
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
 
     # ------------------------------------------------------------------ the training step
@@ -178,7 +179,7 @@ class Trainer:
         else:
             self.engine.step()                               # clipping, AdamW, schedule
         if outcome.stats is not None:
-            self.telemetry.add(self.step, outcome.stats["tasks"], self.reconciler.groups.names, outcome.stats)
+            self.telemetry.add(self.step, outcome.stats)
         self.nonfinite.add(self.step, outcome.nonfinite, outcome.skipped)
         if outcome.nonfinite:
             self.writer.write(self.step + 1, {"event": "nonfinite", "tasks": outcome.nonfinite,

@@ -27,6 +27,7 @@ from massive_mt.data.sampler import token_budget_batches
 from massive_mt.data.tasks import task_name
 from massive_mt.engine.zero_adapter import local_grads_nonfinite
 from massive_mt.errors import ConfigError
+from massive_mt.reconcile.stats import StepStats
 
 Plan = list[tuple[str, list]]      # [(task, [this rank's micro-batches])], the sampler's plan of one step
 # forward_backward(task, indices, k): one micro-batch of the step's k-th task back-propagated; its detached loss
@@ -39,7 +40,7 @@ class StepOutcome:
 
     nonfinite: list[str] = field(default_factory=list)   # tasks whose loss or gradient is not finite on some rank
     skipped: bool = False                   # no update at all: zero_adapter.skip_step instead of engine.step()
-    stats: Optional[dict] = None            # the reconciliation statistics of the kept tasks (ReconciledStep)
+    stats: Optional[StepStats] = None       # the reconciliation statistics of the kept tasks (ReconciledStep)
 
 
 class StepStrategy(Protocol):
@@ -102,10 +103,9 @@ class ReconciledStep:
                 self.engine.set_gradient_accumulation_boundary(j == len(micro_batches) - 1)
                 loss_sum += self.forward_backward(task, indices, k)
             self.reconciler.capture(last=k == len(plan) - 1, loss_sum=loss_sum, n_micro=len(micro_batches))
-        stats = self.reconciler.reconcile(tasks, step)                 # one all-reduce, the write-back
+        stats, dropped = self.reconciler.reconcile(tasks, step)        # one all-reduce, the write-back
         self.engine.set_gradient_accumulation_boundary(True)
-        skip = not stats["tasks"]
-        return StepOutcome(nonfinite=stats["dropped"], skipped=skip, stats=None if skip else stats)
+        return StepOutcome(nonfinite=dropped, skipped=stats is None, stats=stats)
 
     def valid_pass(self, tasks: list[str]) -> None:
         """CATS with `meta_data: valid`: one valid micro-batch per step task on each rank (rank r takes
