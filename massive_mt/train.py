@@ -36,7 +36,7 @@ from massive_mt.engine.metrics import MetricsWriter, NonFiniteCount, ReconcileTe
 from massive_mt.engine.model import add_language_embeddings, build_model, count_parameters, freeze_parameters
 from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
 from massive_mt.engine.preemption import REQUEUE_EXIT, StopRequested, StopSignals
-from massive_mt.engine.step import PlainStep, ReconciledStep, valid_split
+from massive_mt.engine.step import PlainStep, ReconciledStep, StepStrategy, valid_split
 
 NONFINITE_EXIT = 3      # stopped: non-finite parameters, or too many consecutive non-finite steps
 # Tests only: "RANK:STEPS:SLOT" multiplies the loss of the step-local task SLOT (0-based) by NaN on
@@ -119,7 +119,7 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_id
         self.reconciler, self.valid_sets, self.valid_batches = None, {}, {}
         if cfg.reconcile.method == "plain":
-            self.strategy = PlainStep(self.engine, self.forward_backward)
+            self.strategy: StepStrategy = PlainStep(self.engine, self.forward_backward)
         else:
             from massive_mt.engine.zero_adapter import GradShards
             from massive_mt.reconcile.sharded import ShardedReconciler

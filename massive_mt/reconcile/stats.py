@@ -45,8 +45,9 @@ class StepStats:
     """One reconciled step over its K kept tasks (step-local order) and n_groups parameter groups;
     tensors on the CPU, [n_groups, K, K] unless said otherwise.
 
-    From the method (`methods.reconcile`): task_ids, cos, coef, visited, fired, skipped, nonfinite.
-    From the reconciler: grams, weights (after CATS and clipping from the Gram), cats."""
+    From the method (`methods.reconcile`): task_ids, cos, coef, visited, fired, skipped, nonfinite
+    and weights (w = C.sum(1)). The reconciler adds grams and cats and replaces weights by those of
+    the update it writes back (after CATS and clipping from the Gram)."""
 
     task_ids: list[int]               # global task index of each kept task
     cos: Tensor                       # cosines of the original task gradients (0 for a zero/non-finite norm)
@@ -56,7 +57,7 @@ class StepStats:
     skipped: Tensor                   # bool: visit (i, j) skipped (zero or non-finite norm)
     nonfinite: Tensor                 # [n_groups] bool: a non-finite value was met in the group
     grams: Optional[Tensor] = None    # the all-reduced Gram matrices, float64
-    weights: Optional[Tensor] = None  # [n_groups, K] the update's weights: update_g = sum_j w[g, j] g_jg
+    weights: Optional[Tensor] = None  # [n_groups, K]: update_g = sum_j w[g, j] g_jg
     cats: Optional[CATSStepStats] = None
 
     @property
