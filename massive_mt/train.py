@@ -6,7 +6,8 @@ Launch (CPU: prefix DS_ACCELERATOR=cpu):
     massive-mt train ...     (the same entry point, one process per rank)
 
 Read `Trainer.train_step` first: one optimizer step = the step's K tasks, each task's
-micro-batches back-propagated in turn, then one `engine.step()`.
+micro-batches back-propagated in turn by the step strategy of the run's reconcile method
+(massive_mt/engine/step.py), then one `engine.step()`.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from massive_mt.engine.metrics import MetricsWriter, NonFiniteCount, ReconcileTe
 from massive_mt.engine.model import add_language_embeddings, build_model, count_parameters, freeze_parameters
 from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
 from massive_mt.engine.preemption import StopSignals
+from massive_mt.engine.step import PlainStep, ReconciledStep, StepStrategy, valid_split
 
 # Tests only: "RANK:STEPS:SLOT" multiplies the loss of the step-local task SLOT (0-based) by NaN on
 # rank RANK at the 0-based steps STEPS ("2" or "2-4"), giving a real non-finite gradient
@@ -111,14 +113,18 @@ class Trainer:
                     buf.data = buf.data.to(torch.bfloat16)
         self.device = self.engine.device
         self.pad_id = self.tokenizer.pad_id
-        self.reconciler = None
-        if cfg.reconcile.method != "plain":
+        self.reconciler, self.valid_sets, self.valid_batches = None, {}, {}
+        if cfg.reconcile.method == "plain":
+            self.strategy: StepStrategy = PlainStep(self.engine, self.forward_backward)
+        else:
             from massive_mt.engine.zero_adapter import GradShards
             from massive_mt.reconcile.sharded import ShardedReconciler
             self.reconciler = (reconciler_cls or ShardedReconciler)(
                 self.engine, GradShards(self.engine), cfg.reconcile, self.tasks, self.train_sizes, cfg.sampling.seed, cfg.optim.clip_norm)
-            if self.reconciler.meta_data == "valid":
-                self.valid_sets, self.valid_batches = self.valid_data(data_bin, tasks)
+            if self.reconciler.meta_data == "valid":        # CATS's meta step on the valid split
+                self.valid_sets, self.valid_batches = valid_split(data_bin, tasks, cfg)
+            self.strategy = ReconciledStep(self.engine, self.reconciler, self.forward_backward, self.loss, rank,
+                                           world_size, self.valid_sets, self.valid_batches)
         self.validator = None
         if cfg.train.valid_interval:
             from massive_mt.data.tasks import resource_buckets
@@ -134,23 +140,8 @@ class Trainer:
         self.writer = MetricsWriter(self.run_dir, enabled=rank == 0, tensorboard=cfg.train.tensorboard,
                                     wandb=cfg.train.wandb, config=cfg.to_dict(), resumed=self.resume_from is not None)
         self.telemetry = ReconcileTelemetry(self.run_dir, rank == 0, self.tasks,
+                                            self.reconciler.groups.names if self.reconciler is not None else [],
                                             cfg.reconcile.log_interval or cfg.train.log_interval, self.writer.tb)
-
-    def valid_data(self, data_bin: Path, tasks: list[tuple[str, str]]):
-        """The valid split of every task, in token-budget micro-batches (CATS `meta_data: valid`)."""
-        c = self.cfg
-        max_tokens = c.reconcile.cats.valid_max_tokens or c.sampling.max_tokens
-        sets, batches = {}, {}
-        for t in tasks:
-            ds = TaskDataset(data_bin, t[0], t[1], split="valid", max_len=c.data.max_len)
-            if len(ds) == 0:
-                raise ConfigError(f"field 'reconcile.cats.meta_data': task {task_name(t)} has no valid "
-                                  f"sentences in {data_bin}; use meta_data: train")
-            sets[task_name(t)] = ds
-            b = token_budget_batches(ds.sizes_src, ds.sizes_tgt, max_tokens, seed=c.sampling.seed)
-            order = np.random.default_rng(c.sampling.seed).permutation(len(b))    # mixed lengths over meta steps
-            batches[task_name(t)] = [b[i] for i in order]
-        return sets, batches
 
     # ------------------------------------------------------------------ the training step
     def loss(self, batch: dict):
@@ -172,84 +163,24 @@ class Trainer:
         return loss
 
     def train_step(self) -> None:
-        """tasks -> backward per task -> shard snapshot -> reconcile -> one optimizer step.
-
-        Without a reconciler (method `plain`) the step is plain gradient accumulation: one
-        accumulation boundary, at the step's last micro-batch. With one, every task's last
-        micro-batch is a boundary, after which this rank's partition of that task's gradient
-        is captured; the reconciled partition is written back before `engine.step()`.
-
-        Non-finite values (docs/failures.md): with a reconciler a task whose gradient or loss is not
-        finite on any rank is dropped from the step; without one, or when every task is dropped,
-        the step is skipped on every rank (zero_adapter.skip_step instead of `engine.step()`).
-        Both decisions come from all-reduced values, so every rank takes the same one.
-        """
+        """One optimizer step: the strategy runs the plan's micro-batches (engine/step.py: PlainStep
+        or ReconciledStep) and says what they left; then the update, or on every rank no update
+        when the outcome skips the step (docs/failures.md#non-finite-values)."""
         plan = self.sampler.plan(self.step)                 # [(task, [this rank's micro-batches])]
-        per_task = self.reconciler is not None
-        if per_task:
-            self.reconciler.begin_step(len(plan))
-            if self.reconciler.needs_valid_statistics():    # CATS meta step on valid batches
-                self.valid_statistics([task for task, _ in plan])
-        n_micro, done, losses = sum(len(mbs) for _, mbs in plan), 0, []
-        for k, (task, micro_batches) in enumerate(plan):    # same task on every rank at this micro-step
-            loss_sum = 0.0                                  # a device tensor after the first micro-batch
-            for j, indices in enumerate(micro_batches):
-                done += 1
-                boundary = j == len(micro_batches) - 1 if per_task else done == n_micro
-                self.engine.set_gradient_accumulation_boundary(boundary)
-                loss_sum += self.forward_backward(task, indices, k)
-            losses.append(loss_sum)
-            if per_task:
-                self.reconciler.capture(last=k == len(plan) - 1, loss_sum=loss_sum, n_micro=len(micro_batches))
-        tasks = [task for task, _ in plan]
-        if per_task:
-            stats = self.reconciler.reconcile(tasks, self.step)                   # one all-reduce
-            bad, skip = stats["dropped"], not stats["tasks"]
-            if not skip:
-                self.telemetry.add(self.step, stats["tasks"], self.reconciler.groups.names, stats)
-            self.engine.set_gradient_accumulation_boundary(True)
-        else:
-            bad = self.plain_nonfinite(tasks, losses)
-            skip = bool(bad)
-        if skip:
+        outcome = self.strategy.run(plan, self.step)
+        if outcome.skipped:
             from massive_mt.engine.zero_adapter import skip_step
             skip_step(self.engine)                           # every rank: no update, optimizer untouched
             self.scheduler.step()                            # the schedule follows the step counter
         else:
             self.engine.step()                               # clipping, AdamW, schedule
-        self.nonfinite.add(self.step, bad, skip)
-        if bad:
-            self.writer.write(self.step + 1, {"event": "nonfinite", "tasks": bad,
-                                              "action": "skipped" if skip else "dropped"})
+        if outcome.stats is not None:
+            self.telemetry.add(self.step, outcome.stats)
+        self.nonfinite.add(self.step, outcome.nonfinite, outcome.skipped)
+        if outcome.nonfinite:
+            self.writer.write(self.step + 1, {"event": "nonfinite", "tasks": outcome.nonfinite,
+                                              "action": "skipped" if outcome.skipped else "dropped"})
         self.step += 1
-
-    def plain_nonfinite(self, tasks: list[str], losses: list) -> list[str]:
-        """Without per-task capture: the step's tasks whose loss is not finite on some rank, or all of
-        them when only the accumulated gradient is (one all-reduce of K + 1 flags)."""
-        import deepspeed.comm as dist
-        from massive_mt.engine.zero_adapter import local_grads_nonfinite
-        flags = [~torch.isfinite(torch.as_tensor(x, device=self.device)).all() for x in losses]
-        flags = torch.stack(flags + [local_grads_nonfinite(self.engine)]).to(torch.int32)   # no host sync
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        flags = flags.tolist()
-        named = [t for t, f in zip(tasks, flags) if f]
-        return named or (list(tasks) if flags[-1] else [])
-
-    def valid_statistics(self, tasks: list[str]) -> None:
-        """CATS with `meta_data: valid`: one valid micro-batch per step task on each rank (rank r takes
-        batch (meta_step * N + r) mod n of the task's n valid batches), forward/backward in eval mode
-        (no dropout, no random numbers drawn), its gradient partition captured apart. The buffers
-        are cleared after each, so the training gradient of the step starts from zero."""
-        i = self.reconciler.valid_batch_index()
-        self.engine.eval()
-        for task in tasks:
-            batches = self.valid_batches[task]
-            batch = self.valid_sets[task].collate(batches[(i * self.world + self.rank) % len(batches)])
-            self.engine.set_gradient_accumulation_boundary(True)
-            loss, _, _ = self.loss(batch)
-            self.engine.backward(loss)
-            self.reconciler.capture_valid(len(tasks), loss.detach())
-        self.engine.train()
 
     # ------------------------------------------------------------------ loop
     def fit(self, stop: Optional[StopSignals] = None) -> dict:

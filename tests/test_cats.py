@@ -92,9 +92,9 @@ def _run_both(p):
         grams = torch.stack([x @ x.T for x in grads])
         _, stats = reconcile(p["base"], grams, ids, base_ours, gen(step), ema_rate=0.5)
         meta_gram = (torch.stack([x @ x.T for x in valid]).sum(0) if valid is not None
-                     else corrected_gram(grams, stats["coef"]))
+                     else corrected_gram(grams, stats.coef))
         la = LookAhead(torch.stack([x @ v.T for x, v in zip(grads, valid)]), grams, lr, p["clip_norm"]) if look else None
-        weights, cstats = cats(stats["coef"], ids, ours, cfg, losses, meta_gram, la)
+        weights, cstats = cats(stats.coef, ids, ours, cfg, losses, meta_gram, la)
         got = [w @ x for w, x in zip(weights, grads)]
         # reference: explicit vectors (autograd)
         corrected, base_ref = reference.correct(p["base"], grads, ids, base_ref, gen(step), ema_rate=0.5)

@@ -152,7 +152,7 @@ def test_gradvac_near_parallel_correction_is_left_out():
         update = weights[0] @ grads
         ref, _ = reference.reconcile("gradvac", [grads], [0, 1], ref_state, torch.Generator().manual_seed(0))
         plain = grads.sum(0)
-        assert int(stats["n_fired"][0]) == (2 if fires else 0)
+        assert int(stats.n_fired[0]) == (2 if fires else 0)
         assert torch.allclose(ref[0], update, rtol=1e-9, atol=1e-12)
         if fires:
             assert float(update.norm()) > 1.05 * float(plain.norm())

@@ -29,7 +29,7 @@ def updates_of(grads, weights):
 
 def corrected(grads, stats, k):
     """The corrected vectors g'_i = sum_j C[i, j] g_j of group k."""
-    return stats["coef"][k] @ grads[k]
+    return stats.coef[k] @ grads[k]
 
 
 def cos(x, y):
@@ -79,7 +79,7 @@ def test_gram_form_matches_full_vector_reference(p):
             scale = max(float(r.norm()), float(g.norm(dim=1).sum()))
             assert float((u - r).norm()) <= 1e-9 * scale
         assert torch.isfinite(weights).all()
-        assert torch.allclose(weights, stats["coef"].sum(1), rtol=0, atol=0)
+        assert torch.allclose(weights, stats.coef.sum(1), rtol=0, atol=0)
         if p["method"] == "gradvac":
             assert torch.allclose(state.phi_hat, ref_state.phi_hat, rtol=0, atol=1e-9)
 
@@ -96,7 +96,7 @@ def test_gradvac_correction_reaches_target(seed, target, ema_rate):
     state.phi_hat[0, 2, 0] = target
     _, stats = reconcile("gradvac", grams_of([g]), [2, 0], state, gen(0),
                          ema_rate=ema_rate, vaccinated={2})
-    assert bool(stats["fired"][0, 0, 1]) == (phi < target)
+    assert bool(stats.fired[0, 0, 1]) == (phi < target)
     g0 = corrected([g], stats, 0)[0]
     assert math.isclose(cos(g0, g[1]), target if phi < target else phi, abs_tol=1e-9)
     assert math.isclose(float(state.phi_hat[0, 2, 0]), (1 - ema_rate) * target + ema_rate * phi, abs_tol=1e-12)
@@ -111,7 +111,7 @@ def test_pcgrad_two_tasks_leaves_no_conflict(seed):
     c = corrected([g], stats, 0)
     for i, j in ((0, 1), (1, 0)):
         assert float(c[i] @ g[j]) >= -1e-12 * float(g[i].norm() * g[j].norm())
-    assert int(stats["n_fired"][0]) == (2 if float(g[0] @ g[1]) < 0 else 0)
+    assert int(stats.n_fired[0]) == (2 if float(g[0] @ g[1]) < 0 else 0)
 
 
 def test_gradvac_ema_updates_on_every_visit():
@@ -121,7 +121,7 @@ def test_gradvac_ema_updates_on_every_visit():
         before = state.phi_hat.clone()
         weights, stats = reconcile("gradvac", grams_of([g]), [0, 1], state, gen(step), ema_rate=0.25)
         assert torch.equal(weights, torch.ones(1, 2, dtype=F64))
-        assert int(stats["n_fired"][0]) == 0
+        assert int(stats.n_fired[0]) == 0
         expected = before * 0.75 + 0.25 * 0.6
         assert torch.allclose(state.phi_hat[0, [0, 1], [1, 0]], expected[0, [0, 1], [1, 0]], atol=1e-15)
     assert float(state.phi_hat[0, 0, 1]) > 0.3
@@ -203,7 +203,7 @@ def test_sum_is_plain_sum():
     assert torch.equal(weights, torch.ones(2, 3, dtype=F64))
     for u, g in zip(updates_of(grads, weights), grads):
         assert torch.equal(u, torch.ones(3, dtype=F64) @ g)
-    assert stats["n_fired"].tolist() == [0, 0]
+    assert stats.n_fired.tolist() == [0, 0]
 
 
 def test_update_norm_sq_and_cosines():
@@ -213,7 +213,7 @@ def test_update_norm_sq_and_cosines():
     for nsq, u in zip(norms, updates_of(grads, weights)):
         assert math.isclose(float(nsq), float(u @ u), rel_tol=1e-12)
     for k, g in enumerate(grads):
-        assert math.isclose(float(stats["cos"][k, 0, 2]), cos(g[0], g[2]), abs_tol=1e-12)
+        assert math.isclose(float(stats.cos[k, 0, 2]), cos(g[0], g[2]), abs_tol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +231,8 @@ def test_zero_norm_task_is_skipped(method):
         assert torch.isfinite(weights).all()
         for u, r in zip(updates_of(grads, weights), ref):
             assert torch.allclose(u, r, rtol=1e-12, atol=1e-12)
-        assert stats["n_skipped"].tolist() == [4, 0]
-        assert stats["skipped"][0, 1].sum() == 2 and stats["skipped"][0, :, 1].sum() == 2
+        assert stats.n_skipped.tolist() == [4, 0]
+        assert stats.skipped[0, 1].sum() == 2 and stats.skipped[0, :, 1].sum() == 2
         assert float(weights[0, 1]) == 1.0  # never added to another task
     if method == "gradvac":
         assert torch.equal(state.phi_hat[0, 1], torch.zeros(3, dtype=F64))
@@ -247,13 +247,13 @@ def test_non_finite_task_takes_no_part(method):
     state = make_state(method, 2, 3)
     weights, stats = reconcile(method, grams_of(grads), [0, 1, 2], state, gen(0), ema_rate=0.5)
     assert torch.isfinite(weights).all()
-    assert stats["nonfinite"].tolist() == [False, True]
+    assert stats.nonfinite.tolist() == [False, True]
     assert float(weights[1, 2]) == 1.0
     if method != "sum":
-        assert stats["n_skipped"].tolist() == [0, 4]
-        assert stats["skipped"][1, 2].sum() == 2 and stats["skipped"][1, :, 2].sum() == 2
-        assert torch.equal(stats["coef"][1, :, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
-        assert torch.equal(stats["coef"][1, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
+        assert stats.n_skipped.tolist() == [0, 4]
+        assert stats.skipped[1, 2].sum() == 2 and stats.skipped[1, :, 2].sum() == 2
+        assert torch.equal(stats.coef[1, :, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
+        assert torch.equal(stats.coef[1, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
     if method == "gradvac":
         assert torch.isfinite(state.phi_hat).all()
         assert (state.phi_hat[1, 2] == 0).all() and (state.phi_hat[1, :, 2] == 0).all()
@@ -267,9 +267,9 @@ def test_whole_gram_non_finite_gives_plain_update(method, bad):
     state = make_state(method, 1, 3)
     weights, stats = reconcile(method, grams, [0, 1, 2], state, gen(0))
     assert torch.equal(weights, torch.ones(1, 3, dtype=F64))
-    assert bool(stats["nonfinite"][0])
-    assert int(stats["n_skipped"][0]) == (0 if method == "sum" else 6)
-    assert torch.equal(stats["cos"], torch.zeros(1, 3, 3, dtype=F64))
+    assert bool(stats.nonfinite[0])
+    assert int(stats.n_skipped[0]) == (0 if method == "sum" else 6)
+    assert torch.equal(stats.cos, torch.zeros(1, 3, 3, dtype=F64))
 
 
 @pytest.mark.parametrize("method", ["pcgrad", "gradvac"])
@@ -279,8 +279,8 @@ def test_non_finite_off_diagonal_gives_plain_group(method):
     grams[0, 0, 1] = grams[0, 1, 0] = math.nan
     weights, stats = reconcile(method, grams, [0, 1, 2], make_state(method, 2, 3), gen(0))
     assert torch.equal(weights[0], torch.ones(3, dtype=F64))
-    assert stats["nonfinite"].tolist() == [True, False]
-    assert int(stats["n_fired"][1]) > 0
+    assert stats.nonfinite.tolist() == [True, False]
+    assert int(stats.n_fired[1]) > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def test_a_registered_method_is_dispatched_with_its_state_and_options():
         seen["options"] = factor
         n_groups, K, _ = grams.shape
         z = torch.zeros(n_groups, K, K, dtype=torch.bool)
-        return Corrections(factor * torch.eye(K, dtype=F64).expand(n_groups, K, K), z, z, z[:, 0, 0])
+        return Corrections(factor * torch.eye(K, dtype=F64).expand(n_groups, K, K), z, z, z, z[:, 0, 0])
 
     try:
         state = make_state("halve", 2, 4)

@@ -11,6 +11,7 @@ from scipy import stats
 from massive_mt import cli
 from massive_mt.errors import DataError
 from massive_mt.engine.metrics import ReconcileTelemetry
+from massive_mt.reconcile import make_state, reconcile
 from massive_mt.experiments.relatedness import INSTALL, TypologyMissing, iso639_3, mantel, task_languages, uriel_distances
 
 
@@ -84,11 +85,14 @@ def write_telemetry(run, langs, encoder_cos, decoder_cos, steps=6):
     """reconcile.jsonl as the trainer writes it: every step sees every task, the encoder's Gram
     has ten times the decoder's norm (so the whole model follows the encoder)."""
     tasks = [f"en-{x}" for x in langs]
-    tel = ReconcileTelemetry(run, True, tasks, interval=1)
+    tel = ReconcileTelemetry(run, True, tasks, ["encoder", "decoder"], interval=1)
     enc, dec = torch.tensor(encoder_cos), torch.tensor(decoder_cos)
+    ids = list(range(len(tasks)))
     for step in range(steps):
-        stats = {"grams": torch.stack([10 * enc, dec]), "cos": torch.stack([enc, dec])}
-        tel.add(step, tasks, ["encoder", "decoder"], stats)
+        grams = torch.stack([10 * enc, dec])
+        _, stats = reconcile("sum", grams, ids, make_state("sum", 2, len(tasks)), torch.Generator())
+        stats.grams = grams
+        tel.add(step, stats)
     tel.close()
     return tasks
 

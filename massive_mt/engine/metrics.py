@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from massive_mt.reconcile.methods import cosines
+from massive_mt.reconcile.stats import StepStats
 
 
 class TaskMeter:
@@ -200,7 +201,8 @@ class ReconcileTelemetry:
     Each record: `cos_model` (T x T cosines of the whole-model task gradients, from the summed
     per-group Grams; null where a pair did not meet in the interval), `cos_groups` (the same per
     parameter group, when n_groups * T * T is small enough to log), `fired_fraction` per group
-    (corrections fired / pairs visited) and the step range. With CATS also `cats`: the task
+    (corrections fired / visits made, reconcile/stats.py; null when the method made no visit: `sum`,
+    or GradVac with no vaccinated task in the interval's steps) and the step range. With CATS also `cats`: the task
     weights alpha (T values, in the order of `tasks`) and the multiplier lam at the end of the
     interval, the mean curvature proxy over the interval's meta steps, their number, and the meta
     steps left out so far for non-finite statistics (`skipped_total`).
@@ -208,12 +210,13 @@ class ReconcileTelemetry:
 
     MAX_GROUP_VALUES = 250_000
 
-    def __init__(self, run_dir: Path, enabled: bool, tasks: list[str], interval: int, tb=None):
-        self.enabled, self.tasks, self.interval, self.tb = enabled, list(tasks), max(1, interval), tb
-        self.index = {t: i for i, t in enumerate(self.tasks)}
+    def __init__(self, run_dir: Path, enabled: bool, tasks: list[str], groups: list[str], interval: int, tb=None):
+        """`tasks`: the run's tasks, in the order of the global task ids; `groups`: the names of the
+        reconciler's parameter groups."""
+        self.enabled, self.tasks, self.groups = enabled, list(tasks), list(groups)
+        self.interval, self.tb = max(1, interval), tb
         self.path = Path(run_dir) / "reconcile.jsonl"
         self.file = None
-        self.groups: list[str] = []
         self._reset()
 
     def _reset(self):
@@ -227,32 +230,31 @@ class ReconcileTelemetry:
         self.cats = None
         self.proxy_sum, self.meta_steps = 0.0, 0
 
-    def add(self, step: int, step_tasks: list[str], groups: list[str], stats: dict) -> None:
+    def add(self, step: int, stats: StepStats) -> None:
+        """Step `step` (0-based) with the reconciled step's statistics (its kept tasks only)."""
         if not self.enabled:
             return
-        self.groups = groups
-        ids = torch.tensor([self.index[t] for t in step_tasks])
-        grams = stats["grams"]
+        ids = torch.tensor(stats.task_ids)
+        grams = stats.grams
         cos = cosines(grams.sum(0, keepdim=True))[0]                       # whole model: summed Grams
         idx = torch.meshgrid(ids, ids, indexing="ij")
         self.sum_model[idx] += cos
         self.count[idx] += 1
-        G, K = grams.shape[0], grams.shape[1]
-        if self.sum_groups is None:
+        G = grams.shape[0]
+        if self.fired is None:
             T = len(self.tasks)
             self.fired = torch.zeros(G, dtype=torch.float64)
             self.visits = torch.zeros(G, dtype=torch.float64)
             if G * T * T <= self.MAX_GROUP_VALUES:
                 self.sum_groups = torch.zeros(G, T, T, dtype=torch.float64)
         if self.sum_groups is not None:
-            self.sum_groups[(slice(None),) + idx] += stats["cos"]
-        self.fired += stats.get("n_fired", torch.zeros(G)).double()
-        self.visits += K * (K - 1)
-        if "cats" in stats:
-            c = stats["cats"]
-            self.cats = c
-            if c["meta"]:
-                self.proxy_sum += c["proxy"]
+            self.sum_groups[(slice(None),) + idx] += stats.cos
+        self.fired += stats.n_fired.double()
+        self.visits += stats.n_visits.double()
+        if stats.cats is not None:
+            self.cats = stats.cats
+            if stats.cats.meta:
+                self.proxy_sum += stats.cats.proxy
                 self.meta_steps += 1
         self.first_step = step if self.first_step is None else self.first_step
         if (step + 1) % self.interval == 0:
@@ -270,9 +272,9 @@ class ReconcileTelemetry:
         if self.sum_groups is not None:
             rec["cos_groups"] = [mean(g) for g in self.sum_groups]
         if self.cats is not None:
-            rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats["alpha"]], "lam": self.cats["lam"],
+            rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats.alpha], "lam": self.cats.lam,
                            "proxy": self.proxy_sum / self.meta_steps if self.meta_steps else None,
-                           "meta_steps": self.meta_steps, "skipped_total": self.cats["skipped"]}
+                           "meta_steps": self.meta_steps, "skipped_total": self.cats.meta_steps_left_out}
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")
@@ -286,10 +288,10 @@ class ReconcileTelemetry:
                 if v > 0 and len(self.groups) <= 64:
                     self.tb.add_scalar(f"reconcile_fired_fraction/{name}", f / v, step)
             if self.cats is not None:
-                self.tb.add_scalar("cats/lam", self.cats["lam"], step)
+                self.tb.add_scalar("cats/lam", self.cats.lam, step)
                 if self.meta_steps:
                     self.tb.add_scalar("cats/proxy", self.proxy_sum / self.meta_steps, step)
-                for task, a in zip(self.tasks, self.cats["alpha"].tolist()):
+                for task, a in zip(self.tasks, self.cats.alpha.tolist()):
                     self.tb.add_scalar(f"cats_alpha/{task}", a, step)
             self.tb.flush()
         self._reset()

@@ -200,7 +200,7 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
         run_step()
     rec = trainer.reconciler
     if rec is not None:
-        rec.timings = {k: 0.0 for k in rec.timings}
+        rec.timings.reset()
         rec.sync_timings = True              # the split points wait for the device (GPU kernels are asynchronous)
     trainer.meter.reset()
     gc.collect()
@@ -236,12 +236,12 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
            "model_flops": float(per_rank[:, 3].sum())}
     if rec is not None:
         K = cfg.sampling.tasks_per_step
-        out.update({"reconcile_s_per_step": {k: v / steps for k, v in rec.timings.items()},
+        out.update({"reconcile_s_per_step": rec.timings.per_step(steps),
                     "snapshot_bytes": rec.snapshot_bytes, "local_numel": rec.shards.numel,
                     "kpn_bytes": K * trainer.n_params / world * 4, "n_groups": len(rec.groups),
-                    "allreduce_bytes": rec.allreduce_bytes,           # the step's one collective, as sent
-                    "gather_bytes": getattr(rec, "gather_bytes", 0),
-                    "weights_last": rec.last_weights.tolist()})
+                    "allreduce_bytes": rec.traffic.allreduce_bytes,   # the step's one collective, as sent
+                    "gather_bytes": rec.traffic.gather_bytes,
+                    "weights_last": rec.last_stats.weights.tolist()})
     trainer.writer.close()
     trainer.telemetry.close()
     trainer.engine.destroy()

@@ -41,6 +41,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from massive_mt.reconcile.stats import StepStats, visits
+
 F64 = torch.float64
 EMA_RATE = 0.01     # GradVac's default EMA rate of the targets phi_hat (docs/algorithms.md#gradvac)
 # GradVac corrects only when 1 - T^2 >= GRADVAC_TOL: the coefficient divides by sqrt(1 - T^2), and a
@@ -121,6 +123,7 @@ def make_state(method: str, n_groups: int, n_tasks: int):
 
 class Corrections(NamedTuple):
     coef: Tensor       # [n_groups, K, K] C: g'_i = sum_j C[i, j] g_j
+    visited: Tensor    # [n_groups, K, K] bool: visit (i, j) made (reconcile/stats.py)
     fired: Tensor      # [n_groups, K, K] bool: g'_i was corrected against g_j
     skipped: Tensor    # [n_groups, K, K] bool: visit (i, j) skipped (zero or non-finite norm)
     nonfinite: Tensor  # [n_groups] bool: a non-finite value was met in the group
@@ -172,7 +175,7 @@ def _run(grams: Tensor, generator: torch.Generator, rows, solve: Callable) -> Co
         skipped.append(s)
         nonfinite.append(bad)
     shape = (n_groups, K, K)
-    return Corrections(torch.tensor(coef, dtype=F64).reshape(shape),
+    return Corrections(torch.tensor(coef, dtype=F64).reshape(shape), visits(K, rows, n_groups),
                        torch.tensor(fired, dtype=torch.bool).reshape(shape),
                        torch.tensor(skipped, dtype=torch.bool).reshape(shape),
                        torch.tensor(nonfinite, dtype=torch.bool).reshape(n_groups))
@@ -198,7 +201,7 @@ def sum_method(grams: Tensor, task_ids: list[int], state, generator: torch.Gener
     """Plain training: update = sum_i g_i (C = I, w = 1)."""
     n_groups, K, _ = grams.shape
     z = torch.zeros(n_groups, K, K, dtype=torch.bool)
-    return Corrections(torch.eye(K, dtype=F64).expand(n_groups, K, K).clone(), z, z.clone(),
+    return Corrections(torch.eye(K, dtype=F64).expand(n_groups, K, K).clone(), z, z.clone(), z.clone(),
                        ~torch.isfinite(grams).flatten(1).all(1))
 
 
@@ -286,8 +289,10 @@ def cosines(grams: Tensor) -> Tensor:
 
 
 def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator: torch.Generator,
-              **options) -> tuple[Tensor, dict]:
-    """Weights w [n_groups, K] of the update `update_k = sum_j w[k, j] g_jk`, and stats.
+              **options) -> tuple[Tensor, StepStats]:
+    """Weights w [n_groups, K] of the update `update_k = sum_j w[k, j] g_jk`, and the step's
+    statistics (reconcile/stats.py StepStats: cosines of the original gradients, C, per-visit
+    flags, non-finite groups; `weights` is w).
 
     grams: [n_groups, K, K] Gram matrices of the step's task gradients (any float dtype/device;
     computed in float64 on the CPU). task_ids: global task index of each step-local task.
@@ -295,10 +300,6 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     generator: seeded identically on every rank (`step_generator`); see the module docstring for
     the draw order. options: the method's keyword options (GradVac: `ema_rate`, `vaccinated` as
     global task ids); the options other methods take are ignored.
-
-    stats (all on the CPU): cos [n_groups, K, K] cosines of the original gradients; coef
-    [n_groups, K, K] the matrix C (w = coef.sum(1)); fired / skipped [n_groups, K, K] bool per
-    visit (i, j); n_fired / n_skipped [n_groups] int64; nonfinite [n_groups] bool.
     """
     m = get_method(method)
     grams = grams.detach().to("cpu", F64)
@@ -317,9 +318,8 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
         weights[overflow] = 1.0
         coef[overflow] = torch.eye(coef.shape[1], dtype=F64)
         nonfinite |= overflow
-    stats = {"cos": cosines(grams), "coef": coef, "fired": out.fired, "skipped": out.skipped,
-             "n_fired": out.fired.flatten(1).sum(1), "n_skipped": out.skipped.flatten(1).sum(1),
-             "nonfinite": nonfinite}
+    stats = StepStats(task_ids=task_ids, cos=cosines(grams), coef=coef, visited=out.visited, fired=out.fired,
+                      skipped=out.skipped, nonfinite=nonfinite, weights=weights)
     return weights, stats
 
 

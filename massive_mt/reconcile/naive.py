@@ -25,6 +25,7 @@ from massive_mt.errors import ConfigError
 from massive_mt.reconcile.groups import ShardGroups
 from massive_mt.reconcile.sharded import ShardedReconciler
 from massive_mt.reconcile.shards import Segment
+from massive_mt.reconcile.stats import StepStats
 
 
 class NaiveReconciler(ShardedReconciler):
@@ -43,12 +44,7 @@ class NaiveReconciler(ShardedReconciler):
         full = [Segment(name, r * n + start, numel) for r, segs in enumerate(per_rank) for name, start, numel in segs]
         self.groups = ShardGroups.of_module(engine.module, cfg.granularity, full, full)
         self.row_numel = n * self.world
-        self.timings["gather_s"] = 0.0
-
-    @property
-    def gather_bytes(self) -> int:
-        """Bytes all-gathered into this rank per step (the outputs of the K all-gathers)."""
-        return 0 if self.buffer is None else self.buffer[:self.k].numel() * self.buffer.element_size()
+        self.timings.gather_s = 0.0
 
     def _snapshot(self, row: torch.Tensor) -> None:
         """The full task gradient in `row`: this rank's partition, all-gathered."""
@@ -56,10 +52,11 @@ class NaiveReconciler(ShardedReconciler):
         t0 = self._clock()
         dist.all_gather_into_tensor(row, local, group=self.shards.dp_group)
         dt = self._clock() - t0
-        self.timings["gather_s"] += dt
-        self.timings["capture_s"] -= dt           # capture() times the whole; the gather is reported apart
+        self.traffic.gather_bytes += row.numel() * row.element_size()      # the K all-gathers' outputs
+        self.timings.gather_s += dt
+        self.timings.capture_s -= dt              # capture() times the whole; the gather is reported apart
 
-    def reconcile(self, step_tasks: list[str], step: int) -> dict:
+    def reconcile(self, step_tasks: list[str], step: int) -> tuple[StepStats, list[str]]:
         t = self._clock
         t0 = t()
         S = self.buffer[:self.k]                                  # [K, P] full task gradients
@@ -72,8 +69,6 @@ class NaiveReconciler(ShardedReconciler):
         update = self.groups.combine(S, weights)                  # the full update, on every rank
         n = self.shards.numel
         self.shards.write_back(update[self.rank * n:(self.rank + 1) * n])
-        t4 = t()
-        for k, dt in zip(("gram_s", "allreduce_s", "reconcile_s", "write_back_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            self.timings[k] += dt
+        self._time(t0, t1, t2, t3, t())
         # a benchmark baseline: it does not drop non-finite tasks (the trainer's policy, ShardedReconciler)
-        return dict(self._finish(stats, grams, weights), tasks=list(step_tasks), dropped=[])
+        return self._finish(stats, grams, weights), []

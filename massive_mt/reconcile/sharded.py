@@ -34,6 +34,7 @@ from massive_mt.reconcile.cats import cats as cats_weights
 from massive_mt.reconcile.groups import ShardGroups
 from massive_mt.reconcile.methods import make_state, reconcile, step_generator, update_norm_sq
 from massive_mt.reconcile.shards import Shards
+from massive_mt.reconcile.stats import CATSStepStats, SplitTimings, StepStats, Traffic
 
 
 def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
@@ -90,10 +91,10 @@ class ShardedReconciler:
         self.losses = torch.zeros(0, 2, dtype=torch.float64)      # per task: summed loss, micro-batches
         self.valid_losses = torch.zeros(0, 2, dtype=torch.float64)
         self.k = self.k_valid = 0               # task rows captured so far this step
-        self.allreduce_bytes = 0              # size of the last step's collective
-        self.last_weights: Optional[torch.Tensor] = None      # [n_groups, K] of the last step
+        self.traffic = Traffic()              # of the last step
+        self.last_stats: Optional[StepStats] = None   # of the last reconciled step
         self.fired_total = 0                  # corrections fired since start (all groups, all pairs)
-        self.timings = {"capture_s": 0.0, "gram_s": 0.0, "allreduce_s": 0.0, "reconcile_s": 0.0, "write_back_s": 0.0}
+        self.timings = SplitTimings()
         self.sync_timings = False             # massive-mt bench: wait for the device at each split point
 
     @property
@@ -112,6 +113,7 @@ class ShardedReconciler:
         self.losses = torch.zeros(K, 2, dtype=torch.float64, device=self.engine.device)
         self.valid_losses = torch.zeros(0, 2, dtype=torch.float64)
         self.k = self.k_valid = 0
+        self.traffic = Traffic()
         self.shards.begin_step()
 
     def capture(self, last: bool, loss_sum, n_micro: int) -> None:
@@ -124,7 +126,7 @@ class ShardedReconciler:
         self.k += 1
         if not last:
             self.shards.reset()
-        self.timings["capture_s"] += self._clock() - t0
+        self.timings.capture_s += self._clock() - t0
 
     def _snapshot(self, row: torch.Tensor) -> None:
         self.shards.snapshot(out=row)
@@ -150,7 +152,7 @@ class ShardedReconciler:
         self.valid_losses[self.k_valid, 1] = 1.0
         self.k_valid += 1
         self.shards.reset()
-        self.timings["capture_s"] += self._clock() - t0
+        self.timings.capture_s += self._clock() - t0
 
     def _clock(self) -> float:
         """The host clock at a split point of `timings`. GPU kernels run asynchronously: in bench mode
@@ -160,11 +162,11 @@ class ShardedReconciler:
             get_accelerator().synchronize()
         return time.perf_counter()
 
-    def reconcile(self, step_tasks: list[str], step: int) -> dict:
+    def reconcile(self, step_tasks: list[str], step: int) -> tuple[Optional[StepStats], list[str]]:
         """Reconcile the step's captured tasks and write the update back. A task whose gradient or
         loss is not finite (`nonfinite_tasks`) is dropped: weight 0, left out of the reconciler and
-        of its state. Returns the stats of the kept tasks with `tasks` (kept) and `dropped`; when
-        every task is dropped nothing is written back (`tasks` empty): the caller skips the step."""
+        of its state. Returns the statistics of the kept tasks and the dropped tasks; when every
+        task is dropped nothing is written back and the statistics are None: the caller skips the step."""
         t = self._clock
         t0 = t()
         S = self.buffer[:self.k]                                          # [K, local numel]
@@ -181,7 +183,7 @@ class ShardedReconciler:
         keep = [i for i in range(self.k) if not bad[i]]
         dropped = [step_tasks[i] for i in range(self.k) if bad[i]]
         if not keep:                                                      # nothing left: the step is skipped
-            return {"tasks": [], "dropped": dropped}
+            return None, dropped
         sub = torch.tensor(keep)
         grams, losses = parts[0][:, sub][:, :, sub], parts[1][sub]
         valid = [parts[2][sub][:, sub], parts[3][sub]] if self.k_valid else []
@@ -194,29 +196,33 @@ class ShardedReconciler:
             S[torch.tensor(bad, device=S.device)] = 0.0                               # 0 * NaN would be NaN
         t3 = t()
         self.shards.write_back(self.groups.combine(S, weights))
-        t4 = t()
-        for k, dt in zip(("gram_s", "allreduce_s", "reconcile_s", "write_back_s"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            self.timings[k] += dt
-        stats = self._finish(stats, grams, w)
-        self.last_weights = weights
-        return dict(stats, tasks=[step_tasks[i] for i in keep], dropped=dropped)
+        self._time(t0, t1, t2, t3, t())
+        return self._finish(stats, grams, w), dropped
 
     def _weights(self, grams: torch.Tensor, losses: torch.Tensor, step_tasks: list[str], step: int, valid: list):
         """[n_groups, K] weights from the global statistics: identical on every rank."""
         ids = [self.task_index[x] for x in step_tasks]
         weights, stats = reconcile(self.base, grams, ids, self.state, step_generator(self.seed, step), **self.options)
         if self.cats is not None:
-            weights, stats["cats"] = self._cats(stats["coef"], grams, losses, ids, valid)
+            weights, cats = self._cats(stats.coef, grams, losses, ids, valid)
+            stats.cats = CATSStepStats.of(cats)
         if self.clip_norm > 0:                                            # ||update||^2 = sum_g w^T G w
             norm = math.sqrt(max(float(update_norm_sq(grams, weights).sum()), 0.0))
             weights = weights * min(1.0, self.clip_norm / (norm + 1e-6))
         return weights, stats
 
-    def _finish(self, stats: dict, grams: torch.Tensor, weights: torch.Tensor) -> dict:
-        self.fired_total += int(stats["n_fired"].sum()) if "n_fired" in stats else 0
-        stats["grams"] = grams
-        stats["weights"] = weights
-        self.last_weights = weights
+    def _time(self, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
+        """Charge the split points of `reconcile()` to the Gram, all-reduce, weights and write-back phases."""
+        self.timings.gram_s += t1 - t0
+        self.timings.allreduce_s += t2 - t1
+        self.timings.reconcile_s += t3 - t2
+        self.timings.write_back_s += t4 - t3
+
+    def _finish(self, stats: StepStats, grams: torch.Tensor, weights: torch.Tensor) -> StepStats:
+        """The step's statistics with the all-reduced Grams and the update's [n_groups, K] weights."""
+        self.fired_total += int(stats.n_fired.sum())
+        stats.grams, stats.weights = grams, weights
+        self.last_stats = stats
         return stats
 
     def _cats(self, coef: torch.Tensor, grams: torch.Tensor, losses: torch.Tensor, ids: list[int], valid: list):
@@ -240,7 +246,7 @@ class ShardedReconciler:
     def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
         """Sum the fp64 statistics over the data-parallel group in one collective."""
         flat = torch.cat([p.reshape(-1).to(device) for p in parts])   # NCCL needs device tensors
-        self.allreduce_bytes = flat.numel() * flat.element_size()
+        self.traffic.allreduce_bytes = flat.numel() * flat.element_size()
         dist.all_reduce(flat, group=self.shards.dp_group)
         flat, out, i = flat.cpu(), [], 0
         for p in parts:
