@@ -29,6 +29,7 @@ from massive_mt.data.binarize import load_data_bin
 from massive_mt.data.dataset import TaskDataset
 from massive_mt.data.tokenizers import check_pretrained, load_tokenizer
 from massive_mt.data.tasks import resolve_tasks, task_name
+from massive_mt.engine.batches import Prefetcher, to_device
 from massive_mt.engine.distributed import init_distributed, shutdown
 from massive_mt.errors import (NONFINITE_EXIT, REQUEUE_EXIT, ConfigError, MassiveMTError, NonFiniteStop, StopRequested,
                                Stopped, exit_code, exit_line)
@@ -112,6 +113,7 @@ class Trainer:
                 if buf.is_floating_point():
                     buf.data = buf.data.to(torch.bfloat16)
         self.device = self.engine.device
+        self.prefetch = Prefetcher(self.device, lambda task, indices: self.datasets[task].collate(indices))
         self.pad_id = self.tokenizer.pad_id
         self.reconciler, self.valid_sets, self.valid_batches = None, {}, {}
         if cfg.reconcile.method == "plain":
@@ -145,21 +147,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ the training step
     def loss(self, batch: dict):
-        out = self.engine(input_ids=batch["input_ids"].to(self.device),
-                          attention_mask=batch["attention_mask"].to(self.device),
-                          decoder_input_ids=batch["decoder_input_ids"].to(self.device))
-        return label_smoothed_loss(out.logits, batch["labels"].to(self.device), self.pad_id,
-                                   self.cfg.optim.label_smoothing)
+        """The label-smoothed loss of a micro-batch given on the host or already on the device (the prefetcher's)."""
+        if batch["input_ids"].device != self.device:
+            batch = to_device(batch, self.device)
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          decoder_input_ids=batch["decoder_input_ids"])
+        return label_smoothed_loss(out.logits, batch["labels"], self.pad_id, self.cfg.optim.label_smoothing)
 
     def forward_backward(self, task: str, indices, k: int = -1) -> torch.Tensor:
         """One micro-batch of the step's k-th task; returns its (detached) loss without waiting for the device."""
-        batch = self.datasets[task].collate(indices)
+        batch = self.prefetch.get(task, indices)            # on the device; the next one's copy is under way
         loss, nll_sum, n_tok = self.loss(batch)
         if self.fault is not None and self.step in self.fault[0] and k == self.fault[1]:
             loss = loss * float("nan")                      # the test hook FAULT_NONFINITE_ENV
         self.engine.backward(loss)
         loss = loss.detach()
-        self.meter.add(task, loss, nll_sum, n_tok, int(batch["n_sentences"]))
+        self.meter.add(task, loss, nll_sum, n_tok, batch["n_sentences"])
         return loss
 
     def train_step(self) -> None:
@@ -167,6 +170,7 @@ class Trainer:
         or ReconciledStep) and says what they left; then the update, or on every rank no update
         when the outcome skips the step (docs/failures.md#non-finite-values)."""
         plan = self.sampler.plan(self.step)                 # [(task, [this rank's micro-batches])]
+        self.prefetch.start([(task, indices) for task, micro_batches in plan for indices in micro_batches])
         outcome = self.strategy.run(plan, self.step)
         if outcome.skipped:
             from massive_mt.engine.zero_adapter import skip_step

@@ -3,8 +3,9 @@
 A batch system warns a job before its time limit or a preemption with a signal (Slurm:
 `--signal=USR1@300`). The trainer installs a handler for the signals of `train.stop_signals`
 (default USR1 and TERM) at start-up; the handler only records the signal. At every step
-boundary the ranks agree on it (an all-reduce of the flag, MAX), so all stop after the same
-step even when only some received the signal; they write a checkpoint (DeepSpeed writes the
+boundary the ranks agree on it (an all-reduce of the flag, MAX, read at the next boundary so
+that the step never waits for it), so all stop after the same step, one step after it is seen,
+even when only some received the signal; they write a checkpoint (DeepSpeed writes the
 `latest` file last, so an interrupted save leaves the previous checkpoint the one resumed) and
 the process exits with status 75 (EX_TEMPFAIL). The sbatch templates in slurm/ requeue the job
 on that status, and the next start resumes from the latest checkpoint (`train.resume: auto`).
@@ -92,6 +93,7 @@ class StopSignals:
     def __init__(self, names):
         self.received: Optional[int] = None
         self.agreed_signal: Optional[int] = None
+        self._pending = None                    # the last call's reduced flags on their way to the host
         self.launcher = LauncherWatch.if_launched()
         self.orphaned = False
         for sig in parse_signals(names):
@@ -100,22 +102,39 @@ class StopSignals:
     def _record(self, signum, frame) -> None:
         if self.received is None:
             self.received = signum
-            print(f"[massive_mt] received {signal.Signals(signum).name}: checkpoint and stop after this step",
+            print(f"[massive_mt] received {signal.Signals(signum).name}: checkpoint and stop after the next step",
                   file=sys.stderr, flush=True)
 
     def agreed(self, device) -> bool:
-        """Collective: True on every rank when any rank received a stop signal."""
+        """Collective: True on every rank when any rank had received a stop signal (or lost its
+        launcher) by the previous call. The flags of this call are all-reduced now and read at the next
+        call from a host copy made without blocking (pinned memory, an event on CUDA), complete by
+        then: no host synchronisation per step. A stop is decided one step after it is seen; every
+        rank reads the same reduced flags at the same call, so all stop after the same step."""
         import torch
         import deepspeed.comm as dist
 
+        if self._pending is not None:
+            host, event = self._pending
+            if event is not None:
+                event.synchronize()                      # recorded a step ago: already complete
+            if host[0]:
+                self.agreed_signal = int(host[0])
+            self.orphaned = self.orphaned or bool(host[1])
         gone = self.launcher.gone() if self.launcher is not None else None
         if gone and not self.orphaned:
-            print(f"[massive_mt] {gone}: checkpoint and stop after this step", file=sys.stderr, flush=True)
-        flag = torch.tensor([self.received or 0, int(gone is not None)], dtype=torch.int32, device=device)
+            print(f"[massive_mt] {gone}: checkpoint and stop after the next step", file=sys.stderr, flush=True)
+        cuda = torch.device(device).type == "cuda"
+        local = torch.tensor([self.received or 0, int(gone is not None)], dtype=torch.int32)
+        flag = (local.pin_memory() if cuda else local).to(device, non_blocking=True)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if int(flag[0]):
-            self.agreed_signal = int(flag[0])
-        self.orphaned = self.orphaned or bool(flag[1])
+        host = torch.empty(2, dtype=torch.int32, pin_memory=cuda)
+        host.copy_(flag, non_blocking=True)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = (host, event)
         return self.agreed_signal is not None or self.orphaned
 
     @property

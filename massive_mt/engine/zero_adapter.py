@@ -358,10 +358,11 @@ class _ZeRO3(_Backend):
         self.dp_group = opt.dp_process_group
 
     def _buffer(self):
-        # Reductions may still be running on the reduce stream (GPU, overlap_comm).
+        # Reductions may still be running on the reduce stream (GPU, overlap_comm): the current
+        # stream waits for them on the device; the host does not wait.
         stream = self.opt.reduce_and_partition_stream
         if stream is not None and not get_accelerator().resolves_data_dependency():
-            stream.synchronize()
+            get_accelerator().current_stream().wait_stream(stream)
         return self.opt.grad_partitions_flat_buffer.view(-1)
 
     def begin_step(self):

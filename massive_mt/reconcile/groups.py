@@ -125,7 +125,7 @@ class ShardGroups:
     CHUNK_ACCELERATOR = 1 << 22     # on a GPU: few kernel launches (partials 8 MiB at K = 8)
 
     def local_grams(self, S: torch.Tensor, R: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """S: [K, n] this rank's task-gradient slices (fp32) -> partial Grams [n_groups, K, K] (fp64);
+        """S: [K, n] this rank's task-gradient slices (fp32) -> partial Grams [n_groups, K, K] (fp64, on S's device);
         with R [K', n] (other gradients on the same layout), the partial cross Grams S R^T [n_groups, K, K'].
 
         Each run of a group is cut into blocks of at most BLOCK columns; one batched GEMM per CHUNK
@@ -153,13 +153,16 @@ class ShardGroups:
                             out[g] += torch.bmm(x, y.transpose(1, 2)).sum(0, dtype=torch.float64)
                         if c + full < e:
                             out[g] += (S[:, c + full:e] @ R[:, c + full:e].T).double()          # < BLOCK columns
-        return out.cpu()
+        return out                                   # on S's device: the all-reduce takes it from there
 
     def combine(self, S: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """update[run of group g] = weights[g] @ S[:, run] (in S's dtype, fp32: K terms per value);
         positions outside every segment stay 0."""
         out = torch.zeros(S.shape[1], dtype=S.dtype, device=S.device)
-        w = weights.to(device=S.device, dtype=S.dtype)
+        w = weights.to(dtype=S.dtype)
+        if S.device.type == "cuda":
+            w = w.pin_memory()                       # the host does not wait for the copy
+        w = w.to(S.device, non_blocking=True)
         for g, runs in enumerate(self.update_runs):
             for a, b in runs:
                 out[a:b] = w[g] @ S[:, a:b]

@@ -60,7 +60,7 @@ class NaiveReconciler(ShardedReconciler):
         t = self._clock
         t0 = t()
         S = self.buffer[:self.k]                                  # [K, P] full task gradients
-        grams = self.groups.local_grams(S)                        # exact: nothing to all-reduce
+        grams = self.groups.local_grams(S).cpu()                  # exact: nothing to all-reduce
         t1 = t()
         losses = self._all_reduce([self.losses], S.device)[0] if self.cats is not None else self.losses.cpu()
         t2 = t()

@@ -244,8 +244,10 @@ class ShardedReconciler:
         return cats_weights(coef, ids, self.cats_state, self.cats, losses[:, 0] / losses[:, 1], meta_gram, look)
 
     def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
-        """Sum the fp64 statistics over the data-parallel group in one collective."""
-        flat = torch.cat([p.reshape(-1).to(device) for p in parts])   # NCCL needs device tensors
+        """Sum the fp64 statistics (on the device: the Grams and losses never left it) over the
+        data-parallel group in one collective; the result comes to the host once, the step's one
+        host synchronisation of its own."""
+        flat = torch.cat([p.reshape(-1).to(device, non_blocking=True) for p in parts])   # NCCL: device tensors
         self.traffic.allreduce_bytes = flat.numel() * flat.element_size()
         dist.all_reduce(flat, group=self.shards.dp_group)
         flat, out, i = flat.cpu(), [], 0

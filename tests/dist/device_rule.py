@@ -21,6 +21,12 @@ way a real device would.
   when no device was set before it, when the current device is not the rank's (LOCAL_RANK at
   start), or when a tensor is not on the current device (a host tensor, or another rank's).
 
+- Host synchronisations are counted: reading a device tensor on the host (`item`, `tolist`,
+  `numpy`, `bool`/`float`/`int` of it, `.cpu()` / `.to(host)`) and a copy of a host tensor to the
+  device without `non_blocking=True` (from pageable memory CUDA waits for it). Each is attributed to
+  the innermost frame of massive_mt's own code on the stack, or to DeepSpeed when a DeepSpeed frame
+  comes first (`Rule.syncs`: site -> count; `Rule.own_syncs`: massive_mt's total).
+
 `install()` (from sitecustomize.py beside it when MASSIVE_MT_DEVICE_RULE names a directory) does
 it all at interpreter start of every rank (RANK set); each rank keeps `rank<R>.json` there up to
 date after every collective: its counts and the first collective's state; a violation is written
@@ -35,6 +41,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 HOST = -1
+RULE = None                                  # the installed Rule of this process
+READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__, torch.Tensor.__float__,
+         torch.Tensor.__int__, torch.Tensor.__index__}
 DEVICE_GETTER = torch.Tensor.device          # Tensor.device's descriptor: its __get__ reaches the mode
 ENV = "MASSIVE_MT_DEVICE_RULE"
 TENSOR_COLLECTIVES = ("all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor",
@@ -45,7 +54,7 @@ OBJECT_COLLECTIVES = ("broadcast_object_list", "all_gather_object", "gather_obje
                       "barrier", "monitored_barrier")
 FACTORIES = {torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.empty, torch.full, torch.arange,
              torch.rand, torch.randn, torch.randint, torch.linspace, torch.eye, torch.from_numpy,
-             torch.frombuffer, torch.empty_strided}
+             torch.frombuffer, torch.empty_strided, torch.randperm, torch.normal, torch.bernoulli}
 
 
 class DeviceRuleError(AssertionError):
@@ -107,6 +116,20 @@ class VirtualDevices(TorchFunctionMode):
         out = func(*args, **kwargs)
         inputs = list(_tensors(args)) + list(_tensors(kwargs))
         target = self._target(func, args, kwargs, inputs)
+        if func in (torch.tensor, torch.as_tensor) and target not in (None, HOST) and not inputs:
+            self.rule.sync("blocking copy to device")        # Python data: a copy from pageable memory
+        if inputs and args and isinstance(args[0], torch.Tensor):
+            source = vdev(args[0])
+            if func in READS and source != HOST:
+                self.rule.sync(func.__name__)
+            elif func is torch.Tensor.copy_ and source == HOST and len(args) > 1 and vdev(args[1]) != HOST:
+                if not (kwargs.get("non_blocking") or (len(args) > 2 and args[2])):
+                    self.rule.sync("blocking copy to host")
+            elif func in (torch.Tensor.to, torch.Tensor.cpu) and source != target:
+                if target == HOST:
+                    self.rule.sync("to host")
+                elif source == HOST and not kwargs.get("non_blocking", False):
+                    self.rule.sync("blocking copy to device")
         if any(out is t for t in inputs):                     # in place, or a conversion that was a no-op on CPU
             if func in (torch.Tensor.to, torch.Tensor.cpu) and target != vdev(out):
                 out = out.view_as(out)                        # a move between devices: a tensor of its own
@@ -145,6 +168,26 @@ class Rule:
         self.counts = {"tensor": 0, "object": 0, "tensors": 0}
         self.first = None
         self.devices_seen = set()
+        self.syncs = {}                       # "massive_mt/file.py:line function (what)" or "deepspeed (what)" -> count
+        self.own_syncs = 0
+
+    # -------------------------------------------------------------------- host synchronisations
+    def sync(self, what: str) -> None:
+        import sys
+        frame = sys._getframe(2)
+        site = "other"
+        while frame is not None:
+            f = frame.f_code.co_filename.replace(os.sep, "/")
+            if "/deepspeed/" in f:
+                site = "deepspeed"
+                break
+            if "/massive_mt/" in f and "/tests/" not in f:
+                site = f"massive_mt/{f.rsplit('/massive_mt/', 1)[1]}:{frame.f_lineno} {frame.f_code.co_name}"
+                self.own_syncs += 1
+                break
+            frame = frame.f_back
+        key = f"{site} ({what})"
+        self.syncs[key] = self.syncs.get(key, 0) + 1
 
     # -------------------------------------------------------------------- the accelerator
     def patch_accelerator(self) -> None:
@@ -230,8 +273,16 @@ class Rule:
 
 
 def install(out_dir) -> Rule:
-    rule = Rule(Path(out_dir))
+    global RULE
+    rule = RULE = Rule(Path(out_dir))
     rule.patch_accelerator()
     rule.patch_collectives()
+    from_numpy = torch.from_numpy               # not overridable by a mode: its tensors are the host's
+
+    def host_from_numpy(a):
+        t = from_numpy(a)
+        _tag(t, HOST)
+        return t
+    torch.from_numpy = host_from_numpy
     VirtualDevices(rule).__enter__()
     return rule
