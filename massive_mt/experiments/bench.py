@@ -54,10 +54,14 @@ DEFAULT_METHODS = ["plain", "bare", "sum", "pcgrad", "gradvac:whole_model", "gra
 
 
 def method_names() -> list[str]:
-    """Every --methods name, in report order: the baselines, the registered reconcilers, cats, naive."""
-    from massive_mt.reconcile.methods import METHODS
+    """Every --methods name, in report order: the catalogue's (reconcile/catalogue.py: plain, the
+    registered Gram methods, cats) and the benchmark's own two baselines, which exist only here:
+    `bare` (a bare DeepSpeed loop on the same engine, after `plain`) and `naive` (GradVac on full
+    per-task gradients gathered on every rank, reconcile/naive.py, last)."""
+    from massive_mt.reconcile.catalogue import names
 
-    return ["plain", "bare", *METHODS, "cats", "naive"]
+    plain, *reconciled = names()
+    return [plain, "bare", *reconciled, "naive"]
 
 
 # dense bf16 peak per GPU (vendor data sheets, without sparsity); the first name contained in
@@ -71,14 +75,16 @@ def peak_tflops(gpu_name: Optional[str]) -> Optional[float]:
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
     """'gradvac:whole_model' -> ('trainer', overrides); kinds: 'trainer', 'bare', 'naive'."""
+    from massive_mt.reconcile.catalogue import kind
+
     name, _, gran = spec.partition(":")
-    if name in ("plain", "bare"):
-        if gran:
-            raise ValueError(f"--methods: {spec!r}: {name} takes no granularity")
-        return ("trainer" if name == "plain" else "bare"), ["reconcile.method=plain"]
     if name not in method_names():
         hint = " (experiment overrides go before --methods, or after --)" if "=" in spec else ""
         raise ValueError(f"--methods: unknown method {spec!r}; known: {', '.join(method_names())}{hint}")
+    if name == "bare" or (name != "naive" and kind(name) == "plain"):    # bare: a plain trainer's engine
+        if gran:
+            raise ValueError(f"--methods: {spec!r}: {name} takes no granularity")
+        return ("bare" if name == "bare" else "trainer"), ["reconcile.method=plain"]
     over = [f"reconcile.method={'gradvac' if name == 'naive' else name}",
             f"reconcile.granularity={gran or 'all_layer'}"]
     return ("naive" if name == "naive" else "trainer"), over
