@@ -152,3 +152,14 @@ def test_the_shipped_configs_load(tmp_path):
     for grid in ("study.yaml", "study_multiway.yaml"):
         methods = {c.cfg.reconcile.method for c in cells(load_grid(configs / grid), tmp_path / grid)}
         assert methods == {"plain", "gradvac", "cats"}, grid
+
+
+def test_a_benchmarks_shared_overrides_give_each_method_the_options_it_reads():
+    from massive_mt.engine.config import shared_overrides
+
+    shared = ["reconcile.ema_rate=0.5", "reconcile.cats.eps=0"]
+    for method, ema_rate, eps in (("plain", 0.01, 1.0), ("gradvac", 0.5, 1.0), ("cats", 0.01, 0.0)):
+        r = load_config(None, shared_overrides([f"reconcile.method={method}", *shared])).reconcile
+        assert (r.method, r.ema_rate, r.cats.eps) == (method, ema_rate, eps)
+    r = load_config(None, shared_overrides(["reconcile.method=cats", "reconcile.cats.base=gradvac", *shared])).reconcile
+    assert (r.ema_rate, r.cats.base, r.cats.eps) == (0.5, "gradvac", 0.0)

@@ -269,6 +269,15 @@ def _first_error(e: ValidationError) -> str:
     return f"field '{name}': {msg[:1].lower() + msg[1:]}, got {err['input']!r}{hint}"
 
 
+def shared_overrides(overrides: list[str]) -> list[str]:
+    """Overrides shared by several methods (a benchmark's), completed for the one they select (the last
+    `reconcile.method` and `reconcile.cats.base` among them): the options it does not read go back
+    to their defaults, so that each method takes the options it reads and ignores the others."""
+    given = dict(parse_overrides(overrides))
+    return [*overrides, *unread_option_overrides(str(given.get("reconcile.method", "plain")),
+                                                 str(given.get("reconcile.cats.base", "sum")))]
+
+
 def unread_option_overrides(method: str, base: str = "sum") -> list[str]:
     """`reconcile.FIELD=DEFAULT` for every option `method` (with CATS's `base`) does not read, to put
     after settings shared by several methods (the demo config, a benchmark's or a test's common

@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the GPU name: " + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()) + ")")
     p.add_argument("--out", default="bench.jsonl")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    p.add_argument("overrides", nargs="*", help="experiment overrides, e.g. data.max_len=64")
+    p.add_argument("overrides", nargs="*", help="experiment overrides for every method, e.g. data.max_len=64; "
+                                                "a method's option (reconcile.ema_rate=0.5) goes to the methods that read it")
     return p
 
 
@@ -305,7 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import deepspeed
     import deepspeed.comm as dist
 
-    from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
+    from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config, shared_overrides
     from massive_mt.engine.distributed import init_distributed, rank_device
 
     try:
@@ -329,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                             f"sampling.max_tokens={a.max_tokens}", "train.tensorboard=false", "model.dropout=0.0",
                             f"train.output_dir={Path(tempfile.gettempdir()) / 'massive_mt_bench'}", *method_over,
                             *a.overrides]
-                    cfg = load_config(None, over)
+                    cfg = load_config(None, shared_overrides(over))     # options: where the method reads them
                     ds = resolve_ds_config(ds_raw, cfg, world, where=a.ds_config)
                     res = run_config(cfg, ds, rank, world, kind, a.steps, a.warmup, memory)
                     if rank == 0:

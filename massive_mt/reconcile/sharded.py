@@ -157,12 +157,13 @@ class ShardedReconciler:
         if not keep:                                                      # nothing left: the step is skipped
             return None, dropped
         sub = torch.tensor(keep)
-        kept = Statistics(parts[0][:, sub][:, :, sub], parts[1][sub])
-        if self.k_valid:
-            kept = kept._replace(valid_gram=parts[2][sub][:, sub], valid_losses=parts[3][sub])
-        if len(parts) == 5:                                              # training x valid
-            kept = kept._replace(cross=parts[4][:, sub][:, :, sub])
-        grams = kept.grams
+
+        def square(x):                                                    # the kept rows and columns
+            return x[..., sub, :][..., sub]
+
+        valid = self.k_valid > 0
+        kept = Statistics(square(parts[0]), parts[1][sub], square(parts[2]) if valid else None,
+                          parts[3][sub] if valid else None, square(parts[4]) if len(parts) == 5 else None)
         w, stats = self._weights(kept, [step_tasks[i] for i in keep], step)
         weights = torch.zeros(w.shape[0], self.k, dtype=w.dtype)
         weights[:, sub] = w
@@ -171,7 +172,7 @@ class ShardedReconciler:
         t3 = t()
         self.shards.write_back(self.groups.combine(S, weights))
         self._time(t0, t1, t2, t3, t())
-        return self._finish(stats, grams, w), dropped
+        return self._finish(stats, kept.grams, w), dropped
 
     def _weights(self, kept: Statistics, step_tasks: list[str], step: int):
         """[n_groups, K] weights from the global statistics of the kept tasks: identical on every rank."""
