@@ -150,12 +150,14 @@ def cmd_relatedness(a) -> int:
 
 
 def demo_overrides(a) -> list[str]:
-    """The demo's experiment overrides: --method first (another method than gradvac drops GradVac's
+    """The demo's experiment overrides: --method first (with the demo config's options that method
+    does not read set back to their defaults: another method than gradvac drops GradVac's
     vaccinated subset), then the user's own, which win."""
-    method = [] if a.method is None else [f"reconcile.method={a.method}"]
-    if a.method not in (None, "gradvac"):
-        method.append("reconcile.vaccinate=null")
-    return method + a.overrides
+    if a.method is None:
+        return list(a.overrides)
+    from massive_mt.engine.config import unread_option_overrides
+
+    return [f"reconcile.method={a.method}", *unread_option_overrides(a.method), *a.overrides]
 
 
 def cmd_demo(a) -> int:
@@ -349,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--min-pairs", type=int, default=MIN_PAIRS, help="as for build-corpus")
     d.add_argument("--beam", type=int, default=4)
     d.add_argument("--eval-sentences", type=int, default=100, help="test sentences per task")
-    d.add_argument("--method", help="reconcile.method instead of the demo config's (gradvac); e.g. --method plain")
+    d.add_argument("--method", help="reconcile.method instead of the demo config's (gradvac), any name of the "
+                                    "method catalogue (docs/algorithms.md#configuration); e.g. --method plain")
     d.add_argument("overrides", nargs="*", help="experiment overrides, e.g. train.max_steps=200")
     d.set_defaults(fn=cmd_demo)
 

@@ -11,7 +11,7 @@ from conftest import REPO, TEST_LANGS, dist_env
 from massive_mt.cli import DEMO_CONFIG, build_parser, demo_overrides
 from massive_mt.engine.config import load_config
 from massive_mt.data.tasks import resource_buckets
-from massive_mt.reconcile.sharded import vaccinated_ids
+from massive_mt.reconcile.methods import vaccinated_ids
 
 
 def demo_config(*argv):

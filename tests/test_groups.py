@@ -3,7 +3,7 @@ import torch
 
 from massive_mt.engine.model import build_model
 from massive_mt.reconcile.groups import ShardGroups, assign_groups
-from massive_mt.reconcile.sharded import vaccinated_ids
+from massive_mt.reconcile.methods import vaccinated_ids
 from massive_mt.reconcile.shards import Segment
 
 

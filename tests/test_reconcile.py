@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference     # tests/reference.py
-from massive_mt.reconcile import (METHODS, Corrections, GradVacState, NoState, make_state, reconcile, register,
-                                  update_norm_sq)
+from massive_mt.reconcile import (METHODS, Corrections, GradVacState, MethodOptions, NoState, make_state, reconcile,
+                                  register, update_norm_sq)
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -321,7 +321,10 @@ def test_a_registered_method_is_dispatched_with_its_state_and_options():
     """Adding a method = one registered function: reconcile() and make_state() find it by name."""
     seen = {}
 
-    @register("halve", make_state=lambda n_groups, n_tasks: {"calls": 0}, options=("factor",))
+    class HalveOptions(MethodOptions):
+        factor: float = 0.5
+
+    @register("halve", make_state=lambda n_groups, n_tasks: {"calls": 0}, options=HalveOptions)
     def halve(grams, task_ids, state, generator, factor=0.5):
         state["calls"] += 1
         seen["options"] = factor

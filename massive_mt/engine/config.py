@@ -32,12 +32,11 @@ from massive_mt.engine.distributed import COLLECTIVE_TIMEOUT_S
 from massive_mt.errors import ConfigError
 from massive_mt.engine.model import ATTN_IMPLEMENTATIONS, PRESETS, check_attn_implementation
 from massive_mt.engine.preemption import parse_signals
-from massive_mt.reconcile.cats import CATSConfig
+from massive_mt.reconcile import catalogue
 from massive_mt.reconcile.groups import GRANULARITIES
-from massive_mt.reconcile.methods import EMA_RATE, METHODS
 
 DIRECTIONS = ("one_to_many", "many_to_one", "many_to_many")
-RECONCILE_METHODS = ("plain", *METHODS, "cats")   # plain: no per-task capture
+RECONCILE_METHODS = catalogue.names()   # plain (no per-task capture), the registered Gram methods, cats
 # renamed keys and option values: an old config is refused with the new name
 RENAMED = {"reconcile.beta": "reconcile.ema_rate", "reconcile.cats.lr_lambda": "reconcile.cats.lr_lam",
            "reconcile.cats.dev_max_tokens": "reconcile.cats.valid_max_tokens",
@@ -149,15 +148,14 @@ class TrainConfig(Section):
     wandb: Optional[WandbConfig] = None         # also log to Weights & Biases (TensorBoard stays the default)
 
 
-class ReconcileConfig(Section):
+class ReconcileConfig(Section, *catalogue.option_models()):
+    """The method, its granularity, the telemetry interval, and every method's options: the fields
+    of the options models of reconcile/catalogue.py (GradVac's `ema_rate`, `vaccinate`,
+    `low_resource_quantile`; CATS's `cats` section), each refused by `check` unless the method reads it."""
+
     method: Literal[RECONCILE_METHODS] = "plain"     # plain (no per-task capture) | a registered method | cats
     granularity: Literal[GRANULARITIES] = "whole_model"
-    ema_rate: float = Field(EMA_RATE, ge=0, le=1)    # GradVac EMA rate of the cosine targets
-    # GradVac: tasks to correct (None = all), or ["low_resource"]
-    vaccinate: Optional[Annotated[list[NonEmpty], Field(min_length=1)]] = None
-    low_resource_quantile: float = Field(0.5, gt=0, le=1)  # with vaccinate: [low_resource], tasks below this quantile
     log_interval: int = Field(0, ge=0)      # cosine/correction telemetry every N steps (0 = train.log_interval)
-    cats: CATSConfig = CATSConfig()         # reconcile.method: cats (massive_mt/reconcile/cats.py)
 
 
 class ExperimentConfig(Section):
@@ -271,6 +269,22 @@ def _first_error(e: ValidationError) -> str:
     return f"field '{name}': {msg[:1].lower() + msg[1:]}, got {err['input']!r}{hint}"
 
 
+def shared_overrides(overrides: list[str]) -> list[str]:
+    """Overrides shared by several methods (a benchmark's), completed for the one they select (the last
+    `reconcile.method` and `reconcile.cats.base` among them): the options it does not read go back
+    to their defaults, so that each method takes the options it reads and ignores the others."""
+    given = dict(parse_overrides(overrides))
+    return [*overrides, *unread_option_overrides(str(given.get("reconcile.method", "plain")),
+                                                 str(given.get("reconcile.cats.base", "sum")))]
+
+
+def unread_option_overrides(method: str, base: str = "sum") -> list[str]:
+    """`reconcile.FIELD=DEFAULT` for every option `method` (with CATS's `base`) does not read, to put
+    after settings shared by several methods (the demo config, a benchmark's or a test's common
+    overrides) so that they load with any method."""
+    return [f"reconcile.{k}={json.dumps(v)}" for k, v in catalogue.unread_option_defaults(method, base).items()]
+
+
 def _require(cond: bool, field_name: str, msg: str):
     if not cond:
         raise ConfigError(f"field '{field_name}': {msg}")
@@ -281,18 +295,14 @@ def check(cfg: ExperimentConfig) -> None:
     parse_signals(cfg.train.stop_signals)
     check_attn_implementation(cfg.model.attn_implementation)
     r = cfg.reconcile
-    gradvac = r.method == "gradvac" or (r.method == "cats" and r.cats.base == "gradvac")
     t = cfg.train
     _require(t.best_metric == "valid_nll" or t.valid_decode, "train.best_metric",
              f"{t.best_metric} needs train.valid_decode: true (greedy decoding of the valid sample)")
     _require(t.patience == 0 or t.valid_interval > 0, "train.patience",
              "early stopping needs validation: set train.valid_interval")
-    _require(r.vaccinate is None or gradvac, "reconcile.vaccinate",
-             "only applies to method gradvac (or cats with base gradvac)")
+    unread = catalogue.unread_option_error(r)
+    _require(unread is None, *(unread or ("", "")))
     if r.method != "cats":
-        changed = [n for n, f in CATSConfig.model_fields.items() if getattr(r.cats, n) != f.default]
-        _require(not changed, f"reconcile.cats.{changed[0] if changed else ''}",
-                 f"only applies to reconcile.method cats (method is {r.method!r})")
         return
     _require(cfg.sampling.tasks_per_step >= 2, "sampling.tasks_per_step",
              f"must be >= 2 with reconcile.method cats (one task per step leaves nothing to weigh), "

@@ -95,8 +95,9 @@ class ReconciledStep:
     def run(self, plan: Plan, step: int) -> StepOutcome:
         tasks = [task for task, _ in plan]
         self.reconciler.begin_step(len(plan))
-        if self.reconciler.needs_valid_statistics():       # CATS meta step on valid batches
-            self.valid_pass(tasks)
+        weigher = self.reconciler.weigher
+        if weigher.needs_valid_statistics():                # CATS meta step on valid batches
+            self.valid_pass(tasks, weigher.valid_batch_index())
         for k, (task, micro_batches) in enumerate(plan):   # same task on every rank at this micro-step
             loss_sum = 0.0                                 # a device tensor after the first micro-batch
             for j, indices in enumerate(micro_batches):
@@ -107,12 +108,11 @@ class ReconciledStep:
         self.engine.set_gradient_accumulation_boundary(True)
         return StepOutcome(nonfinite=dropped, skipped=stats is None, stats=stats)
 
-    def valid_pass(self, tasks: list[str]) -> None:
+    def valid_pass(self, tasks: list[str], i: int) -> None:
         """CATS with `meta_data: valid`: one valid micro-batch per step task on each rank (rank r takes
-        batch (meta_step * N + r) mod n of the task's n valid batches), forward/backward in eval mode
-        (no dropout, no random numbers drawn), its gradient partition captured apart. The buffers
-        are cleared after each, so the training gradient of the step starts from zero."""
-        i = self.reconciler.valid_batch_index()
+        batch (i * N + r) mod n of the task's n valid batches, i the weigher's meta step), forward/backward
+        in eval mode (no dropout, no random numbers drawn), its gradient partition captured apart. The
+        buffers are cleared after each, so the training gradient of the step starts from zero."""
         self.engine.eval()
         for task in tasks:
             batches = self.valid_batches[task]

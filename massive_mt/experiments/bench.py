@@ -54,10 +54,14 @@ DEFAULT_METHODS = ["plain", "bare", "sum", "pcgrad", "gradvac:whole_model", "gra
 
 
 def method_names() -> list[str]:
-    """Every --methods name, in report order: the baselines, the registered reconcilers, cats, naive."""
-    from massive_mt.reconcile.methods import METHODS
+    """Every --methods name, in report order: the catalogue's (reconcile/catalogue.py: plain, the
+    registered Gram methods, cats) and the benchmark's own two baselines, which exist only here:
+    `bare` (a bare DeepSpeed loop on the same engine, after `plain`) and `naive` (GradVac on full
+    per-task gradients gathered on every rank, reconcile/naive.py, last)."""
+    from massive_mt.reconcile.catalogue import names
 
-    return ["plain", "bare", *METHODS, "cats", "naive"]
+    plain, *reconciled = names()
+    return [plain, "bare", *reconciled, "naive"]
 
 
 # dense bf16 peak per GPU (vendor data sheets, without sparsity); the first name contained in
@@ -71,14 +75,16 @@ def peak_tflops(gpu_name: Optional[str]) -> Optional[float]:
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
     """'gradvac:whole_model' -> ('trainer', overrides); kinds: 'trainer', 'bare', 'naive'."""
+    from massive_mt.reconcile.catalogue import kind
+
     name, _, gran = spec.partition(":")
-    if name in ("plain", "bare"):
-        if gran:
-            raise ValueError(f"--methods: {spec!r}: {name} takes no granularity")
-        return ("trainer" if name == "plain" else "bare"), ["reconcile.method=plain"]
     if name not in method_names():
         hint = " (experiment overrides go before --methods, or after --)" if "=" in spec else ""
         raise ValueError(f"--methods: unknown method {spec!r}; known: {', '.join(method_names())}{hint}")
+    if name == "bare" or (name != "naive" and kind(name) == "plain"):    # bare: a plain trainer's engine
+        if gran:
+            raise ValueError(f"--methods: {spec!r}: {name} takes no granularity")
+        return ("bare" if name == "bare" else "trainer"), ["reconcile.method=plain"]
     over = [f"reconcile.method={'gradvac' if name == 'naive' else name}",
             f"reconcile.granularity={gran or 'all_layer'}"]
     return ("naive" if name == "naive" else "trainer"), over
@@ -278,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the GPU name: " + ", ".join(f"{k} {v:g}" for k, v in PEAK_BF16_TFLOPS.items()) + ")")
     p.add_argument("--out", default="bench.jsonl")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the deepspeed launcher")
-    p.add_argument("overrides", nargs="*", help="experiment overrides, e.g. data.max_len=64")
+    p.add_argument("overrides", nargs="*", help="experiment overrides for every method, e.g. data.max_len=64; "
+                                                "a method's option (reconcile.ema_rate=0.5) goes to the methods that read it")
     return p
 
 
@@ -299,7 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import deepspeed
     import deepspeed.comm as dist
 
-    from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
+    from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config, shared_overrides
     from massive_mt.engine.distributed import init_distributed, rank_device
 
     try:
@@ -323,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                             f"sampling.max_tokens={a.max_tokens}", "train.tensorboard=false", "model.dropout=0.0",
                             f"train.output_dir={Path(tempfile.gettempdir()) / 'massive_mt_bench'}", *method_over,
                             *a.overrides]
-                    cfg = load_config(None, over)
+                    cfg = load_config(None, shared_overrides(over))     # options: where the method reads them
                     ds = resolve_ds_config(ds_raw, cfg, world, where=a.ds_config)
                     res = run_config(cfg, ds, rank, world, kind, a.steps, a.warmup, memory)
                     if rank == 0:

@@ -4,6 +4,7 @@ from massive_mt.reconcile.methods import (
     Corrections,
     GradVacState,
     Method,
+    MethodOptions,
     NoState,
     cosines,
     make_state,
@@ -13,5 +14,5 @@ from massive_mt.reconcile.methods import (
     update_norm_sq,
 )
 
-__all__ = ["METHODS", "Corrections", "GradVacState", "Method", "NoState", "cosines", "make_state", "reconcile",
-           "register", "step_generator", "update_norm_sq"]
+__all__ = ["METHODS", "Corrections", "GradVacState", "Method", "MethodOptions", "NoState", "cosines", "make_state",
+           "reconcile", "register", "step_generator", "update_norm_sq"]

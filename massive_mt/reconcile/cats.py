@@ -40,7 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from massive_mt.reconcile.methods import METHODS
+from massive_mt.reconcile.methods import METHODS, MethodOptions
 
 F64 = torch.float64
 
@@ -264,3 +264,9 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     state.steps += 1
     stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam, skipped=state.skipped)
     return weights, stats
+
+
+class CATSOptions(MethodOptions):
+    """CATS's options: the `reconcile.cats` section (its base method's options are the base's own)."""
+
+    cats: CATSConfig = CATSConfig()

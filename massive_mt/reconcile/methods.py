@@ -26,21 +26,27 @@ never gets here with a non-finite task: ShardedReconciler drops such a task from
 
 Everything is float64 on the CPU; the scalar recurrences run on Python floats (IEEE double).
 
-Registry. Each method is one function `correct(grams, task_ids, state, generator, **options)`
-returning its Corrections, registered by name with `@register(name, make_state=..., options=...)`;
-`reconcile()` and `make_state()` dispatch on the name, and the experiment config
-(`reconcile.method`, `reconcile.cats.base`) and `massive-mt bench --methods` take their names
-from METHODS. Adding a method is one registered function here and its test.
+Registry. Each method is one function `correct(grams, task_ids, state, generator, **keywords)`
+returning its Corrections, registered by name with `@register(name, make_state=..., options=...)`,
+where `options` is the pydantic model of the fields it reads from the `reconcile` config section
+(a `MethodOptions`; none by default), which also turns them into its keywords for a run;
+`reconcile()` and `make_state()` dispatch on the name, and the catalogue (reconcile/catalogue.py)
+from which the experiment config, the CLI and `massive-mt bench` take their names lists every
+registered method. Adding a method is one registered function here and its test.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Annotated, Callable, NamedTuple, Optional
 
+import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from massive_mt.errors import ConfigError
 from massive_mt.reconcile.stats import StepStats, visits
 
 F64 = torch.float64
@@ -50,27 +56,74 @@ EMA_RATE = 0.01     # GradVac's default EMA rate of the targets phi_hat (docs/al
 GRADVAC_TOL = 1e-6
 
 
+class MethodOptions(BaseModel):
+    """The options a method reads: fields of the `reconcile` config section, typed with their bounds
+    (the config refuses one that the chosen method does not read: engine/config.py `check`). This
+    base has none; a method's own model subclasses it and says how its fields become the keyword
+    arguments of its function for a run."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def keywords(self, tasks: list[str], train_sizes: dict[str, int]) -> dict:
+        """The keyword arguments of the method's function for a run over `tasks` (with their training sizes)."""
+        return {}
+
+
+class GradVacOptions(MethodOptions):
+    """GradVac's options (docs/algorithms.md#gradvac)."""
+
+    ema_rate: float = Field(EMA_RATE, ge=0, le=1)    # EMA rate of the cosine targets
+    # tasks to correct (None = all), or ["low_resource"]
+    vaccinate: Optional[Annotated[list[Annotated[str, Field(pattern=r"\S")]], Field(min_length=1)]] = None
+    low_resource_quantile: float = Field(0.5, gt=0, le=1)  # with vaccinate: [low_resource], tasks below this quantile
+
+    def keywords(self, tasks: list[str], train_sizes: dict[str, int]) -> dict:
+        return {"ema_rate": self.ema_rate,
+                "vaccinated": vaccinated_ids(self.vaccinate, tasks, train_sizes, self.low_resource_quantile)}
+
+
+def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
+                   quantile: float) -> Optional[frozenset]:
+    """GradVac's vaccinated subset as global task ids: None (all), explicit tasks, or
+    ["low_resource"]: the tasks whose training size is below the given quantile."""
+    if spec is None:
+        return None
+    if spec == ["low_resource"]:
+        cut = float(np.quantile([train_sizes[t] for t in tasks], quantile))
+        return frozenset(i for i, t in enumerate(tasks) if train_sizes[t] <= cut)
+    unknown = sorted(set(spec) - set(tasks))
+    if unknown:
+        raise ConfigError(f"field 'reconcile.vaccinate': {unknown} are not tasks of this run")
+    return frozenset(tasks.index(t) for t in spec)
+
+
 @dataclass(frozen=True)
 class Method:
-    """A reconciler: `correct(grams, task_ids, state, generator, **options) -> Corrections`, a pure
+    """A reconciler: `correct(grams, task_ids, state, generator, **keywords) -> Corrections`, a pure
     function of the step's Gram matrices (float64, CPU) that may update its own `state`;
     `make_state(n_groups, n_tasks)` gives a fresh state for `n_tasks` tasks in the run; `options`:
-    the keyword options `correct` takes (from the `reconcile` config section)."""
+    the model of its config options (a `MethodOptions`); `keywords`: the keyword arguments
+    `correct` takes after its four positional ones."""
 
     name: str
     correct: Callable
     make_state: Callable
-    options: tuple = ()
+    options: type = MethodOptions
+    keywords: tuple = ()
 
 
 METHODS: dict[str, Method] = {}     # name -> Method, in the order of registration
 
 
-def register(name: str, make_state: Optional[Callable] = None, options: tuple = ()):
-    """Decorator: register `correct` as reconcile method `name` (config, CLI and bench take their
-    names from METHODS)."""
+def register(name: str, make_state: Optional[Callable] = None, options: type = MethodOptions):
+    """Decorator: register `correct` as reconcile method `name`, reading the config options of the
+    `options` model (the catalogue, reconcile/catalogue.py, lists it for the config, CLI and bench)."""
+    if not (isinstance(options, type) and issubclass(options, MethodOptions)):
+        raise TypeError(f"method {name!r}: options must be a MethodOptions model, got {options!r}")
+
     def deco(correct: Callable) -> Callable:
-        METHODS[name] = Method(name, correct, make_state or (lambda n_groups, n_tasks: NoState()), tuple(options))
+        keywords = tuple(list(inspect.signature(correct).parameters)[4:])
+        METHODS[name] = Method(name, correct, make_state or (lambda n_groups, n_tasks: NoState()), options, keywords)
         return correct
     return deco
 
@@ -227,7 +280,7 @@ def pcgrad(grams: Tensor, task_ids: list[int], state, generator: torch.Generator
     return _run(grams, generator, range(K), solve)
 
 
-@register("gradvac", make_state=GradVacState.zeros, options=("ema_rate", "vaccinated"))
+@register("gradvac", make_state=GradVacState.zeros, options=GradVacOptions)
 def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: torch.Generator,
             ema_rate: float = EMA_RATE, vaccinated=None) -> Corrections:
     """GradVac, Algorithm 1 of Wang et al. 2021 (docs/algorithms.md#gradvac). Per group k, for each
@@ -298,8 +351,8 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     computed in float64 on the CPU). task_ids: global task index of each step-local task.
     state: from `make_state(method, n_groups, n_tasks)`; GradVac's state object is updated.
     generator: seeded identically on every rank (`step_generator`); see the module docstring for
-    the draw order. options: the method's keyword options (GradVac: `ema_rate`, `vaccinated` as
-    global task ids); the options other methods take are ignored.
+    the draw order. options: the method's keyword arguments (GradVac: `ema_rate`, `vaccinated` as
+    global task ids, from `GradVacOptions.keywords`); those other methods take are ignored.
     """
     m = get_method(method)
     grams = grams.detach().to("cpu", F64)
@@ -309,7 +362,7 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     if len(task_ids) != grams.shape[1] or len(set(task_ids)) != len(task_ids):
         raise ValueError(f"task_ids {task_ids} must be {grams.shape[1]} distinct task indices")
 
-    out = m.correct(grams, task_ids, state, generator, **{k: v for k, v in options.items() if k in m.options})
+    out = m.correct(grams, task_ids, state, generator, **{k: v for k, v in options.items() if k in m.keywords})
 
     coef, nonfinite = out.coef, out.nonfinite.clone()
     weights = coef.sum(1)

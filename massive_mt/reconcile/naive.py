@@ -26,6 +26,7 @@ from massive_mt.reconcile.groups import ShardGroups
 from massive_mt.reconcile.sharded import ShardedReconciler
 from massive_mt.reconcile.shards import Segment
 from massive_mt.reconcile.stats import StepStats
+from massive_mt.reconcile.weighers import Statistics
 
 
 class NaiveReconciler(ShardedReconciler):
@@ -62,9 +63,9 @@ class NaiveReconciler(ShardedReconciler):
         S = self.buffer[:self.k]                                  # [K, P] full task gradients
         grams = self.groups.local_grams(S).cpu()                  # exact: nothing to all-reduce
         t1 = t()
-        losses = self._all_reduce([self.losses], S.device)[0] if self.cats is not None else self.losses.cpu()
+        losses = self._all_reduce([self.losses], S.device)[0] if self.weigher.reads_losses else self.losses.cpu()
         t2 = t()
-        weights, stats = self._weights(grams, losses, step_tasks, step, [])
+        weights, stats = self._weights(Statistics(grams, losses), step_tasks, step)
         t3 = t()
         update = self.groups.combine(S, weights)                  # the full update, on every rank
         n = self.shards.numel

@@ -9,13 +9,13 @@ writes `sum_j w[g, j] * shard_j` back into DeepSpeed's buffers, in place, for `e
 Memory: K * (P / N) fp32 values per rank. Extra communication: n_groups * K * K + 2 K fp64 per
 step (the Grams and each task's summed micro-batch losses and counts, in the same all-reduce).
 
-CATS (method `cats`) scales the base method's corrected gradients with its task weights and
-takes its meta step from the same all-reduced statistics. With `cats.meta_data: valid` it also
-captures, at each meta step, one valid-split micro-batch per task and rank into a second
-[K, P / N] buffer before the training micro-batches start (`capture_valid`); their whole-model
-Gram and losses ride in the same all-reduce (K * K + 2 K more values); with `cats.objective:
-lookahead` so do the per-group training-valid cross Grams (n_groups * K * K more), and the meta
-step looks ahead with the step's learning rate and the update's clipping factor.
+The weights come from a weigher (reconcile/weighers.py, chosen by the catalogue,
+reconcile/catalogue.py): a Gram method, or CATS around one. A weigher that asks for the valid
+split (CATS with `cats.meta_data: valid`, at a meta step: `weigher.needs_valid_statistics()`) gets
+one valid-split micro-batch per task and rank captured into a second [K, P / N] buffer before the
+training micro-batches start (`capture_valid`); their whole-model Gram and losses ride in the
+same all-reduce (K * K + 2 K more values), and with `weigher.cross_grams` (CATS's `lookahead`)
+so do the per-group training-valid cross Grams (n_groups * K * K more).
 """
 from __future__ import annotations
 
@@ -23,34 +23,18 @@ import math
 import time
 from typing import Optional
 
-import numpy as np
 import torch
 
 import deepspeed.comm as dist
 from deepspeed.accelerator import get_accelerator
 
-from massive_mt.reconcile.cats import CATSConfig, CATSState, LookAhead, check_state, corrected_gram, is_meta_step
-from massive_mt.reconcile.cats import cats as cats_weights
+from massive_mt.errors import ConfigError
+from massive_mt.reconcile import catalogue
 from massive_mt.reconcile.groups import ShardGroups
-from massive_mt.reconcile.methods import make_state, reconcile, step_generator, update_norm_sq
+from massive_mt.reconcile.methods import update_norm_sq
 from massive_mt.reconcile.shards import Shards
-from massive_mt.reconcile.stats import CATSStepStats, SplitTimings, StepStats, Traffic
-
-
-def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
-                   quantile: float) -> Optional[frozenset]:
-    """GradVac's vaccinated subset as global task ids: None (all), explicit tasks, or
-    ["low_resource"]: the tasks whose training size is below the given quantile."""
-    if spec is None:
-        return None
-    if spec == ["low_resource"]:
-        cut = float(np.quantile([train_sizes[t] for t in tasks], quantile))
-        return frozenset(i for i, t in enumerate(tasks) if train_sizes[t] <= cut)
-    from massive_mt.errors import ConfigError
-    unknown = sorted(set(spec) - set(tasks))
-    if unknown:
-        raise ConfigError(f"field 'reconcile.vaccinate': {unknown} are not tasks of this run")
-    return frozenset(tasks.index(t) for t in spec)
+from massive_mt.reconcile.stats import SplitTimings, StepStats, Traffic
+from massive_mt.reconcile.weighers import Statistics
 
 
 def nonfinite_tasks(parts: list[torch.Tensor]) -> list[bool]:
@@ -72,19 +56,10 @@ class ShardedReconciler:
         self.shards = shards
         self.groups = ShardGroups.of_module(engine.module, cfg.granularity, self.shards.segments(),
                                             self.shards.gram_segments())
-        self.options = {"ema_rate": cfg.ema_rate,      # the base method's options (METHODS[base].options)
-                        "vaccinated": vaccinated_ids(cfg.vaccinate, self.tasks, train_sizes, cfg.low_resource_quantile)}
-        # the method that corrects the task gradients; CATS then scales the corrected ones
-        self.base = cfg.cats.base if self.method == "cats" else self.method
-        self.state = make_state(self.base, len(self.groups), len(self.tasks))
-        self.cats: Optional[CATSConfig] = None
-        self.meta_data = "train"
-        if self.method == "cats":
-            self.cats = cfg.cats
-            self.cats_state = CATSState.uniform(len(self.tasks), self.cats.param)
-            self.meta_data = self.cats.meta_data
+        n_gas = dist.get_world_size(group=self.shards.dp_group) * engine.gradient_accumulation_steps()
+        self.weigher = catalogue.weigher(cfg, len(self.groups), self.tasks, train_sizes, seed, n_gas,
+                                         lambda: float(engine.get_lr()[0]), clip_norm)
         self.clip_norm = clip_norm if self.shards.clip_from_gram else 0.0
-        self.update_clip_norm = clip_norm             # the update's clipping threshold, ours or DeepSpeed's
         self.row_numel = self.shards.numel            # values per task snapshot: this rank's partition
         self.buffer: Optional[torch.Tensor] = None   # [K, row_numel] fp32: the K task snapshots
         self.valid_buffer: Optional[torch.Tensor] = None
@@ -131,14 +106,11 @@ class ShardedReconciler:
     def _snapshot(self, row: torch.Tensor) -> None:
         self.shards.snapshot(out=row)
 
-    def valid_batch_index(self) -> int:
-        """Which valid micro-batch this meta step uses (the trainer takes batch index * N + rank)."""
-        return self.cats_state.meta_steps
-
-    def needs_valid_statistics(self) -> bool:
-        """CATS with valid meta data, at a meta step: the trainer runs `capture_valid` for each step
-        task before the training micro-batches."""
-        return self.meta_data == "valid" and is_meta_step(self.cats_state, self.cats)
+    @property
+    def meta_data(self) -> str:
+        """Where the weigher's meta statistics come from: `valid` when it ever asks for a valid pass
+        (the trainer then loads the valid split), else `train`."""
+        return "valid" if self.weigher.valid_split else "train"
 
     def capture_valid(self, K: int, loss) -> None:
         """Keep the valid-split gradient just back-propagated (one micro-batch of one of the step's K
@@ -174,7 +146,7 @@ class ShardedReconciler:
         if self.k_valid:
             V = self.valid_buffer[:self.k_valid]
             parts += [self.groups.local_grams(V).sum(0), self.valid_losses]
-            if self.cats.objective == "lookahead":
+            if self.weigher.cross_grams:
                 parts.append(self.groups.local_grams(S, V))                # [n_groups, K, K] training x valid
         t1 = t()
         parts = self._all_reduce(parts, S.device)                         # the ONE collective
@@ -185,11 +157,14 @@ class ShardedReconciler:
         if not keep:                                                      # nothing left: the step is skipped
             return None, dropped
         sub = torch.tensor(keep)
-        grams, losses = parts[0][:, sub][:, :, sub], parts[1][sub]
-        valid = [parts[2][sub][:, sub], parts[3][sub]] if self.k_valid else []
-        if len(parts) == 5:                                              # lookahead: training x valid
-            valid.append(parts[4][:, sub][:, :, sub])
-        w, stats = self._weights(grams, losses, [step_tasks[i] for i in keep], step, valid)
+
+        def square(x):                                                    # the kept rows and columns
+            return x[..., sub, :][..., sub]
+
+        valid = self.k_valid > 0
+        kept = Statistics(square(parts[0]), parts[1][sub], square(parts[2]) if valid else None,
+                          parts[3][sub] if valid else None, square(parts[4]) if len(parts) == 5 else None)
+        w, stats = self._weights(kept, [step_tasks[i] for i in keep], step)
         weights = torch.zeros(w.shape[0], self.k, dtype=w.dtype)
         weights[:, sub] = w
         if dropped:
@@ -197,17 +172,13 @@ class ShardedReconciler:
         t3 = t()
         self.shards.write_back(self.groups.combine(S, weights))
         self._time(t0, t1, t2, t3, t())
-        return self._finish(stats, grams, w), dropped
+        return self._finish(stats, kept.grams, w), dropped
 
-    def _weights(self, grams: torch.Tensor, losses: torch.Tensor, step_tasks: list[str], step: int, valid: list):
-        """[n_groups, K] weights from the global statistics: identical on every rank."""
-        ids = [self.task_index[x] for x in step_tasks]
-        weights, stats = reconcile(self.base, grams, ids, self.state, step_generator(self.seed, step), **self.options)
-        if self.cats is not None:
-            weights, cats = self._cats(stats.coef, grams, losses, ids, valid)
-            stats.cats = CATSStepStats.of(cats)
+    def _weights(self, kept: Statistics, step_tasks: list[str], step: int):
+        """[n_groups, K] weights from the global statistics of the kept tasks: identical on every rank."""
+        weights, stats = self.weigher.weights(kept, [self.task_index[x] for x in step_tasks], step)
         if self.clip_norm > 0:                                            # ||update||^2 = sum_g w^T G w
-            norm = math.sqrt(max(float(update_norm_sq(grams, weights).sum()), 0.0))
+            norm = math.sqrt(max(float(update_norm_sq(kept.grams, weights).sum()), 0.0))
             weights = weights * min(1.0, self.clip_norm / (norm + 1e-6))
         return weights, stats
 
@@ -225,24 +196,6 @@ class ShardedReconciler:
         self.last_stats = stats
         return stats
 
-    def _cats(self, coef: torch.Tensor, grams: torch.Tensor, losses: torch.Tensor, ids: list[int], valid: list):
-        """CATS weights and meta step. Units: the captured gradient of a task is
-        (1 / (N * gas)) * (sum of its micro-batch loss gradients over all ranks), and its mean loss
-        L_i averages n_i micro-batches, so grad L_i = (N * gas / n_i) * captured. The meta Gram is
-        that of the corrected training gradients, or of the valid gradients (`cats.meta_data: valid`).
-        Objective `lookahead`: the update is sum_j w_j * captured_j, so the cross Grams keep the
-        captured training gradients and take the valid ones as gradients of their mean losses; the
-        learning rate is the one `engine.step()` applies at this step (warm-up included)."""
-        gram, losses = (valid[0], valid[1]) if valid else (corrected_gram(grams, coef), losses)
-        n_gas = dist.get_world_size(group=self.shards.dp_group) * self.engine.gradient_accumulation_steps()
-        scale = n_gas / losses[:, 1]
-        meta_gram = gram * scale[:, None] * scale[None, :]
-        look = None
-        if len(valid) == 3:
-            look = LookAhead(valid[2] * scale[None, None, :], grams, float(self.engine.get_lr()[0]),
-                             self.update_clip_norm)
-        return cats_weights(coef, ids, self.cats_state, self.cats, losses[:, 0] / losses[:, 1], meta_gram, look)
-
     def _all_reduce(self, parts: list[torch.Tensor], device) -> list[torch.Tensor]:
         """Sum the fp64 statistics (on the device: the Grams and losses never left it) over the
         data-parallel group in one collective; the result comes to the host once, the step's one
@@ -257,26 +210,15 @@ class ShardedReconciler:
         return out
 
     def state_dict(self) -> dict:
-        sd = {"method": self.method, "groups": self.groups.names, "state": self.state.state_dict()}
-        if self.cats is not None:
-            sd["cats"] = dict(self.cats_state.state_dict(), param=self.cats.param, floor=self.cats.floor)
-        return sd
+        """The method, the group names and the weigher's state (`state`, and CATS's `cats`)."""
+        return {"method": self.method, "groups": self.groups.names, **self.weigher.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
-        from massive_mt.errors import ConfigError
         if sd["method"] != self.method or sd["groups"] != self.groups.names:
             raise ConfigError(f"field 'reconcile': the checkpoint was written with method {sd['method']!r} and "
                               f"{len(sd['groups'])} groups, this run uses {self.method!r} and {len(self.groups)}")
-        if self.cats is not None:
-            for name in ("param", "floor"):
-                if sd["cats"][name] != getattr(self.cats, name):
-                    raise ConfigError(f"field 'reconcile.cats.{name}': the checkpoint was written with "
-                                      f"{sd['cats'][name]!r}, this run uses {getattr(self.cats, name)!r}")
         try:
-            self.state.load_state_dict(sd["state"])
-            if self.cats is not None:
-                self.cats_state.load_state_dict(sd["cats"])
-                check_state(self.cats_state, self.cats)
+            self.weigher.load_state_dict(sd)
         except (KeyError, ValueError) as e:
             raise ConfigError(f"field 'reconcile': the checkpoint's reconciler state does not fit this run: {e}") \
                 from None

@@ -1,10 +1,10 @@
 """What reconciliation reports: one step's statistics (`StepStats`), CATS's part of them
 (`CATSStepStats`), and the reconciler's running figures (`SplitTimings`, `Traffic`).
 
-`methods.reconcile` fills a step's per-visit statistics; `ShardedReconciler.reconcile` adds the
-all-reduced Gram matrices, the update's weights and CATS's meta step; the trainer's telemetry
-(engine/metrics.py ReconcileTelemetry) averages them into `reconcile.jsonl`, and `massive-mt
-bench` reads the timings, traffic and last weights.
+`methods.reconcile` fills a step's per-visit statistics; CATS's weigher (reconcile/weighers.py)
+adds its meta step, `ShardedReconciler.reconcile` the all-reduced Gram matrices and the update's
+weights; the trainer's telemetry (engine/metrics.py ReconcileTelemetry) averages them into
+`reconcile.jsonl`, and `massive-mt bench` reads the timings, traffic and last weights.
 
 A visit (i, j) is one step of a method's inner loop: corrected task i against original task j.
 PCGrad visits every ordered pair (K (K - 1) per group); GradVac only the rows of its vaccinated
@@ -46,8 +46,8 @@ class StepStats:
     tensors on the CPU, [n_groups, K, K] unless said otherwise.
 
     From the method (`methods.reconcile`): task_ids, cos, coef, visited, fired, skipped, nonfinite
-    and weights (w = C.sum(1)). The reconciler adds grams and cats and replaces weights by those of
-    the update it writes back (after CATS and clipping from the Gram)."""
+    and weights (w = C.sum(1)). CATS's weigher adds cats; the reconciler adds grams and replaces
+    weights by those of the update it writes back (after CATS and clipping from the Gram)."""
 
     task_ids: list[int]               # global task index of each kept task
     cos: Tensor                       # cosines of the original task gradients (0 for a zero/non-finite norm)

@@ -22,7 +22,7 @@ import torch
 
 import deepspeed.comm as dist
 
-from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
+from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config, unread_option_overrides
 from massive_mt.data.sampler import TaskStepSampler
 from massive_mt.engine.distributed import init_distributed
 from massive_mt.engine.model import build_model, freeze_parameters
@@ -36,6 +36,14 @@ from common import emit_result, exit_now, full_params, run_rank     # tests/dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import reference     # noqa: E402  tests/reference.py
+
+
+def base_keywords(reconciler) -> dict:
+    """The keyword arguments the trainer's Gram method runs with (CATS's base's), none without a reconciler."""
+    if reconciler is None:
+        return {}
+    w = reconciler.weigher
+    return getattr(w, "base", w).keywords
 
 
 def reference_run(cfg, trainer: Trainer, world: int, steps: int):
@@ -58,10 +66,10 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
     group_names = list(dict.fromkeys(groups.values()))
     state = make_state(base, len(group_names), len(trainer.tasks)) if method != "plain" else None
     if method == "cats":
-        ccfg = trainer.reconciler.cats
+        ccfg = trainer.reconciler.weigher.cfg
         cats_state = CATSState.uniform(len(trainer.tasks), ccfg.param)
     rc = {"ema_rate": cfg.reconcile.ema_rate,
-          "vaccinated": trainer.reconciler.options["vaccinated"] if trainer.reconciler is not None else None}
+          "vaccinated": base_keywords(trainer.reconciler).get("vaccinated")}
     gas = s.tasks_per_step * s.micro_batches_per_task
     for step in range(steps):
         plans = [smp.plan(step) for smp in samplers]
@@ -159,8 +167,9 @@ def main():
     for spec in specs:
         head, *cats_fields = spec.split("+")
         method, _, gran = head.partition(":")
-        cfg = load_config(None, overrides + [f"reconcile.method={method}"] +
-                          ([f"reconcile.granularity={gran}"] if gran else []) +
+        base = dict(kv.split("=", 1) for kv in cats_fields).get("base", "sum")
+        cfg = load_config(None, overrides + [f"reconcile.method={method}"] +    # shared options: for the methods reading them
+                          unread_option_overrides(method, base) + ([f"reconcile.granularity={gran}"] if gran else []) +
                           [f"reconcile.cats.{kv}" for kv in cats_fields])
         ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
         trainer = Trainer(cfg, ds, rank, world)
@@ -178,8 +187,8 @@ def main():
             res["groups"] = len(trainer.reconciler.groups)
             res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
             res["fired"] = trainer.reconciler.fired_total
-        if trainer.reconciler is not None and trainer.reconciler.cats is not None:
-            cs, ccfg = trainer.reconciler.cats_state, trainer.reconciler.cats
+        if method == "cats":
+            cs, ccfg = trainer.reconciler.weigher.state, trainer.reconciler.weigher.cfg
             res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
             mine = torch.cat([cs.values.to(trainer.device),                      # NCCL gathers device tensors
                               torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64,
