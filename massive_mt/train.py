@@ -8,6 +8,9 @@ Launch (CPU: prefix DS_ACCELERATOR=cpu):
 Read `Trainer.train_step` first: one optimizer step = the step's K tasks, each task's
 micro-batches back-propagated in turn by the step strategy of the run's reconcile method
 (massive_mt/engine/step.py), then one `engine.step()`.
+
+Length: the Trainer is meant to be read top to bottom (set-up, step, loop, validation,
+checkpoints, export); each part delegates to engine/ (the step to engine/step.py).
 """
 from __future__ import annotations
 

@@ -36,6 +36,9 @@ size, ZeRO stage or precision is converted once, by rank 0 while the others wait
 into place with a marker; reused when present), and loaded with DeepSpeed's universal loader; a
 change between ZeRO-2 and ZeRO-3, which that loader does not handle, is read parameter by parameter
 (`load_stage_change`). ZeRO-0 on either side is refused.
+
+Length: a checkpoint's whole life (save with its marker, verify, choose, resume, reshard) in one
+place, so that the rules that keep a checkpoint complete are read together.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ the new name of a renamed one); the rules between fields are in `check`. Every e
 ConfigError line naming the file and the field, e.g. `exp.yaml: field 'sampling.temperature': ...`.
 A ds_config is checked the same way (`check_ds_config`): its top-level keys against the ones DeepSpeed
 reads, its sections through DeepSpeed's own config parsing.
+
+Length: one pydantic section per config section and the cross-field checks that need several
+sections; the ds_config consistency sits beside them because it reads the same fields.
 """
 from __future__ import annotations
 

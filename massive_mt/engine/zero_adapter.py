@@ -1,7 +1,7 @@
 """Per-task gradient shards under DeepSpeed: snapshot, reset and write back a rank's gradient.
 
 This is the only module of massive_mt that reads or writes DeepSpeed's semi-private gradient
-buffers (hence its length: the four layouts sit together, to be re-verified together). It is
+buffers (Length: the four layouts sit together, to be re-verified together when the pin moves). It is
 written against deepspeed==0.19.8 (pinned in pyproject.toml); `GradShards` warns when another
 version is installed, and tests/test_zero_adapter.py checks every supported layout against a
 single-process PyTorch reference. Re-run it whenever the pin moves.

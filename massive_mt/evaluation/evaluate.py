@@ -14,6 +14,10 @@ token-bounded batches once, the same whatever the world size; the batches of all
 to the ranks (largest first, each to the least loaded rank), gathered on rank 0 in the original
 order and scored there once. Every batch is translated exactly as one process would translate it,
 so N ranks give the hypotheses and scores of one process.
+
+Length: the data-parallel evaluation (the deal, the gather, the scoring on rank 0) and its
+command line are one protocol that every rank runs in the same order; decoding is apart
+(decoding.py).
 """
 from __future__ import annotations
 

@@ -30,6 +30,9 @@ reports in compare_report.py):
 
 `python -m massive_mt.experiments.compare --from-json OLD/compare.json --out DIR` recomputes everything but the
 paired tests (kept from the file) from the per-seed scores a compare.json records.
+
+Length: loading, checking and grouping the runs and assembling the comparison read as one
+pipeline; the statistics and the reports are already apart (seed_stats.py, compare_report.py).
 """
 from __future__ import annotations
 
