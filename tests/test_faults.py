@@ -381,14 +381,15 @@ def test_sigterm_to_deepspeed_runner_stops_its_ranks(data_bin, tmp_path):
 
 
 def test_stopped_rank_ends_the_run_after_the_collective_timeout(data_bin, tmp_path):
-    """SIGSTOP of rank 1: rank 0 gives up after train.collective_timeout_s and the launcher ends the job."""
+    """SIGSTOP of rank 1: rank 0 gives up after train.collective_timeout_s and the launcher ends the job.
+    (20 s: longer than any collective of this run takes on a loaded 2-core machine, set-up included.)"""
     run = tmp_path / "run"
-    with long_run(data_bin, run, "train.collective_timeout_s=30") as (job, ranks):
+    with long_run(data_bin, run, "train.collective_timeout_s=20") as (job, ranks):
         os.kill(ranks[1], signal.SIGSTOP)
         t0 = time.time()
         job.wait(timeout=180)
         took = time.time() - t0
         print(f"job ended {took:.1f}s after SIGSTOP of rank 1")
-        assert job.returncode != 0 and took >= 25
+        assert job.returncode != 0 and took >= 15       # not before the timeout (less the step under way)
         assert not any(alive(p) for p in ranks.values())
 
