@@ -44,14 +44,14 @@ def data_bin(real_corpus, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- the tiers (docs/testing.md)
 
 # The quick tier's representatives of the distributed families: one case each of the equivalence
-# suite, training (and, on the same trained run, evaluation), the ZeRO adapter, checkpoints and
-# faults, non-finite steps, and the harness's report of a failing rank.
+# suite, training (and, on the same trained run, evaluation), the ZeRO adapter, the checkpoint
+# layout of a 2-rank run, non-finite steps, and the harness's report of a failing rank.
 QUICK = [
     "tests/test_reconcile_distributed.py::test_sharded_equals_unsharded_fp32[2-2]",
     "tests/test_train_distributed.py::test_zero2_two_ranks_trains_and_loss_falls",
     "tests/test_evaluate.py::test_evaluate_writes_reports",
     "tests/test_zero_adapter.py::test_grad_shards_match_reference[ws2-zero2-fp32-clip]",
-    "tests/test_faults.py::test_damaged_file_is_named_and_previous_checkpoint_resumed[truncated]",
+    "tests/test_faults.py::test_complete_checkpoint_layout",
     "tests/test_nonfinite.py::test_nonfinite_task_is_dropped_with_a_reconciler[zero2.json-2]",
     "tests/test_harness.py::test_failing_rank_shows_its_own_error",
 ]

@@ -160,6 +160,7 @@ def test_nllb_from_sentencepiece_alone_gets_its_language_codes(nllb_spm_only):
 # ----------------------------------------------------------------------------- prepare --tokenizer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["m2m100", "nllb"])
 def test_prepare_encodes_as_the_checkpoints_tokenizer(family, real_corpus, request):
     from transformers import AutoTokenizer
