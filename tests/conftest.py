@@ -45,7 +45,7 @@ def data_bin(real_corpus, tmp_path_factory) -> Path:
 
 # The quick tier's representatives of the distributed families: one case each of the equivalence
 # suite, training (and, on the same trained run, evaluation), the ZeRO adapter, the checkpoint
-# layout of a 2-rank run, non-finite steps, and the harness's report of a failing rank.
+# layout of a 2-rank run, and non-finite steps.
 QUICK = [
     "tests/test_reconcile_distributed.py::test_sharded_equals_unsharded_fp32[2-2]",
     "tests/test_train_distributed.py::test_zero2_two_ranks_trains_and_loss_falls",
@@ -53,7 +53,6 @@ QUICK = [
     "tests/test_zero_adapter.py::test_grad_shards_match_reference[ws2-zero2-fp32-clip]",
     "tests/test_faults.py::test_complete_checkpoint_layout",
     "tests/test_nonfinite.py::test_nonfinite_task_is_dropped_with_a_reconciler[zero2.json-2]",
-    "tests/test_harness.py::test_failing_rank_shows_its_own_error",
 ]
 
 
