@@ -12,7 +12,7 @@ if [ "${1:-}" = "--quick" ]; then
   shift
 fi
 set_up() {   # this checkout's package and what the tests import
-  "$PYTHON" - <<'EOF' 2>/dev/null
+  "$PYTHON" - <<'EOF' >/dev/null 2>&1
 import pathlib, sys
 import deepspeed, hypothesis, importlinter, pytest, sacrebleu, sentencepiece, transformers  # noqa: F401
 import massive_mt
