@@ -339,6 +339,7 @@ def test_run_without_evaluation_is_named(study, tmp_path, capsys):
     _fails(capsys, [tmp_path, *base], tmp_path, "no config.yaml")
 
 
+@pytest.mark.slow
 def test_other_test_set_is_named(study, corpus, tmp_path, capsys):
     root, runs = study
     corpus_dir, refs, vocab = corpus
@@ -379,6 +380,7 @@ def test_other_test_set_is_named(study, corpus, tmp_path, capsys):
     _fails(capsys, [changed, *base], changed, "records no test_set", "evaluate the run again")
 
 
+@pytest.mark.slow
 def test_missing_seeds_mixed_tasks_and_duplicates_are_named(study, corpus, tmp_path, capsys):
     root, runs = study
     corpus_dir, refs, vocab = corpus
@@ -474,6 +476,7 @@ def _as_nll_only(run):
     return run
 
 
+@pytest.mark.slow
 def test_nll_only_evaluations_compare_on_nll(corpus, tmp_path):
     """Runs evaluated with --metrics nll are compared on test NLL alone, with the same NLL figures as
     when they were decoded; NLL-only runs without NLL in common leave nothing to compare."""
@@ -530,6 +533,7 @@ def test_run_compare_without_a_baseline_difference(study, tmp_path):
     assert list(res["configs"]) == ["base"] and "diff" not in res["tasks"]["en-fr"]["configs"]["base"]["bleu"]
 
 
+@pytest.mark.slow
 def test_labels_from_the_differing_fields_and_baseline_by_run(study, corpus, tmp_path):
     """Configurations with one study name (cell.json) are labelled by the fields in which they differ,
     as are runs outside a study (no cell.json); a run path names its configuration as the baseline."""

@@ -45,6 +45,7 @@ def test_plan_follows_zero_layout():
     assert z2["total"] == pytest.approx(sum(v for k, v in z2.items() if k != "total"))
 
 
+@pytest.mark.slow
 def test_command_line(capsys):
     assert cli.main(["memory-plan", "--model", "m2m100-418m", "--zero", "2", "--tasks", "8", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
