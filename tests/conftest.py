@@ -41,6 +41,39 @@ def data_bin(real_corpus, tmp_path_factory) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------- the tiers (docs/testing.md)
+
+# The quick tier's representatives of the distributed families: one case each of the equivalence
+# suite, training (and, on the same trained run, evaluation), the ZeRO adapter, the checkpoint
+# layout of a 2-rank run, and non-finite steps.
+QUICK = [
+    "tests/test_reconcile_distributed.py::test_sharded_equals_unsharded_fp32[2-2]",
+    "tests/test_train_distributed.py::test_zero2_two_ranks_trains_and_loss_falls",
+    "tests/test_evaluate.py::test_evaluate_writes_reports",
+    "tests/test_zero_adapter.py::test_grad_shards_match_reference[ws2-zero2-fp32-clip]",
+    "tests/test_faults.py::test_complete_checkpoint_layout",
+    "tests/test_nonfinite.py::test_nonfinite_task_is_dropped_with_a_reconciler[zero2.json-2]",
+]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The quick tier, `-m quick`: every test that is neither `slow` nor `distributed`, and the
+    representatives in QUICK. A test that uses `trained_run` (2-rank training) is `distributed`.
+    Runs before `-m` and `-k` select, so a representative that its file no longer has is an error."""
+    ids = {item.nodeid for item in items}
+    files = {i.split("::")[0] for i in ids}
+    missing = [q for q in QUICK if q.split("::")[0] in files and q not in ids]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py QUICK names tests that do not exist: {', '.join(missing)}")
+    for item in items:
+        if "trained_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.distributed)
+        if item.nodeid in QUICK or not (any(item.iter_markers(name="slow")) or
+                                        any(item.iter_markers(name="distributed"))):
+            item.add_marker(pytest.mark.quick)
+
+
 def dist_env() -> dict:
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))

@@ -110,6 +110,7 @@ def test_parse_method():
         parse_method("plain:all_layer")
 
 
+@pytest.mark.slow
 def test_report_names_file_and_line_of_bad_input(tmp_path):
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"run_id": "x"}\n')

@@ -46,6 +46,7 @@ def test_prepare_rejects_bad_language_code(real_corpus, tmp_path, capsys):
     assert "Deutsch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, field", [("sampling.temperature=-1", "sampling.temperature"),
                                              ("train.max_steps=ten", "train.max_steps"),
                                              ("data.langs=[xx]", "data.langs")])
@@ -57,6 +58,7 @@ def test_train_rejects_bad_config_and_writes_nothing(data_bin, tmp_path, overrid
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_rejects_contradicting_ds_config(data_bin, tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text('{"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 7}')

@@ -126,6 +126,7 @@ def test_intervals_cover_the_truth_at_the_nominal_rate():
     assert welch_interval([3, 3], [1, 1]) == (2.0, 2.0, 2.0)
 
 
+@pytest.mark.slow
 def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
     root, runs = study
     out = tmp_path / "cmp"
@@ -170,6 +171,7 @@ def test_compare_finds_the_real_difference_and_not_the_null(study, tmp_path):
     assert (out / "compare.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_compare_prints_the_seed_level_verdict_and_recomputes_from_its_json(study, tmp_path, capsys):
     """The printed report is the mixed model's table with the seeds for 80 % power; `python -m
     massive_mt.experiments.compare --from-json` recomputes the same statistics from a compare.json alone."""
@@ -243,6 +245,7 @@ def test_seed_model_is_the_pooled_two_sample_t_on_run_means():
     assert (one["contrasts"]["up"]["all"]["t"], one["contrasts"]["up"]["all"]["p"]) == pytest.approx((t.statistic, t.pvalue))
 
 
+@pytest.mark.slow
 def test_seed_model_type_one_error_is_nominal():
     """200 simulated null studies (2 configurations x 3 seeds x 9 languages, seed effect as large as
     the noise): the overall contrast and a bucket's reject at p < 0.05 in 5 % of them within a
@@ -335,6 +338,7 @@ def test_run_without_evaluation_is_named(study, tmp_path, capsys):
     _fails(capsys, [tmp_path, *base], tmp_path, "no config.yaml")
 
 
+@pytest.mark.slow
 def test_other_test_set_is_named(study, corpus, tmp_path, capsys):
     root, runs = study
     corpus_dir, refs, vocab = corpus
@@ -375,6 +379,7 @@ def test_other_test_set_is_named(study, corpus, tmp_path, capsys):
     _fails(capsys, [changed, *base], changed, "records no test_set", "evaluate the run again")
 
 
+@pytest.mark.slow
 def test_missing_seeds_mixed_tasks_and_duplicates_are_named(study, corpus, tmp_path, capsys):
     root, runs = study
     corpus_dir, refs, vocab = corpus
@@ -410,6 +415,7 @@ def test_tasks_without_test_sentences_are_left_out_by_name(corpus, tmp_path, cap
     _fails(capsys, [*runs[:2], silent], silent, "evaluated on tasks")
 
 
+@pytest.mark.slow
 def test_test_nll_is_compared_when_every_run_has_it(corpus, tmp_path, capsys):
     """Per-sentence NLL 0.2 nats per token lower on every language is a significant win (NLL: lower
     wins) with an interval below 0; a system drawn like the baseline is a tie on most languages; a
@@ -469,6 +475,7 @@ def _as_nll_only(run):
     return run
 
 
+@pytest.mark.slow
 def test_nll_only_evaluations_compare_on_nll(corpus, tmp_path):
     """Runs evaluated with --metrics nll are compared on test NLL alone, with the same NLL figures as
     when they were decoded; NLL-only runs without NLL in common leave nothing to compare."""
@@ -525,6 +532,7 @@ def test_run_compare_without_a_baseline_difference(study, tmp_path):
     assert list(res["configs"]) == ["base"] and "diff" not in res["tasks"]["en-fr"]["configs"]["base"]["bleu"]
 
 
+@pytest.mark.slow
 def test_labels_from_the_differing_fields_and_baseline_by_run(study, corpus, tmp_path):
     """Configurations with one study name (cell.json) are labelled by the fields in which they differ,
     as are runs outside a study (no cell.json); a run path names its configuration as the baseline."""

@@ -307,6 +307,7 @@ def run_train(tmp_path, ds_text, *overrides):
     return p, ds, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ds_text, overrides, expect", [
     ('{"zero_optimizaton": {"stage": 2}}', [], "field 'zero_optimizaton': unknown"),
     ('{"zero_optimization": {"stage": 2, "reduce_bucket_size": "big"}}', [], "field 'zero_optimization.reduce_bucket_size'"),

@@ -293,6 +293,7 @@ def _in_mount_namespace(mount: str, target, cmd: list[str]):
                            "sh", *cmd], capture_output=True, text=True, env=dist_env(), timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _read_only_mount_available(), reason="needs `unshare -rm` and tmpfs mounts (user namespaces)")
 @pytest.mark.parametrize("command", ["evaluate", "prepare", "build-corpus"])
 def test_read_only_file_system_gives_one_line(command, real_corpus, tmp_path, request):
@@ -319,6 +320,7 @@ def test_read_only_file_system_gives_one_line(command, real_corpus, tmp_path, re
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _read_only_mount_available(), reason="needs `unshare -rm` and tmpfs mounts (user namespaces)")
 def test_full_disk_gives_one_line_and_leaves_nothing(real_corpus, tmp_path):
     import sys

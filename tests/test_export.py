@@ -94,6 +94,7 @@ def test_bad_step_and_output_are_refused(trained_run, tmp_path, capsys):
     assert "not an empty directory" in capsys.readouterr().err
 
 
+@pytest.mark.distributed
 def test_export_from_a_killed_run(data_bin, tmp_path, capsys):
     """Rank 1 killed while saving step4: no end-of-run export, step2 complete, step4 without its
     marker. `last` exports step2; step4 is refused as incomplete, naming it."""
@@ -114,6 +115,7 @@ def test_export_from_a_killed_run(data_bin, tmp_path, capsys):
     assert "step4: incomplete" in err and "step2" in err, err
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("ds_config", ["zero0.json", "zero3.json"])
 def test_other_zero_stages_consolidate_as_the_live_engine_gathers(data_bin, tmp_path, ds_config):
     run = tmp_path / "run"

@@ -139,6 +139,7 @@ def resume(data_bin, run: Path, *overrides: str, ds_config: str = "zero2.json", 
 
 # ----------------------------------------------------------------------------- checkpoints
 
+@pytest.mark.distributed
 def test_complete_checkpoint_layout(base):
     """Every tag has a completion marker with a sha256 per file; `latest` names the newest tag."""
     ck = base / "checkpoints"
@@ -153,6 +154,7 @@ def test_complete_checkpoint_layout(base):
         assert all(len(v["sha256"]) == 64 and v["bytes"] > 0 for v in m["files"].values())
 
 
+@pytest.mark.distributed
 def test_rank_killed_during_save_resumes_from_previous(data_bin, tmp_path):
     """Rank 1 dies after writing half of its shard of step4: step4 never counts, `latest` stays at
     step2, and the restart resumes from step2, says so, and completes step4 again."""
@@ -170,6 +172,7 @@ def test_rank_killed_during_save_resumes_from_previous(data_bin, tmp_path):
     assert (ck / "step4" / MARKER).is_file() and (ck / "latest").read_text().strip() == "step4"
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("damage", ["truncated", "0xff"])
 def test_damaged_file_is_named_and_previous_checkpoint_resumed(data_bin, base, tmp_path, damage):
     run = copy_run(base, tmp_path / "run")
@@ -187,6 +190,7 @@ def test_damaged_file_is_named_and_previous_checkpoint_resumed(data_bin, base, t
     assert (run / "checkpoints" / "step2" / MARKER).is_file()       # the fallback target was not deleted
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("latest", ["dangling", "empty"])
 def test_bad_latest_falls_back_to_newest_complete(data_bin, base, tmp_path, latest):
     run = copy_run(base, tmp_path / "run")
@@ -204,6 +208,7 @@ def test_bad_latest_falls_back_to_newest_complete(data_bin, base, tmp_path, late
     assert (ck / f"step{want}" / MARKER).is_file()
 
 
+@pytest.mark.distributed
 def test_no_complete_checkpoint_is_refused(data_bin, base, tmp_path):
     """Checkpoints without a marker (an interrupted save, or the previous format) are never
     resumed, and the run does not silently start from step 0 over them."""
@@ -256,6 +261,7 @@ def test_verify_names_the_damaged_file(tmp_path):
 
 # ----------------------------------------------------------------------------- resume rules
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("change,field", [
     (("optim.lr=1e-3",), "optim.lr"),
     (("reconcile.method=gradvac",), "reconcile.method"),
@@ -353,6 +359,7 @@ def assert_orphans_stopped(run: Path, ranks: dict[int, int]) -> None:
     assert not (run / LOCK_NAME).exists()
 
 
+@pytest.mark.distributed
 def test_second_run_refused_and_orphaned_ranks_stop(data_bin, tmp_path):
     """A second run on a directory in use exits 2 with one line before writing anything; when the
     first run's launcher is killed (kill -9 of torchrun) its ranks notice, checkpoint and exit."""
@@ -369,6 +376,7 @@ def test_second_run_refused_and_orphaned_ranks_stop(data_bin, tmp_path):
         assert "the launcher (pid" in output(first)[1]
 
 
+@pytest.mark.distributed
 def test_sigterm_to_deepspeed_runner_stops_its_ranks(data_bin, tmp_path):
     """SIGTERM to the single-node `deepspeed` runner does not reach the ranks (its per-node launch
     process lives on); the ranks notice the runner is gone, checkpoint and exit."""
@@ -380,15 +388,17 @@ def test_sigterm_to_deepspeed_runner_stops_its_ranks(data_bin, tmp_path):
         assert "the deepspeed runner (pid" in output(job)[1]
 
 
+@pytest.mark.distributed
 def test_stopped_rank_ends_the_run_after_the_collective_timeout(data_bin, tmp_path):
-    """SIGSTOP of rank 1: rank 0 gives up after train.collective_timeout_s and the launcher ends the job."""
+    """SIGSTOP of rank 1: rank 0 gives up after train.collective_timeout_s and the launcher ends the job.
+    (20 s: longer than any collective of this run takes on a loaded 2-core machine, set-up included.)"""
     run = tmp_path / "run"
-    with long_run(data_bin, run, "train.collective_timeout_s=30") as (job, ranks):
+    with long_run(data_bin, run, "train.collective_timeout_s=20") as (job, ranks):
         os.kill(ranks[1], signal.SIGSTOP)
         t0 = time.time()
         job.wait(timeout=180)
         took = time.time() - t0
         print(f"job ended {took:.1f}s after SIGSTOP of rank 1")
-        assert job.returncode != 0 and took >= 25
+        assert job.returncode != 0 and took >= 15       # not before the timeout (less the step under way)
         assert not any(alive(p) for p in ranks.values())
 

@@ -48,6 +48,7 @@ def test_usage_errors_exit_2(tmp_path):
     assert p.returncode == 2 and "no manifest.json" in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
 def test_without_a_gpu_the_device_check_refuses(data_bin, tmp_path):
     env = {k: v for k, v in dist_env().items() if k != "DS_ACCELERATOR"}
@@ -56,6 +57,7 @@ def test_without_a_gpu_the_device_check_refuses(data_bin, tmp_path):
     assert not (tmp_path / "x" / "bench.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_spent_budget_skips_and_says_so(data_bin, tmp_path):
     """Checks stop at half of --budget-s (1 s here: less than the start-up takes, so nothing runs),
     benchmarks at the budget less the report's share; the

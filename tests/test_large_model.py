@@ -14,7 +14,7 @@ from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
 from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.errors import ConfigError
 from massive_mt.engine.model import build_model, count_parameters, preset_config, train_flops
-from test_reconcile_distributed import CATS, equivalence
+from test_reconcile_distributed import CATS, by_config, equivalence, launches  # noqa: F401  (fixtures)
 
 METHODS = ["plain", "gradvac:all_layer", CATS[0]]
 GPU_CONFIGS = ["zero1_bf16_gpu.json", "zero2_bf16_gpu.json", "zero3_bf16_gpu.json"]
@@ -117,9 +117,8 @@ def test_start_record_names_the_attention_kernel_and_checkpointing(data_bin, tmp
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [2, 3])
 @pytest.mark.parametrize("world", [1, 2])
-def test_sharded_equals_unsharded_with_activation_checkpointing(data_bin, tmp_path, world, stage):
-    r = equivalence(world, f"zero{stage}.json", 3, METHODS, data_bin, tmp_path / "run",
-                    "model.activation_checkpointing=true")
+def test_sharded_equals_unsharded_with_activation_checkpointing(by_config, world, stage):
+    r = by_config(world, f"zero{stage}.json", 3, METHODS, "model.activation_checkpointing=true")
     assert r["world_size"] == world
     for spec, m in r["methods"].items():
         assert m["stage"] == stage and m["checkpointed_layers"] == 4, (spec, m)   # encoder, decoder, 2 layers

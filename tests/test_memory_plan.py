@@ -19,6 +19,7 @@ def test_parameter_count_is_the_built_models():
     assert round(nllb / 1e6) == 615 and largest == 256206 * 1024   # NLLB-200-distilled-600M; its shared embedding
 
 
+@pytest.mark.slow
 def test_activations_measured_per_layer():
     config = preset_config("small", vocab_size=1000, max_len=64)
     full, ckpt = measure_activations(config), measure_activations(config, checkpointing=True)
@@ -44,6 +45,7 @@ def test_plan_follows_zero_layout():
     assert z2["total"] == pytest.approx(sum(v for k, v in z2.items() if k != "total"))
 
 
+@pytest.mark.slow
 def test_command_line(capsys):
     assert cli.main(["memory-plan", "--model", "m2m100-418m", "--zero", "2", "--tasks", "8", "--gpus", "8"]) == 0
     out = capsys.readouterr().out
@@ -52,6 +54,7 @@ def test_command_line(capsys):
         cli.main(["memory-plan", "--model", "no-such-shape"])
 
 
+@pytest.mark.slow
 def test_cpu_step_at_a_large_vocabulary_is_bounded_by_the_lean_loss():
     """One micro-batch at 16 k entries: the training step holds the logits, their gradient and not
     more than one further [tokens x vocabulary] fp32 tensor (the model itself is tiny). Measured in a

@@ -60,6 +60,7 @@ def check_run(run: Path, stage: int, action: str) -> list[dict]:
     return recs
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("ds_config,stage", LAYOUTS)
 def test_nonfinite_task_is_dropped_with_a_reconciler(data_bin, tmp_path, ds_config, stage):
     """GradVac: the NaN task gets weight 0, the other task's gradient is applied."""
@@ -73,6 +74,7 @@ def test_nonfinite_task_is_dropped_with_a_reconciler(data_bin, tmp_path, ds_conf
     assert not same(weights(run, 1, stage), weights(run, 2, stage))      # the other task's step happened
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("ds_config,stage", LAYOUTS)
 def test_nonfinite_step_is_skipped_with_plain(data_bin, tmp_path, ds_config, stage):
     """plain has one accumulated gradient: the step is skipped on every rank."""
@@ -90,6 +92,7 @@ def test_nonfinite_step_is_skipped_with_plain(data_bin, tmp_path, ds_config, sta
     assert logs[-1]["lr"] == pytest.approx(3e-3 * inverse_sqrt_lambda(3e-3, 5, init)(4), rel=1e-9)
 
 
+@pytest.mark.distributed
 def test_consecutive_nonfinite_steps_stop_the_run(data_bin, tmp_path):
     """Steps 2.. all non-finite, train.max_nonfinite_steps=2: the third one stops the run (exit 3)
     with one line naming the steps and the task; every checkpoint written is finite."""
@@ -111,6 +114,7 @@ def test_consecutive_nonfinite_steps_stop_the_run(data_bin, tmp_path):
     assert not (run / "model").exists()
 
 
+@pytest.mark.distributed
 def test_a_learning_rate_that_breaks_the_model_stops_the_run(data_bin, tmp_path):
     """ZeRO-0 fp32 has no overflow check of its own. optim.lr=1e6 leaves the parameters finite but
     huge and every later loss NaN: the run stops at step 2 (exit 3), nothing saved or exported.

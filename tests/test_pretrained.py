@@ -160,6 +160,7 @@ def test_nllb_from_sentencepiece_alone_gets_its_language_codes(nllb_spm_only):
 # ----------------------------------------------------------------------------- prepare --tokenizer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["m2m100", "nllb"])
 def test_prepare_encodes_as_the_checkpoints_tokenizer(family, real_corpus, request):
     from transformers import AutoTokenizer
@@ -195,6 +196,7 @@ def test_prepare_refuses_languages_the_checkpoint_lacks(real_corpus, m2m100_ckpt
 # ----------------------------------------------------------------------------- refusing a mismatch
 
 
+@pytest.mark.slow
 def test_a_data_bin_of_another_tokenizer_is_refused(nllb_bin, m2m100_ckpt, m2m100_bin, tmp_path):
     with pytest.raises(ConfigError, match=r"field 'model.from_pretrained'.*field 'data.data_bin'"):
         check_pretrained(load_data_bin(nllb_bin), nllb_bin, m2m100_ckpt)
@@ -226,6 +228,7 @@ def _train_gradvac(data_bin, ckpt, out, langs, steps: int = 4):
     return metrics
 
 
+@pytest.mark.distributed
 def test_gradvac_zero2_trains_from_the_nllb_checkpoint(nllb_bin, nllb_ckpt, tmp_path):
     _train_gradvac(nllb_bin, nllb_ckpt, tmp_path / "run", TEST_LANGS)
     export = tmp_path / "run" / "model"
@@ -262,6 +265,7 @@ def test_gradvac_zero2_trains_from_the_nllb_checkpoint(nllb_bin, nllb_ckpt, tmp_
     assert [m["resumed_from_step"] for m in starts] == [0, 4] and metrics[-1]["step"] == 6
 
 
+@pytest.mark.distributed
 def test_an_added_language_starts_from_its_related_language_and_trains(added_bin, m2m100_ckpt, real_corpus, tmp_path):
     from transformers import M2M100ForConditionalGeneration
 

@@ -35,15 +35,57 @@ def overrides(data_bin, out, *extra):
             "train.tensorboard=false", f"train.output_dir={out}", *extra]
 
 
+def ds_path(ds_config: str) -> str:
+    return str(REPO / "ds_configs" / ds_config)
+
+
 def equivalence(world, ds_config, steps, methods, data_bin, out, *extra):
-    return dist_result(run_ranks(world, ["tests/dist/reconcile_equivalence.py", str(REPO / "ds_configs" / ds_config),
-                                         str(steps), *methods, "--", *overrides(data_bin, out, *extra)]))
+    """ds_config: one file of ds_configs/, or several joined by commas (run in turn by one launch)."""
+    configs = ",".join(map(ds_path, ds_config.split(",")))
+    return dist_result(run_ranks(world, ["tests/dist/reconcile_equivalence.py", configs, str(steps), *methods, "--",
+                                         *overrides(data_bin, out, *extra)], timeout=1800))
+
+
+@pytest.fixture(scope="module")
+def launches() -> dict:
+    return {}
+
+
+@pytest.fixture
+def by_config(request, launches, data_bin, tmp_path_factory):
+    """`run(world, ds_config, steps, methods, *extra)`: the result of one test case of a test whose
+    cases differ in the ds_config (the ZeRO stage) only. One launch runs every ds_config that this
+    session selected of the calling test for that world size (process start and rendezvous once);
+    each case still asserts on its own result, and a failed launch fails each of its cases."""
+    def run(world, ds_config, steps, methods, *extra):
+        node = request.node
+        key = (node.originalname, world)
+        if key not in launches:
+            configs = sorted({case_config(it.callspec.params) for it in request.session.items
+                              if getattr(it, "originalname", None) == node.originalname
+                              and it.callspec.params.get("world", world) == world})
+            try:
+                r = equivalence(world, ",".join(configs), steps, methods, data_bin,
+                                tmp_path_factory.mktemp(node.originalname[5:25]) / "run", *extra)
+                runs = r["configs"] if len(configs) > 1 else {ds_path(configs[0]): r}
+                launches[key] = {c: {"world_size": r["world_size"], **runs[ds_path(c)]} for c in configs}
+            except AssertionError as e:
+                launches[key] = e
+        if isinstance(launches[key], AssertionError):
+            pytest.fail(f"the one launch of {node.originalname} for world size {world} failed:\n{launches[key]}")
+        return launches[key][ds_config]
+    return run
+
+
+def case_config(params: dict) -> str:
+    """The ds_config of a test case, from its parameters."""
+    return params["ds_config"] if "ds_config" in params else f"zero{params['stage']}.json"
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("world", [1, 2, 4])
-def test_sharded_equals_unsharded_fp32(data_bin, tmp_path, world, stage):
-    r = equivalence(world, f"zero{stage}.json", 5, METHODS, data_bin, tmp_path / "run")
+def test_sharded_equals_unsharded_fp32(by_config, world, stage):
+    r = by_config(world, f"zero{stage}.json", 5, METHODS)
     for spec, m in r["methods"].items():       # shown with pytest -s
         print(f"world={world} zero={stage} {spec}: " + " ".join(f"{k}={m[k]:.2e}" for k in
               ("rel_diff", "alpha_rel_diff", "lam_rel_diff") if k in m))
@@ -72,13 +114,13 @@ FREEZE = "model.freeze=[shared, encoder.layers.0.fc1, '*.self_attn_layer_norm.*'
 
 
 @pytest.mark.parametrize("stage", [0, 2, 3])
-def test_sharded_equals_unsharded_with_frozen_parameters(data_bin, tmp_path, stage):
+def test_sharded_equals_unsharded_with_frozen_parameters(by_config, stage):
     """model.freeze: the frozen weights stay where they were, hold no optimizer state and no place in
     the gradient partitions (ZeRO-3 still shards the weights themselves) or in the groups, and the
     step over the others equals the replay that freezes the same parameters. (Stage 0: every rank
     holds the whole gradient and optimizer state, of the trainable parameters only.)"""
     specs = ["plain", "gradvac:all_layer", "pcgrad:enc_dec", "cats+lr_alpha=3+lr_lam=10+eps=0"]
-    r = equivalence(2, f"zero{stage}.json", 3, specs, data_bin, tmp_path / "run", FREEZE)
+    r = by_config(2, f"zero{stage}.json", 3, specs, FREEZE)
     assert r["world_size"] == 2
     for spec, m in r["methods"].items():
         print(f"zero={stage} frozen {spec}: rel_diff={m['rel_diff']:.2e}")
@@ -96,13 +138,12 @@ def test_sharded_equals_unsharded_with_frozen_parameters(data_bin, tmp_path, sta
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_cats_with_fewer_tasks_per_step_than_tasks(data_bin, tmp_path, stage):
+def test_cats_with_fewer_tasks_per_step_than_tasks(by_config, stage):
     """K = 2 of T = 4 tasks: the step renormalises alpha over its tasks, the projected meta step keeps
     their mass (softmax moves all logits); parameters, alpha and lam equal the reference."""
     specs = ["cats+lr_alpha=0.1+lr_lam=10+eps=0",
              "cats:all_layer+base=pcgrad+param=softmax+floor=0.3+meta_data=valid+lr_alpha=3+lr_lam=10+eps=0"]
-    r = equivalence(2, f"zero{stage}.json", 5, ["plain"] + specs, data_bin, tmp_path / "run",
-                    "sampling.tasks_per_step=2")
+    r = by_config(2, f"zero{stage}.json", 5, ["plain"] + specs, "sampling.tasks_per_step=2")
     assert r["world_size"] == 2
     for spec in specs:
         m = r["methods"][spec]
@@ -142,12 +183,12 @@ def test_cats_lookahead_sharded_equals_unsharded(data_bin, tmp_path, world):
 
 
 @pytest.mark.parametrize("ds_config", ["zero2_bf16.json", "zero1_bf16.json"])
-def test_sharded_equals_unsharded_bf16(data_bin, tmp_path, ds_config):
+def test_sharded_equals_unsharded_bf16(by_config, ds_config):
     """bf16 weights and activations against the fp64 reference: within 2e-2 of the largest parameter
     after 3 steps (bf16 keeps 8 bits of mantissa); ZeRO-1 + bf16 runs DeepSpeed's BF16_Optimizer,
     where the update is clipped from the Gram matrix instead of by DeepSpeed."""
     cats = "cats+meta_data=valid+lr_alpha=0.1+lr_lam=10+eps=0"
-    r = equivalence(2, ds_config, 3, ["gradvac:all_layer", cats], data_bin, tmp_path / "run")
+    r = by_config(2, ds_config, 3, ["gradvac:all_layer", cats])
     assert r["world_size"] == 2
     for m in r["methods"].values():
         assert m["moved"] > 1e-3

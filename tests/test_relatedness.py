@@ -97,6 +97,7 @@ def write_telemetry(run, langs, encoder_cos, decoder_cos, steps=6):
     return tasks
 
 
+@pytest.mark.slow
 def test_relatedness_report_on_synthetic_telemetry(tmp_path):
     isos = tuple(iso639_3(x) for x in LANGS)
     assert isos[5:8] == ("por", "zho", "srp")

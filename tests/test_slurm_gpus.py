@@ -52,6 +52,7 @@ GPU_JOB = {"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "t", "SLURM_JOB_NODELIST": "g
            "SLURM_NTASKS": "2", "SLURM_GPUS_ON_NODE": "2", "GPUS_PER_NODE": "2", "CONFIG": ""}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", ["train_multi_node_srun.sbatch", "train_deepspeed_slurm.sbatch",
                                       "train_single_node.sbatch"])
 def test_a_gpu_job_without_a_visible_gpu_stops_at_start(tmp_path, template):

@@ -107,6 +107,7 @@ def test_gettext_zope_default_comments():
     assert rule_of(English.of("label_add"), "Hinzufügen", 3.0) == "message_key"
 
 
+@pytest.mark.slow
 def test_keyjson_mediawiki():
     wiki = _fetch(_deb("mediawiki"))
     pattern = r"(?P<dir>.*/extensions-core/CategoryTree/i18n)/(?P<lang>(?:de|en|fr|qqq))\.json$"
@@ -118,6 +119,7 @@ def test_keyjson_mediawiki():
     assert corpus_language("qqq") is None
 
 
+@pytest.mark.slow
 def test_lohelp_paragraphs_and_symlinked_language_folder():
     packages = _fetch(_deb("libreoffice-help-en-us", "libreoffice-help-de", "libreoffice-help-sk"))
     skips = Skips()
@@ -155,6 +157,7 @@ def test_fluent_and_properties_parsers_on_a_language_pack():
     assert synthetic == {"a": "One", "a.title": "Two"}  # the select expression is dropped
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not list((cache_root() / "debs").glob("firefox-esr_*.deb"))
                     and os.environ.get("MASSIVE_MT_TEST_LARGE") != "1",
                     reason="firefox-esr is an 80 MB download: runs when it is in the cache or MASSIVE_MT_TEST_LARGE=1")
@@ -242,6 +245,7 @@ def test_multiway_selection():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_build_multiway_corpus_and_manifest(tmp_path, libc_deb):
     sizes = MultiwaySizes(test=150, valid=60, doc_test=0)
     out = tmp_path / "corpus"
@@ -276,6 +280,7 @@ def test_build_multiway_corpus_and_manifest(tmp_path, libc_deb):
     assert f"| libc | gettext | LGPL-2.1-or-later | {len(source['languages'])} |" in report.summary(manifest)
 
 
+@pytest.mark.slow
 def test_build_does_not_depend_on_the_number_of_workers(tmp_path, libc_deb):
     """Sources are merged in order: a pair of libc that phpMyAdmin repeats counts as its duplicate."""
     _fetch(SOURCES["phpmyadmin"])

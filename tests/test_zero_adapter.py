@@ -47,6 +47,7 @@ def test_check_detects_stale_zero3_partitions_without_begin_step():
     assert r["errors"]["grad"] > 1e-2, r
 
 
+@pytest.mark.slow
 def test_unsupported_configs_raise_config_error():
     p = subprocess.run([sys.executable, SCRIPT, "--refusals"], env=dist_env(), cwd=REPO, capture_output=True,
                        text=True, timeout=300)

@@ -12,8 +12,11 @@ lookahead` also the corrected training gradients, the step's learning rate and t
 threshold (the look-ahead from the update that the step applies). Prints `RESULT {json}`
 with the relative parameter differences (and, for CATS, those of alpha and lam).
 
-usage: reconcile_equivalence.py DS_CONFIG STEPS METHOD[:GRANULARITY][+CATS_FIELD=VALUE...] [...] -- OVERRIDES...
+usage: reconcile_equivalence.py DS_CONFIG[,DS_CONFIG...] STEPS METHOD[:GRANULARITY][+CATS_FIELD=VALUE...] [...] -- OVERRIDES...
 e.g. `cats:all_layer+base=gradvac+meta_data=valid` (CATS fields go to reconcile.cats.*)
+With several ds_configs (e.g. every ZeRO stage) one launch runs every method under each in turn
+and the payload is `{"world_size", "configs": {DS_CONFIG: {"methods": ...}}}`; a failure names the
+ds_config and the method it happened in.
 """
 import sys
 from pathlib import Path
@@ -158,60 +161,74 @@ def frozen_report(trainer: Trainer, start, got) -> dict:
                                          & {n for n, p in named if not p.requires_grad}) if shards else None}
 
 
-def main():
-    sep = sys.argv.index("--")
-    ds_path, steps, specs, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:sep], sys.argv[sep + 1:]
-    rank, world = init_distributed()
-    results = {"world_size": dist.get_world_size(), "methods": {}}
-    finals = {}
+def run_methods(ds_path: str, steps: int, specs: list[str], overrides: list[str], rank: int, world: int) -> dict:
+    """Every method of `specs` trained under one ds_config and compared with the replay."""
+    methods, finals = {}, {}
     for spec in specs:
-        head, *cats_fields = spec.split("+")
-        method, _, gran = head.partition(":")
-        base = dict(kv.split("=", 1) for kv in cats_fields).get("base", "sum")
-        cfg = load_config(None, overrides + [f"reconcile.method={method}"] +    # shared options: for the methods reading them
-                          unread_option_overrides(method, base) + ([f"reconcile.granularity={gran}"] if gran else []) +
-                          [f"reconcile.cats.{kv}" for kv in cats_fields])
-        ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
-        trainer = Trainer(cfg, ds, rank, world)
-        start = full_params(trainer.engine)
-        for _ in range(steps):
-            trainer.train_step()
-        got = full_params(trainer.engine)
-        finals[spec] = got
-        res = {"moved": float((got - start).abs().max()), "stage": trainer.engine.zero_optimization_stage(),
-               "wrapper": type(trainer.engine.optimizer).__name__,
-               "checkpointed_layers": sum(bool(getattr(x, "gradient_checkpointing", False))   # model.activation_checkpointing
-                                          for x in trainer.engine.module.modules()),
-               **frozen_report(trainer, start, got)}
-        if trainer.reconciler is not None:
-            res["groups"] = len(trainer.reconciler.groups)
-            res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
-            res["fired"] = trainer.reconciler.fired_total
-        if method == "cats":
-            cs, ccfg = trainer.reconciler.weigher.state, trainer.reconciler.weigher.cfg
-            res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
-            mine = torch.cat([cs.values.to(trainer.device),                      # NCCL gathers device tensors
-                              torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64,
-                                           device=trainer.device)])
-            every = [torch.zeros_like(mine) for _ in range(world)]
-            dist.all_gather(every, mine)
-            res["ranks_agree"] = all(torch.equal(x, mine) for x in every)     # bitwise, on every rank
-        if rank == 0:
-            ref, ref_cats = reference_run(cfg, trainer, world, steps)
-            res["rel_diff"] = float((got - ref).abs().max() / ref.abs().max())
-            if ref_cats is not None:
-                a_ref = task_weights(ref_cats, ccfg)
-                res["alpha_rel_diff"] = float((torch.tensor(res["alpha"], dtype=torch.float64) - a_ref).abs().max()
-                                              / a_ref.abs().max())
-                res["lam_rel_diff"] = abs(res["lam"] - ref_cats.lam) / max(abs(ref_cats.lam), 1e-300)
-                res["ref_meta_steps"] = ref_cats.meta_steps
-        results["methods"][spec] = res
+        try:
+            methods[spec], finals[spec] = run_method(ds_path, steps, spec, overrides, rank, world)
+        except Exception as e:
+            e.add_note(f"(in the run of {spec} under {ds_path}, {world} rank(s))")
+            raise
         dist.barrier()
     if "plain" in finals:
         for spec, got in finals.items():
-            results["methods"][spec]["vs_plain"] = float((got - finals["plain"]).abs().max() / finals["plain"].abs().max())
+            methods[spec]["vs_plain"] = float((got - finals["plain"]).abs().max() / finals["plain"].abs().max())
+    return methods
+
+
+def run_method(ds_path: str, steps: int, spec: str, overrides: list[str], rank: int, world: int):
+    """The trainer's result for one method (on rank 0 against the replay) and its final parameters."""
+    head, *cats_fields = spec.split("+")
+    method, _, gran = head.partition(":")
+    base = dict(kv.split("=", 1) for kv in cats_fields).get("base", "sum")
+    cfg = load_config(None, overrides + [f"reconcile.method={method}"] +    # shared options: for the methods reading them
+                      unread_option_overrides(method, base) + ([f"reconcile.granularity={gran}"] if gran else []) +
+                      [f"reconcile.cats.{kv}" for kv in cats_fields])
+    ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
+    trainer = Trainer(cfg, ds, rank, world)
+    start = full_params(trainer.engine)
+    for _ in range(steps):
+        trainer.train_step()
+    got = full_params(trainer.engine)
+    res = {"moved": float((got - start).abs().max()), "stage": trainer.engine.zero_optimization_stage(),
+           "wrapper": type(trainer.engine.optimizer).__name__,
+           "checkpointed_layers": sum(bool(getattr(x, "gradient_checkpointing", False))   # model.activation_checkpointing
+                                      for x in trainer.engine.module.modules()),
+           **frozen_report(trainer, start, got)}
+    if trainer.reconciler is not None:
+        res["groups"] = len(trainer.reconciler.groups)
+        res["snapshot_numel"] = trainer.reconciler.buffer.shape[1]
+        res["fired"] = trainer.reconciler.fired_total
+    if method == "cats":
+        cs, ccfg = trainer.reconciler.weigher.state, trainer.reconciler.weigher.cfg
+        res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
+        mine = torch.cat([cs.values.to(trainer.device),                      # NCCL gathers device tensors
+                          torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64,
+                                       device=trainer.device)])
+        every = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(every, mine)
+        res["ranks_agree"] = all(torch.equal(x, mine) for x in every)     # bitwise, on every rank
     if rank == 0:
-        emit_result(results)
+        ref, ref_cats = reference_run(cfg, trainer, world, steps)
+        res["rel_diff"] = float((got - ref).abs().max() / ref.abs().max())
+        if ref_cats is not None:
+            a_ref = task_weights(ref_cats, ccfg)
+            res["alpha_rel_diff"] = float((torch.tensor(res["alpha"], dtype=torch.float64) - a_ref).abs().max()
+                                          / a_ref.abs().max())
+            res["lam_rel_diff"] = abs(res["lam"] - ref_cats.lam) / max(abs(ref_cats.lam), 1e-300)
+            res["ref_meta_steps"] = ref_cats.meta_steps
+    return res, got
+
+
+def main():
+    sep = sys.argv.index("--")
+    ds_paths, steps, specs, overrides = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3:sep], sys.argv[sep + 1:]
+    rank, world = init_distributed()
+    runs = {ds_path: {"methods": run_methods(ds_path, steps, specs, overrides, rank, world)} for ds_path in ds_paths}
+    if rank == 0:
+        emit_result({"world_size": dist.get_world_size(),
+                     **(runs[ds_paths[0]] if len(ds_paths) == 1 else {"configs": runs})})
     dist.barrier()
     exit_now(0)
 
