@@ -93,3 +93,28 @@ def test_virtual_devices_follow_the_tensors():
         assert vdev(grad.cpu()) == HOST and vdev(grad * 2) is None and str(grad.device) == "cpu:1"
         assert vdev(torch.tensor([1.0], device=grad.device)) == 1
         assert vdev(host.to(torch.float64)) == HOST
+
+
+def test_host_syncs_are_counted(tmp_path):
+    """The shim's count of host synchronisations (tests/test_host_syncs.py relies on it): a device
+    tensor read or copied to the host, a blocking copy to the device; not host work, not
+    non-blocking copies."""
+    import torch
+
+    from dist.device_rule import Rule, VirtualDevices
+
+    rule = Rule(tmp_path)
+    rule.current = 1
+    with VirtualDevices(rule):
+        dev, host = torch.zeros(3, device="cpu:1"), torch.zeros(3)
+        host.sum().item(), host.tolist(), host.to(torch.float64)              # the host's own: none
+        host.to(dev.device, non_blocking=True)                                # none
+        torch.empty(3).copy_(dev, non_blocking=True)                          # none
+        dev.sum().item()                                                      # 1: read
+        bool(dev.any())                                                       # 2: read
+        dev.cpu()                                                             # 3: to the host
+        host.to(dev.device)                                                   # 4: blocking copy to the device
+        torch.empty(3).copy_(dev)                                             # 5: blocking copy to the host
+        torch.tensor([1.0], device="cpu:1")                                   # 6: Python data to the device
+    assert sum(rule.syncs.values()) == 6, rule.syncs
+    assert rule.own_syncs == 0                  # none of them in massive_mt's code
