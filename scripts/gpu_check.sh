@@ -4,7 +4,7 @@
 #   bash scripts/gpu_check.sh --data-bin DIR [--out DIR] [--budget-s 480] [--peak-tflops T] [--dry-run]
 #
 # 1. installs what is missing (scripts/setup.sh keeps an installed CUDA torch; without internet,
-#    point pip at a wheel directory: PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR) and records the machine;
+#    run it with WHEELHOUSE=DIR, a wheelhouse from scripts/wheelhouse.sh) and records the machine;
 # 2. runs the distributed check that fits one GPU with NCCL (world size 1): the sharded reconciliation
 #    inside the trainer, and so the ZeRO adapter, against the unsharded single-process reference
 #    (tests/dist/reconcile_equivalence.py: plain, sum, gradvac:all_layer), with activation
