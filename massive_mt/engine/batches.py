@@ -7,6 +7,7 @@ on the device, not on the host. Elsewhere (the CPU) the same calls are plain cop
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Optional
 
 import torch
@@ -45,9 +46,7 @@ class Prefetcher:
             return None
         task, indices = self.order[i]
         batch = self.collate(task, indices)
-        if self.stream is None:
-            return task, indices, to_device(batch, self.device)
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
             return task, indices, to_device(batch, self.device)
 
     def get(self, task: str, indices) -> dict:

@@ -42,6 +42,17 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def finish(payload: dict, rank: int) -> None:
+    """The end of a script's run: rank 0 prints the result, every rank passes the final barrier, then
+    leaves with `exit_now(0)`."""
+    import deepspeed.comm as dist
+
+    if rank == 0:
+        emit_result(payload)
+    dist.barrier()
+    exit_now(0)
+
+
 def run_rank(main) -> None:
     """Run one rank's `main()`; an exception is reported as this rank's RANK_ERROR line, exit status 1."""
     rank = int(os.environ.get("RANK", "0"))

@@ -12,7 +12,7 @@ import sys
 import deepspeed.comm as dist
 
 import device_rule
-from common import emit_result, exit_now, run_rank     # tests/dist/common.py (the script's folder)
+from common import finish, run_rank     # tests/dist/common.py (the script's folder)
 from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.engine.distributed import init_distributed
 from massive_mt.engine.preemption import StopSignals
@@ -53,10 +53,7 @@ def main():
                                     "steady_step_sites": own, "nonfinite": trainer.nonfinite.dropped_total
                                     + trainer.nonfinite.skipped_total}
         dist.barrier()
-    if rank == 0:
-        emit_result(results)
-    dist.barrier()
-    exit_now(0)
+    finish(results, rank)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from massive_mt.engine.distributed import init_distributed
 from massive_mt.engine.optim import label_smoothed_loss
 from massive_mt.train import Trainer
 
-from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
+from common import finish, full_params, run_rank     # tests/dist/common.py (the script's folder)
 
 
 def main():
@@ -41,12 +41,9 @@ def main():
     pa, pb = full_params(a.engine), full_params(b.engine)
     rel = float((pa - pb).abs().max() / pb.abs().max())
     moved = float((pa - start).abs().max())
-    if rank == 0:
-        emit_result({"world_size": dist.get_world_size(), "rel_diff": rel, "moved": moved,
-                     "steps_a": a.engine.global_steps, "steps_b": b.engine.global_steps,
-                     "stage": a.engine.zero_optimization_stage(), "wrapper": type(a.engine.optimizer).__name__})
-    dist.barrier()
-    exit_now(0)
+    finish({"world_size": dist.get_world_size(), "rel_diff": rel, "moved": moved,
+            "steps_a": a.engine.global_steps, "steps_b": b.engine.global_steps,
+            "stage": a.engine.zero_optimization_stage(), "wrapper": type(a.engine.optimizer).__name__}, rank)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from massive_mt.reconcile.cats import CATSState, is_meta_step, task_weights
 from massive_mt.reconcile.groups import assign_groups
 from massive_mt.train import Trainer
 
-from common import emit_result, exit_now, full_params, run_rank     # tests/dist/common.py (the script's folder)
+from common import finish, full_params, run_rank     # tests/dist/common.py (the script's folder)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import reference     # noqa: E402  tests/reference.py
@@ -226,11 +226,8 @@ def main():
     ds_paths, steps, specs, overrides = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3:sep], sys.argv[sep + 1:]
     rank, world = init_distributed()
     runs = {ds_path: {"methods": run_methods(ds_path, steps, specs, overrides, rank, world)} for ds_path in ds_paths}
-    if rank == 0:
-        emit_result({"world_size": dist.get_world_size(),
-                     **(runs[ds_paths[0]] if len(ds_paths) == 1 else {"configs": runs})})
-    dist.barrier()
-    exit_now(0)
+    finish({"world_size": dist.get_world_size(), **(runs[ds_paths[0]] if len(ds_paths) == 1 else {"configs": runs})},
+           rank)
 
 
 if __name__ == "__main__":

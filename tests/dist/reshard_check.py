@@ -21,7 +21,7 @@ from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_con
 from massive_mt.engine.distributed import init_distributed
 from massive_mt.train import Trainer
 
-from common import emit_result, exit_now, run_rank     # tests/dist/common.py (the script's folder)
+from common import finish, run_rank     # tests/dist/common.py (the script's folder)
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -89,10 +89,7 @@ def main():
         result.update(trained=trainer.step - start, final_loss=last.get("loss"),
                       finite=last.get("loss") is not None and math.isfinite(last["loss"]))
     dist.barrier()
-    if rank == 0:
-        emit_result(result)
-    dist.barrier()
-    exit_now(0)
+    finish(result, rank)
 
 
 if __name__ == "__main__":

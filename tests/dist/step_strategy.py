@@ -20,7 +20,7 @@ from massive_mt.engine.distributed import init_distributed
 from massive_mt.engine.step import StepOutcome
 from massive_mt.train import Trainer
 
-from common import emit_result, exit_now, run_rank     # tests/dist/common.py (the script's folder)
+from common import finish, run_rank     # tests/dist/common.py (the script's folder)
 
 
 def record(obj, name: str, log: list, tag: str):
@@ -88,10 +88,7 @@ def main():
         trainer.writer.close()
         trainer.telemetry.close()
         dist.barrier()
-    if rank == 0:
-        emit_result(results)
-    dist.barrier()
-    exit_now(0)
+    finish(results, rank)
 
 
 def overrides_dir(overrides: list[str]) -> str:
