@@ -33,7 +33,7 @@ from massive_mt.data.dataset import TaskDataset
 from massive_mt.data.tokenizers import check_pretrained, load_tokenizer
 from massive_mt.data.tasks import resolve_tasks, task_name
 from massive_mt.engine.batches import Prefetcher, to_device
-from massive_mt.engine.distributed import init_distributed, shutdown
+from massive_mt.engine.distributed import init_distributed, leave, shutdown
 from massive_mt.errors import (NONFINITE_EXIT, REQUEUE_EXIT, ConfigError, MassiveMTError, NonFiniteStop, StopRequested,
                                Stopped, exit_code, exit_line)
 from massive_mt.engine.lock import take as take_lock
@@ -463,12 +463,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
         run(args)
+        code = 0
     except (MassiveMTError, Stopped) as e:     # an OSError here is a crash (a collective's socket, too)
         print(exit_line("train", e), file=sys.stderr, flush=True)
-        return exit_code(e)
-    finally:
+        code = exit_code(e)
+    except BaseException:
         shutdown()
-    return 0
+        raise
+    return leave(code)
 
 
 if __name__ == "__main__":

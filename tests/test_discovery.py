@@ -53,6 +53,33 @@ def test_no_launcher_is_one_process():
     assert (d.source, d.rank, d.world_size) == ("single", 0, 1)
 
 
+LEAVE = """
+import atexit, sys
+from massive_mt.engine.distributed import init_distributed, leave
+atexit.register(print, "interpreter exit ran")
+rank, world = init_distributed()
+import torch.distributed as tdist
+print(f"joined {rank} of {world}", end="")      # buffered: leave flushes it
+sys.exit(leave(7))
+"""
+
+
+def test_a_joined_process_leaves_without_interpreter_finalisation():
+    """leave(): the group destroyed, stdout flushed, the status returned by os._exit (atexit handlers,
+    where finalisation would tear down gloo's threads, do not run)."""
+    env = {k: v for k, v in dist_env().items() if k != "PYTHONUNBUFFERED"}
+    p = subprocess.run([sys.executable, "-c", LEAVE], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert p.returncode == 7, p.stderr[-3000:]
+    assert p.stdout.endswith("joined 0 of 1")       # DeepSpeed may print its CPU build line before it
+    assert "interpreter exit ran" not in p.stdout
+    assert "(single discovery" in p.stderr
+
+
+def test_a_process_that_never_joined_gets_its_status_back():
+    from massive_mt.engine.distributed import leave
+    assert leave(5) == 5
+
+
 def test_one_process_in_a_many_task_allocation_is_refused():
     with pytest.raises(ConfigError, match=r"SLURM_NTASKS=8 tasks: it would train alone"):
         discover(BATCH_SHELL)

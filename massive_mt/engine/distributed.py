@@ -44,6 +44,7 @@ from massive_mt.launch import free_port
 MODES = ("auto", "env", "slurm", "mpi")
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 MPI_LAUNCHER_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
+_JOINED = False         # set by init_distributed: this process joined a process group (see leave)
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ def init_distributed(timeout_s: int = COLLECTIVE_TIMEOUT_S) -> tuple[int, int]:
     if c10d.default_pg_nccl_timeout is not None:     # and for NCCL where it is compiled in
         c10d.default_pg_nccl_timeout = timeout
     deepspeed.init_distributed(auto_mpi_discovery=False, timeout=timeout)
+    global _JOINED
+    _JOINED = True
     rank, world = dist.get_rank(), dist.get_world_size()
     if (rank, world) != (d.rank, d.world_size):
         raise ConfigError(f"{d.source} rank discovery gave rank {d.rank} of {d.world_size} but the process "
@@ -328,6 +331,22 @@ def shutdown() -> None:
     import torch.distributed as tdist
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def leave(code: int) -> int:
+    """The end of a command's process: `code` is its exit status. A process that joined a process group
+    leaves with os._exit after destroying the group and flushing stdout and stderr, because DeepSpeed's
+    module globals keep the group's backend alive past `destroy_process_group`, and tearing it down
+    during interpreter finalisation occasionally aborts a rank that had finished cleanly (SIGABRT,
+    "terminate called without an active exception"). Everything the commands write is closed before
+    this (metrics, TensorBoard, checkpoints, reports). A process that never joined one (a refusal
+    before start-up, an in-process caller) gets `code` back."""
+    shutdown()
+    if not _JOINED:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":          # `python -m massive_mt.engine.distributed check-gpus`: the sbatch templates' start check

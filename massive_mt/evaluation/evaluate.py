@@ -448,8 +448,6 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
         s = report["speed"]
         print(f"\n{s['sentences']} sentences in {s['translate_s']:.1f} s on {s['world_size']} rank(s): "
               f"{s['sentences_per_s']} sentences/s", file=sys.stderr)
-    if world > 1:
-        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -467,7 +465,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         a.split = "devtest" if a.benchmark else "test"
     if a.out is None:
         a.out = str(Path(a.model).parent / "eval")
-    return run_command("evaluate", a.out, run, a, argv)
+    from massive_mt.engine.distributed import leave
+
+    return leave(run_command("evaluate", a.out, run, a, argv))
 
 
 if __name__ == "__main__":

@@ -152,8 +152,6 @@ def run(a: argparse.Namespace, argv: list[str]) -> int:
             sys.stdout.flush()
         else:
             atomic_write_text(a.output, text)
-    if world > 1:
-        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -163,7 +161,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_intermixed_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return run_command("translate", a.output, run, a, argv)
+    from massive_mt.engine.distributed import leave
+
+    return leave(run_command("translate", a.output, run, a, argv))
 
 
 if __name__ == "__main__":

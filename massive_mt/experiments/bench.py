@@ -307,7 +307,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import deepspeed.comm as dist
 
     from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config, shared_overrides
-    from massive_mt.engine.distributed import init_distributed, rank_device
+    from massive_mt.engine.distributed import init_distributed, leave, rank_device
 
     try:
         rank, world = init_distributed()
@@ -342,10 +342,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                               f"[{res['step_s_q1']:.3f}, {res['step_s_q3']:.3f}] "
                               f"{res['target_tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     except MassiveMTError as e:
-        return _refused(e)
+        return leave(_refused(e))
     dist.barrier()
-    dist.destroy_process_group()
-    return 0
+    return leave(0)
 
 
 if __name__ == "__main__":
