@@ -108,6 +108,32 @@ def dist_result(p: subprocess.CompletedProcess) -> dict:
     return parse_result(p.stdout, p.stderr, p.returncode)
 
 
+@pytest.fixture(scope="module")
+def launches() -> dict:
+    """The results of the shared launches of `one_launch`, per (test, world size)."""
+    return {}
+
+
+def one_launch(request, launches: dict, world: int, case_of, launch) -> dict:
+    """{case: result} of the one launch that runs, for world size `world`, every case of the calling
+    test that this session selected: `case_of(params)` names a test item's case from its parameters
+    (items with another `world` parameter are left to their own launch), `launch(world, cases)` runs
+    them and returns {case: result}. A failed launch fails each of its cases."""
+    node = request.node
+    key = (node.originalname, world)
+    if key not in launches:
+        cases = sorted({case_of(it.callspec.params) for it in request.session.items
+                        if getattr(it, "originalname", None) == node.originalname
+                        and it.callspec.params.get("world", world) == world})
+        try:
+            launches[key] = launch(world, cases)
+        except AssertionError as e:
+            launches[key] = e
+    if isinstance(launches[key], AssertionError):
+        pytest.fail(f"the one launch of {node.originalname} for world size {world} failed:\n{launches[key]}")
+    return launches[key]
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 

@@ -1,14 +1,15 @@
 """massive_mt.engine.zero_adapter.GradShards on real DeepSpeed engines (CPU, gloo), every supported layout.
 
-Each case starts tests/dist/adapter_check.py on N local ranks; the script compares per-task
-gradient snapshots, Grams and the written-back update with an unsharded float64 reference.
+The cases of one world size run in one launch of tests/dist/adapter_check.py on N local ranks
+(`one_launch`, tests/conftest.py); the script compares per-task gradient snapshots, Grams and the
+written-back update with an unsharded float64 reference, case by case.
 """
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, dist_env, dist_result, run_ranks
+from conftest import REPO, dist_env, dist_result, one_launch, run_ranks
 
 SCRIPT = "tests/dist/adapter_check.py"
 CLIP = "2.0"        # below the norm of the test's reconciled update: clipping is active
@@ -27,12 +28,23 @@ EXPECTED_KIND = {(0, "fp32"): "z0", (1, "fp32"): "z12", (2, "fp32"): "z12", (3, 
                  (1, "bf16"): "bf16", (2, "bf16"): "z12", (3, "bf16"): "z3"}
 
 
+def case_of(params: dict) -> str:
+    """A case as adapter_check.py's --case names it: STAGE:DTYPE:CLIP (clip 0: none)."""
+    return f"{params['stage']}:{params['dtype']}:{params['clip'] or 0}"
+
+
+def launch(world: int, cases: list[str]) -> dict:
+    """Every case of one world size in one launch of the script."""
+    r = dist_result(run_ranks(world, [SCRIPT, *(a for c in cases for a in ("--case", c))], timeout=600))
+    assert r["world_size"] == world
+    return r["cases"]
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("world,stage,dtype,clip", CASES,
                          ids=[f"ws{w}-zero{s}-{d}" + ("-clip" if c else "") for w, s, d, c in CASES])
-def test_grad_shards_match_reference(world, stage, dtype, clip):
-    args = [SCRIPT, "--stage", str(stage), "--dtype", dtype] + (["--clip", clip] if clip else [])
-    r = dist_result(run_ranks(world, args, timeout=300))
+def test_grad_shards_match_reference(request, launches, world, stage, dtype, clip):
+    r = one_launch(request, launches, world, case_of, launch)[case_of(request.node.callspec.params)]
     assert r["world_size"] == world
     assert r["kind"] == EXPECTED_KIND[stage, dtype]
     assert r["ok"] is True, r

@@ -112,7 +112,8 @@ def rel_err(a, b):
 
 
 def run(args):
-    deepspeed.init_distributed(dist_backend="gloo")
+    """One case (args.stage, args.dtype, args.clip) on the process group already joined:
+    (ok, the case's result), the same on every rank."""
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = Net()
@@ -243,10 +244,26 @@ def run(args):
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     ok = worst[0].item() == 0.0
     errors = {k: worst[i + 1].item() for i, k in enumerate(sorted(errors))}
-    if rank == 0:
-        emit_result({"world_size": world, "kind": shards.kind, "stage": args.stage,
-                     "dtype": args.dtype, "ok": ok, "max_rel_err": max(errors.values()),
-                     "errors": errors, "tolerances": tol, "clipped": clipped})
+    return ok, {"world_size": world, "kind": shards.kind, "stage": args.stage, "dtype": args.dtype, "ok": ok,
+                "max_rel_err": max(errors.values()), "errors": errors, "tolerances": tol, "clipped": clipped}
+
+
+def run_cases(args):
+    """Every --case in one launch (process start and rendezvous once), or the single case of
+    --stage/--dtype/--clip. Several cases report {"world_size", "cases": {case: result}}."""
+    deepspeed.init_distributed(dist_backend="gloo")
+    if not args.case:
+        ok, result = run(args)
+    else:
+        results = {}
+        for case in args.case:
+            stage, dtype, clip = case.split(":")
+            results[case] = run(argparse.Namespace(**{**vars(args), "stage": int(stage), "dtype": dtype,
+                                                      "clip": float(clip)}))
+        ok = all(r[0] for r in results.values())
+        result = {"world_size": dist.get_world_size(), "cases": {c: r[1] for c, r in results.items()}}
+    if dist.get_rank() == 0:
+        emit_result(result)
     dist.barrier()
     return ok
 
@@ -299,10 +316,12 @@ def main():
     ap.add_argument("--clip", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--skip-begin-step", action="store_true", help="leave out GradShards.begin_step()")
+    ap.add_argument("--case", action="append", default=[], metavar="STAGE:DTYPE:CLIP",
+                    help="a case to run (repeatable, e.g. 3:fp32:2.0; clip 0 = none) instead of --stage/--dtype/--clip")
     ap.add_argument("--refusals", action="store_true")
     ap.add_argument("--local_rank", type=int, default=-1)
     args = ap.parse_args()
-    ok = refusals() if args.refusals else run(args)
+    ok = refusals() if args.refusals else run_cases(args)
     exit_now(0 if ok else 1)
 
 
