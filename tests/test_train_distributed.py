@@ -2,7 +2,7 @@
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TEST_LANGS, dist_result, read_metrics, run_ranks, train_args
+from conftest import REPO, TEST_LANGS, dist_result, one_launch, read_metrics, run_ranks, train_args
 
 pytestmark = pytest.mark.distributed
 
@@ -38,11 +38,17 @@ def test_zero2_two_ranks_trains_and_loss_falls(trained_run):
 
 
 @pytest.mark.parametrize("ds_config", ["zero0.json", "zero1.json", "zero2.json", "zero3.json"])
-def test_task_grouped_step_equals_plain_accumulation(data_bin, tmp_path, ds_config):
-    args = train_args(data_bin, tmp_path / "run", ds_config, "sampling.micro_batches_per_task=2")
-    overrides = [a for a in args[args.index(str(REPO / "ds_configs" / ds_config)) + 1:]]
-    r = dist_result(run_ranks(2, ["tests/dist/plain_accumulation.py", str(REPO / "ds_configs" / ds_config), "3",
-                                  *overrides]))
+def test_task_grouped_step_equals_plain_accumulation(request, launches, data_bin, tmp_path, ds_config):
+    """The ZeRO stages this session selected run in one 2-rank launch (`one_launch`, tests/conftest.py)."""
+    def launch(world, configs):
+        args = train_args(data_bin, tmp_path / "run", "zero2.json", "sampling.micro_batches_per_task=2")
+        overrides = args[args.index(str(REPO / "ds_configs" / "zero2.json")) + 1:]
+        paths = [str(REPO / "ds_configs" / c) for c in configs]
+        r = dist_result(run_ranks(world, ["tests/dist/plain_accumulation.py", ",".join(paths), "3", *overrides]))
+        runs = r["configs"] if len(paths) > 1 else {paths[0]: r}
+        return {c: {"world_size": r["world_size"], **runs[p]} for c, p in zip(configs, paths)}
+
+    r = one_launch(request, launches, 2, lambda params: params["ds_config"], launch)[ds_config]
     assert r["world_size"] == 2 and r["stage"] == int(ds_config[4])
     assert r["steps_a"] == r["steps_b"] == 3
     assert r["moved"] > 1e-4            # the parameters did change

@@ -19,10 +19,7 @@ from massive_mt.train import Trainer
 from common import finish, full_params, run_rank     # tests/dist/common.py (the script's folder)
 
 
-def main():
-    ds_path, steps, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    cfg = load_config(None, overrides)
-    rank, world = init_distributed()
+def compare(ds_path, steps, cfg, rank, world) -> dict:
     ds = resolve_ds_config(load_ds_config(ds_path), cfg, world)
     a = Trainer(cfg, ds, rank, world)
     b = Trainer(cfg, ds, rank, world)
@@ -39,11 +36,20 @@ def main():
                 b.engine.backward(loss)
                 b.engine.step()
     pa, pb = full_params(a.engine), full_params(b.engine)
-    rel = float((pa - pb).abs().max() / pb.abs().max())
-    moved = float((pa - start).abs().max())
-    finish({"world_size": dist.get_world_size(), "rel_diff": rel, "moved": moved,
-            "steps_a": a.engine.global_steps, "steps_b": b.engine.global_steps,
-            "stage": a.engine.zero_optimization_stage(), "wrapper": type(a.engine.optimizer).__name__}, rank)
+    return {"world_size": dist.get_world_size(), "rel_diff": float((pa - pb).abs().max() / pb.abs().max()),
+            "moved": float((pa - start).abs().max()), "steps_a": a.engine.global_steps,
+            "steps_b": b.engine.global_steps, "stage": a.engine.zero_optimization_stage(),
+            "wrapper": type(a.engine.optimizer).__name__}
+
+
+def main():
+    """argv: DS_CONFIG[,DS_CONFIG...] STEPS OVERRIDES...; several ds_configs run in turn in one launch
+    and report {"world_size", "configs": {path: result}}."""
+    ds_paths, steps, overrides = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3:]
+    cfg = load_config(None, overrides)
+    rank, world = init_distributed()
+    results = {path: compare(path, steps, cfg, rank, world) for path in ds_paths}
+    finish(results[ds_paths[0]] if len(ds_paths) == 1 else {"world_size": world, "configs": results}, rank)
 
 
 if __name__ == "__main__":
