@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, TEST_LANGS, dist_env, format_rank_errors, rank_errors, train_args
+from conftest import REPO, TEST_LANGS, dist_env, format_rank_errors, one_launch, rank_errors, train_args
 from massive_mt.launch import free_port
 
 pytestmark = pytest.mark.distributed
@@ -45,12 +45,20 @@ def ruled(target: list[str], rule_dir, nproc: int = 2, tensors: bool = True, tim
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_training_step_collectives_are_on_the_rank_device(data_bin, tmp_path, stage):
-    overrides = [f"data.data_bin={data_bin}", f"data.langs={json.dumps(TEST_LANGS)}", "data.max_len=48",
-                 "model.preset=test", "model.dropout=0.0", "sampling.tasks_per_step=2", "sampling.max_tokens=128",
-                 "train.tensorboard=false", f"train.output_dir={tmp_path / 'run'}"]
-    ruled(["tests/dist/reconcile_equivalence.py", str(REPO / "ds_configs" / f"zero{stage}.json"), "1",
-           "plain", "gradvac:all_layer", *CATS, "--", *overrides], tmp_path / "rule")
+def test_training_step_collectives_are_on_the_rank_device(request, launches, data_bin, tmp_path, stage):
+    """The stages this session selected run in one launch (`one_launch`, tests/conftest.py): a
+    violation at any of them fails each."""
+    def launch(world, stages):
+        overrides = [f"data.data_bin={data_bin}", f"data.langs={json.dumps(TEST_LANGS)}", "data.max_len=48",
+                     "model.preset=test", "model.dropout=0.0", "sampling.tasks_per_step=2",
+                     "sampling.max_tokens=128", "train.tensorboard=false", f"train.output_dir={tmp_path / 'run'}"]
+        configs = ",".join(str(REPO / "ds_configs" / f"zero{s}.json") for s in stages)
+        records = ruled(["tests/dist/reconcile_equivalence.py", configs, "1", "plain", "gradvac:all_layer", *CATS,
+                         "--", *overrides], tmp_path / "rule", nproc=world)
+        return {s: records for s in stages}
+
+    records = one_launch(request, launches, 2, lambda params: params["stage"], launch)[stage]
+    assert [rec["world_size"] for rec in records] == [2, 2]
 
 
 def test_lock_checkpoint_resume_evaluate_and_bench_on_the_rank_device(data_bin, real_corpus, tmp_path):
