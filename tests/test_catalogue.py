@@ -149,7 +149,7 @@ def test_the_shipped_configs_load(tmp_path):
 
     configs = REPO / "massive_mt" / "configs"
     assert load_config(str(configs / "demo.yaml")).reconcile.vaccinate == ["low_resource"]
-    for grid in ("study.yaml", "study_multiway.yaml"):
+    for grid in ("study.yaml", "study_multiway.yaml", "study_multiway_nll.yaml"):
         methods = {c.cfg.reconcile.method for c in cells(load_grid(configs / grid), tmp_path / grid)}
         assert methods == {"plain", "gradvac", "cats"}, grid
 
