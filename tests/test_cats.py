@@ -338,10 +338,10 @@ def test_warmup_and_interval_schedule_the_meta_steps():
     assert (s.steps, s.meta_steps) == (9, 3)
 
 
-def test_non_finite_statistics_skip_the_meta_step():
+def test_non_finite_statistics_leave_the_meta_step_out():
     s = CATSState.uniform(2, "simplex")
     stats = meta_step(s, CATSConfig(), [0, 1], torch.tensor([float("nan"), 1.0], dtype=F64), torch.eye(2, dtype=F64))
-    assert not stats["meta"] and s.skipped == 1 and s.meta_steps == 0
+    assert not stats["meta"] and s.meta_steps_left_out == 1 and s.meta_steps == 0
     assert torch.equal(s.values, torch.full((2,), 0.5, dtype=F64)) and s.lam == 0.0
 
 
@@ -359,10 +359,10 @@ def test_composition_scales_the_corrected_gradients():
 
 
 def test_state_round_trip_and_validation():
-    s = CATSState(torch.tensor([0.7, 0.3], dtype=F64), lam=0.5, steps=7, meta_steps=4, skipped=1)
+    s = CATSState(torch.tensor([0.7, 0.3], dtype=F64), lam=0.5, steps=7, meta_steps=4, meta_steps_left_out=1)
     t = CATSState.uniform(2, "simplex")
     t.load_state_dict(s.state_dict())
-    assert torch.equal(t.values, s.values) and (t.lam, t.steps, t.meta_steps, t.skipped) == (0.5, 7, 4, 1)
+    assert torch.equal(t.values, s.values) and (t.lam, t.steps, t.meta_steps, t.meta_steps_left_out) == (0.5, 7, 4, 1)
     with pytest.raises(ValueError, match="expected"):
         CATSState.uniform(3, "simplex").load_state_dict(s.state_dict())
     with pytest.raises(ValueError, match="multiplier"):

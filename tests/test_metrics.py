@@ -40,7 +40,7 @@ def test_visits_are_the_rows_the_method_corrects(method, vaccinated, rows):
     want.fill_diagonal_(False)
     assert torch.equal(s.visited, want.expand(GROUPS, K, K))
     assert s.n_visits.tolist() == [len(rows) * (K - 1)] * GROUPS
-    assert not (s.fired & ~s.visited).any() and not (s.skipped & ~s.visited).any()
+    assert not (s.fired & ~s.visited).any() and not (s.unusable & ~s.visited).any()
     assert s.n_fired.tolist() == s.fired.flatten(1).sum(1).tolist()
 
 

@@ -220,7 +220,7 @@ def test_update_norm_sq_and_cosines():
 # zero and non-finite values
 
 @pytest.mark.parametrize("method", ["pcgrad", "gradvac"])
-def test_zero_norm_task_is_skipped(method):
+def test_zero_norm_task_makes_its_visits_unusable(method):
     grads = [torch.randn(3, 4, generator=gen(k), dtype=F64) for k in range(2)]
     grads[0][1] = 0.0
     state = make_state(method, 2, 3)
@@ -231,8 +231,8 @@ def test_zero_norm_task_is_skipped(method):
         assert torch.isfinite(weights).all()
         for u, r in zip(updates_of(grads, weights), ref):
             assert torch.allclose(u, r, rtol=1e-12, atol=1e-12)
-        assert stats.n_skipped.tolist() == [4, 0]
-        assert stats.skipped[0, 1].sum() == 2 and stats.skipped[0, :, 1].sum() == 2
+        assert stats.n_unusable.tolist() == [4, 0]
+        assert stats.unusable[0, 1].sum() == 2 and stats.unusable[0, :, 1].sum() == 2
         assert float(weights[0, 1]) == 1.0  # never added to another task
     if method == "gradvac":
         assert torch.equal(state.phi_hat[0, 1], torch.zeros(3, dtype=F64))
@@ -250,8 +250,8 @@ def test_non_finite_task_takes_no_part(method):
     assert stats.nonfinite.tolist() == [False, True]
     assert float(weights[1, 2]) == 1.0
     if method != "sum":
-        assert stats.n_skipped.tolist() == [0, 4]
-        assert stats.skipped[1, 2].sum() == 2 and stats.skipped[1, :, 2].sum() == 2
+        assert stats.n_unusable.tolist() == [0, 4]
+        assert stats.unusable[1, 2].sum() == 2 and stats.unusable[1, :, 2].sum() == 2
         assert torch.equal(stats.coef[1, :, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
         assert torch.equal(stats.coef[1, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
     if method == "gradvac":
@@ -268,7 +268,7 @@ def test_whole_gram_non_finite_gives_plain_update(method, bad):
     weights, stats = reconcile(method, grams, [0, 1, 2], state, gen(0))
     assert torch.equal(weights, torch.ones(1, 3, dtype=F64))
     assert bool(stats.nonfinite[0])
-    assert int(stats.n_skipped[0]) == (0 if method == "sum" else 6)
+    assert int(stats.n_unusable[0]) == (0 if method == "sum" else 6)
     assert torch.equal(stats.cos, torch.zeros(1, 3, 3, dtype=F64))
 
 

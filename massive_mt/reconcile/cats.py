@@ -90,7 +90,7 @@ class CATSState:
     lam: float = 0.0
     steps: int = 0          # steps reconciled so far
     meta_steps: int = 0     # meta steps taken
-    skipped: int = 0        # meta steps left out (non-finite losses or Gram)
+    meta_steps_left_out: int = 0   # meta steps left out (non-finite losses or Gram)
 
     @classmethod
     def uniform(cls, n_tasks: int, param: str) -> "CATSState":
@@ -100,7 +100,7 @@ class CATSState:
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "lam": self.lam, "steps": self.steps,
-                "meta_steps": self.meta_steps, "skipped": self.skipped}
+                "meta_steps": self.meta_steps, "meta_steps_left_out": self.meta_steps_left_out}
 
     def load_state_dict(self, sd: dict) -> None:
         values = torch.as_tensor(sd["values"]).detach().to("cpu", F64).clone()
@@ -109,7 +109,8 @@ class CATSState:
         if not (math.isfinite(sd["lam"]) and sd["lam"] >= 0):
             raise ValueError(f"CATS multiplier must be finite and >= 0, got {sd['lam']}")
         self.values, self.lam = values, float(sd["lam"])
-        self.steps, self.meta_steps, self.skipped = int(sd["steps"]), int(sd["meta_steps"]), int(sd["skipped"])
+        left_out = sd["meta_steps_left_out"] if "meta_steps_left_out" in sd else sd["skipped"]  # older checkpoints
+        self.steps, self.meta_steps, self.meta_steps_left_out = int(sd["steps"]), int(sd["meta_steps"]), int(left_out)
 
 
 def check_state(state: CATSState, cfg: CATSConfig) -> None:
@@ -217,7 +218,7 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
     losses, G = losses.to(F64), G.to(F64)
     first = losses if first is None else first.to(F64)
     if not (torch.isfinite(losses).all() and torch.isfinite(G).all() and torch.isfinite(first).all()):
-        state.skipped += 1
+        state.meta_steps_left_out += 1
         return {"meta": False}
     T = state.values.numel()
     alpha = task_weights(state, cfg)
@@ -249,7 +250,7 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     the gradients of the mean losses) come from this step's micro-batches or from valid batches;
     lookahead: the step's update, needed on meta steps of objective `lookahead`.
     stats: beta (this step's weights), alpha and lam after the step, meta (whether one was taken),
-    proxy (its value after the alpha step, on a meta step), skipped (meta steps left out so far)."""
+    proxy (its value after the alpha step, on a meta step), meta_steps_left_out (so far)."""
     K = coef.shape[1]
     beta = step_weights(task_weights(state, cfg), task_ids)
     weights = K * torch.einsum("i,kij->kj", beta, coef.to(F64))
@@ -262,7 +263,8 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
             first = lookahead_gradient(beta, coef, lookahead)
         stats = meta_step(state, cfg, task_ids, meta_losses, meta_gram, first)
     state.steps += 1
-    stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam, skipped=state.skipped)
+    stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam,
+                 meta_steps_left_out=state.meta_steps_left_out)
     return weights, stats
 
 

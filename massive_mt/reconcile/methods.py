@@ -13,14 +13,14 @@ Random visiting order. For each group k = 0..n_groups-1 (group-major), then for 
 corrected task i in ascending step-local order (PCGrad: every task; GradVac: the vaccinated
 tasks only), one `torch.randperm(K - 1, generator=generator)` is drawn and task i visits
 `others[perm]`, where `others = [j for j in range(K) if j != i]`. The draws never depend
-on the gradient values (a skipped task or group still draws); nothing is drawn when K < 2
-or for `sum`.
+on the gradient values (a task taking no part, or a group that gets the plain update, still
+draws); nothing is drawn when K < 2 or for `sum`.
 
 Zero and non-finite values. In group k a task whose squared norm G[t, t] is not finite takes
 no part: it is not corrected (weight 1) and never serves as j. If entries among the
 remaining tasks are still not finite, the whole group gets the plain update (all-ones
-weights). A visit (i, j) is skipped (no correction, no EMA update) when either task takes no
-part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats. The trainer
+weights). A visit (i, j) is unusable (it does not fire and moves no EMA target) when either
+task takes no part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats. The trainer
 never gets here with a non-finite task: ShardedReconciler drops such a task from the step first
 (docs/failures.md#non-finite-values).
 
@@ -178,7 +178,7 @@ class Corrections(NamedTuple):
     coef: Tensor       # [n_groups, K, K] C: g'_i = sum_j C[i, j] g_j
     visited: Tensor    # [n_groups, K, K] bool: visit (i, j) made (reconcile/stats.py)
     fired: Tensor      # [n_groups, K, K] bool: g'_i was corrected against g_j
-    skipped: Tensor    # [n_groups, K, K] bool: visit (i, j) skipped (zero or non-finite norm)
+    unusable: Tensor   # [n_groups, K, K] bool: visit (i, j) met a zero or non-finite norm (did not fire)
     nonfinite: Tensor  # [n_groups] bool: a non-finite value was met in the group
 
 
@@ -212,10 +212,10 @@ def _dot(x: list, y: list) -> float:
 
 
 def _run(grams: Tensor, generator: torch.Generator, rows, solve: Callable) -> Corrections:
-    """Per group: draw the visiting orders, then `solve(k, G, usable, orders, C, fired, skipped)`
+    """Per group: draw the visiting orders, then `solve(k, G, usable, orders, C, fired, unusable)`
     fills the identity-initialised C and the flags."""
     n_groups, K, _ = grams.shape
-    coef, fired, skipped, nonfinite = [], [], [], []
+    coef, fired, unusable, nonfinite = [], [], [], []
     for k in range(n_groups):
         orders = _visit_orders(generator, K, rows)
         G, usable, bad = _prepare(grams[k])
@@ -225,12 +225,12 @@ def _run(grams: Tensor, generator: torch.Generator, rows, solve: Callable) -> Co
         solve(k, G, usable, orders, C, f, s)
         coef.append(C)
         fired.append(f)
-        skipped.append(s)
+        unusable.append(s)
         nonfinite.append(bad)
     shape = (n_groups, K, K)
     return Corrections(torch.tensor(coef, dtype=F64).reshape(shape), visits(K, rows, n_groups),
                        torch.tensor(fired, dtype=torch.bool).reshape(shape),
-                       torch.tensor(skipped, dtype=torch.bool).reshape(shape),
+                       torch.tensor(unusable, dtype=torch.bool).reshape(shape),
                        torch.tensor(nonfinite, dtype=torch.bool).reshape(n_groups))
 
 
@@ -265,12 +265,12 @@ def pcgrad(grams: Tensor, task_ids: list[int], state, generator: torch.Generator
     i.e. C[i, j] -= (C G)[i, j] / G[j, j]."""
     K = grams.shape[1]
 
-    def solve(k, G, usable, orders, C, fired, skipped):
+    def solve(k, G, usable, orders, C, fired, unusable):
         for i, order in orders.items():
             c, r = C[i], list(G[i])
             for j in order:
                 if _visit(usable, i, j, c, r) is None:
-                    skipped[i][j] = True
+                    unusable[i][j] = True
                 elif r[j] < 0:
                     a = -r[j] / G[j][j]
                     if math.isfinite(a):
@@ -302,14 +302,14 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
     rows = [i for i, t in enumerate(task_ids) if vaccinated is None or t in vaccinated]
     phi_hat = state.phi_hat.clone()
 
-    def solve(k, G, usable, orders, C, fired, skipped):
+    def solve(k, G, usable, orders, C, fired, unusable):
         target = phi_hat[k][ids][:, ids].tolist()
         for i, order in orders.items():
             c, r = C[i], list(G[i])
             for j in order:
                 ni = _visit(usable, i, j, c, r)
                 if ni is None:
-                    skipped[i][j] = True
+                    unusable[i][j] = True
                     continue
                 nj = math.sqrt(G[j][j])
                 phi = min(1.0, max(-1.0, r[j] / ni / nj))
@@ -372,7 +372,7 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
         coef[overflow] = torch.eye(coef.shape[1], dtype=F64)
         nonfinite |= overflow
     stats = StepStats(task_ids=task_ids, cos=cosines(grams), coef=coef, visited=out.visited, fired=out.fired,
-                      skipped=out.skipped, nonfinite=nonfinite, weights=weights)
+                      unusable=out.unusable, nonfinite=nonfinite, weights=weights)
     return weights, stats
 
 
