@@ -203,7 +203,7 @@ class ReconcileTelemetry:
     parameter group, when n_groups * T * T is small enough to log), `fired_fraction` per group
     (corrections fired / visits made, reconcile/stats.py; null when the method made no visit: `sum`,
     or GradVac with no vaccinated task in the interval's steps) and the step range. With CATS also `cats`: the task
-    weights alpha (T values, in the order of `tasks`) and the multiplier lam at the end of the
+    scales alpha (T values, in the order of `tasks`) and the multiplier lam at the end of the
     interval, the mean curvature proxy over the interval's meta steps, their number, and the meta
     steps left out so far for non-finite statistics (`meta_steps_left_out`).
     """

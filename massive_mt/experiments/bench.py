@@ -23,7 +23,7 @@ each operation, so that step is not timed). Rank 0 appends one JSON line per con
 peak memory per rank during the timed steps (CUDA: max allocated; CPU: peak resident set size,
 reset through /proc/self/clear_refs) and its increase over the memory in use before the
 configuration's trainer was built (freed memory returned to the system first), snapshot bytes against K*P/N*4, bytes per collective per
-step, the last step's task weights, and the machine, versions and configuration; the model
+step, the last step's update weights w, and the machine, versions and configuration; the model
 FLOPs of the timed steps (massive_mt.engine.model.train_flops over the sentence pairs every rank
 trained on) and the accelerator's dense bf16 peak (`--peak-tflops`, or from PEAK_BF16_TFLOPS by
 GPU name), from which bench-report derives the model FLOPs utilisation.

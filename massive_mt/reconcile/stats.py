@@ -23,7 +23,7 @@ from torch import Tensor
 
 @dataclass
 class CATSStepStats:
-    """CATS at one step: this step's weights beta [K], alpha [T] and lam after the step, whether a
+    """CATS at one step: this step's scales beta [K], the task scales alpha [T] and lam after the step, whether a
     meta step was taken and its proxy, and the meta steps left out so far (non-finite statistics)."""
 
     beta: Tensor

@@ -31,7 +31,7 @@ from massive_mt.engine.distributed import init_distributed
 from massive_mt.engine.model import build_model, freeze_parameters
 from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
 from massive_mt.reconcile import make_state, step_generator
-from massive_mt.reconcile.cats import CATSState, is_meta_step, task_weights
+from massive_mt.reconcile.cats import CATSState, is_meta_step, task_scales
 from massive_mt.reconcile.groups import assign_groups
 from massive_mt.train import Trainer
 
@@ -202,7 +202,7 @@ def run_method(ds_path: str, steps: int, spec: str, overrides: list[str], rank: 
         res["fired"] = trainer.reconciler.fired_total
     if method == "cats":
         cs, ccfg = trainer.reconciler.weigher.state, trainer.reconciler.weigher.cfg
-        res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
+        res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_scales(cs, ccfg).tolist())
         mine = torch.cat([cs.values.to(trainer.device),                      # NCCL gathers device tensors
                           torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64,
                                        device=trainer.device)])
@@ -213,7 +213,7 @@ def run_method(ds_path: str, steps: int, spec: str, overrides: list[str], rank: 
         ref, ref_cats = reference_run(cfg, trainer, world, steps)
         res["rel_diff"] = float((got - ref).abs().max() / ref.abs().max())
         if ref_cats is not None:
-            a_ref = task_weights(ref_cats, ccfg)
+            a_ref = task_scales(ref_cats, ccfg)
             res["alpha_rel_diff"] = float((torch.tensor(res["alpha"], dtype=torch.float64) - a_ref).abs().max()
                                           / a_ref.abs().max())
             res["lam_rel_diff"] = abs(res["lam"] - ref_cats.lam) / max(abs(ref_cats.lam), 1e-300)
