@@ -35,7 +35,7 @@ engine's optimizer wrapper or ZeRO stage:
 - ``"z0"``: ZeRO stage 0, fp32, plain torch optimizer. After a boundary backward DeepSpeed has
   all-reduced and averaged every ``p.grad``; each rank holds the full gradient.
 - ``"z12"``: ``DeepSpeedZeroOptimizer`` (ZeRO-1/2). ``optimizer.averaged_gradients[i]`` holds
-  param group i's partition, either as a list of pieces plus zero pads (``_zero_padding``)
+  the partition of ``param_groups[i]``, either as a list of pieces plus zero pads (``_zero_padding``)
   exactly ``partition_size[i]`` long, or (bf16 with fp32 accumulation) as a buffer object whose
   ``.flat_partition`` is the whole partition. Parameter offsets come from ``p._hp_mapping``.
 - ``"z3"``: ``DeepSpeedZeroOptimizer_Stage3``. One contiguous ``grad_partitions_flat_buffer`` in
@@ -45,7 +45,7 @@ engine's optimizer wrapper or ZeRO stage:
   averaged fp32 gradient; its partition is ``fp32_groups_gradient_flat_partition[i]``.
 
 Frozen parameters (``requires_grad`` False, ``model.freeze``) are in no layout: deepspeed 0.19.8
-leaves them out of its optimizer groups at every stage (``is_optimized_parameter``), so no
+leaves them out of its ``param_groups`` at every stage (``is_optimized_parameter``), so no
 backend holds a gradient for them (ZeRO-3 still partitions their weights); stage 0 skips them
 here. ``GradShards`` checks that no segment belongs to one.
 
@@ -53,7 +53,7 @@ Not supported (``ConfigError``): fp16 / loss scaling, optimizer or parameter off
 ``managed_gradient_accumulation: false`` (step() rebuilds the gradient and would overwrite a
 write-back), DeepSpeed clipping with ``BF16_Optimizer`` (its norm covers the full local buffer,
 which is wrong after a partition-only write-back: clip from the Gram instead, see
-``clip_from_gram``), expert-parallel parameter groups and any other optimizer wrapper.
+``clip_from_gram``), expert-parallel (MoE) ``param_groups`` and any other optimizer wrapper.
 """
 from __future__ import annotations
 
@@ -270,8 +270,8 @@ class _ZeRO12(_Backend):
             off += size
             ag = self.opt.averaged_gradients.get(i)
             if ag is None:
-                raise RuntimeError("GradShards.write_back: no gradient partition for param group "
-                                   f"{i}; call it after the last task's boundary backward, without reset()")
+                raise RuntimeError("GradShards.write_back: no gradient partition for "
+                                   f"param_groups[{i}]; call it after the last task's boundary backward, without reset()")
             dst = getattr(ag, "flat_partition", None)
             if dst is not None:
                 dst.view(-1).copy_(src)
@@ -282,13 +282,13 @@ class _ZeRO12(_Backend):
                 o += t.numel()
             assert o == size, (i, o, size)
 
-    def _groups(self):
+    def _param_groups(self):
         return self.opt.bit16_groups
 
     def segments(self):
         out, base = [], 0
-        for group, size in zip(self._groups(), self.sizes):
-            for p in group:
+        for params, size in zip(self._param_groups(), self.sizes):
+            for p in params:
                 mapping = getattr(p, "_hp_mapping", None)       # None: no values on this rank
                 if mapping is not None:
                     addr = mapping.get_hp_fragment_address()   # relative to this rank's partition
@@ -339,7 +339,7 @@ class _BF16(_ZeRO12):
             opt.fp32_groups_has_gradients[i] = [True] * len(opt.fp32_groups_has_gradients[i])
             off += n
 
-    def _groups(self):
+    def _param_groups(self):
         return self.opt.bf16_groups
 
 
@@ -390,8 +390,8 @@ class _ZeRO3(_Backend):
     def segments(self):
         rank = dist.get_rank(group=self.dp_group)
         out, off = [], 0
-        for group in self.opt.fp16_groups:
-            for p in group:
+        for params in self.opt.fp16_groups:
+            for p in params:
                 n = p.partition_numel()
                 valid = min(n, max(0, p.ds_numel - rank * n))   # the rest is padding
                 if valid > 0:
@@ -457,9 +457,9 @@ class GradShards:
                               f"{type(engine.optimizer).__name__} DeepSpeed's clipping norm is wrong after a "
                               "partition write-back; set it to 0 and clip from the Gram (GradShards.clip_from_gram)")
         opt = engine.optimizer
-        real_groups = getattr(opt, "real_dp_process_group", None)
-        if real_groups is not None and any(g is not impl.dp_group for g in real_groups):
-            raise ConfigError("expert-parallel (MoE) parameter groups are not supported by the per-task "
+        dp_groups = getattr(opt, "real_dp_process_group", None)     # one process group per param_groups entry
+        if dp_groups is not None and any(g is not impl.dp_group for g in dp_groups):
+            raise ConfigError("expert-parallel (MoE) param_groups are not supported by the per-task "
                               "gradient adapter: the Gram needs one data-parallel group")
         self._impl = impl
         self.device = engine.device

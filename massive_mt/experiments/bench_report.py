@@ -51,11 +51,11 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 def summarise(records: list[dict]) -> list[dict]:
     """One row per (run, preset, N, ZeRO stage, K, method), repetitions pooled, with ratios to the
     run's `plain` row of the same K."""
-    groups = defaultdict(list)
+    cells = defaultdict(list)
     for r in records:
-        groups[(r["run_id"], r["preset"], r["world_size"], r["zero_stage"], r["K"], r["method"])].append(r)
+        cells[(r["run_id"], r["preset"], r["world_size"], r["zero_stage"], r["K"], r["method"])].append(r)
     rows = []
-    for key, recs in groups.items():
+    for key, recs in cells.items():
         r0 = recs[-1]
         times = [t for r in recs for t in r["step_s"]]
         q1, med, q3 = _quartiles(times)

@@ -146,7 +146,7 @@ def frozen_report(trainer: Trainer, start, got) -> dict:
     frozen = {id(p) for _, p in named if not p.requires_grad}
     mask = torch.cat([torch.full((getattr(p, "ds_numel", p.numel()),), not p.requires_grad) for _, p in named])
     opt = engine.optimizer
-    wrapper_groups = next((getattr(opt, a) for a in ("bit16_groups", "fp16_groups", "bf16_groups") if hasattr(opt, a)),
+    param_groups = next((getattr(opt, a) for a in ("bit16_groups", "fp16_groups", "bf16_groups") if hasattr(opt, a)),
                           [g["params"] for g in opt.param_groups])
     inner = getattr(opt, "optimizer", opt)
     state = torch.tensor(float(sum(st["exp_avg"].numel() for st in inner.state.values())), device=trainer.device)
@@ -155,7 +155,7 @@ def frozen_report(trainer: Trainer, start, got) -> dict:
     shards = trainer.reconciler.shards if trainer.reconciler is not None else None
     return {"frozen_numel": int(mask.sum()), "trainable_numel": int((~mask).sum()),
             "frozen_moved": float((got - start)[mask].abs().max()) if mask.any() else 0.0,
-            "wrapper_holds_frozen": any(id(p) in frozen for g in wrapper_groups for p in g),
+            "wrapper_holds_frozen": any(id(p) in frozen for g in param_groups for p in g),
             "adam_state_numel": int(state),
             "segments_of_frozen": sorted({s.name for s in shards.segments() + shards.gram_segments()}
                                          & {n for n, p in named if not p.requires_grad}) if shards else None}
