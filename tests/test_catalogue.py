@@ -89,10 +89,10 @@ def grams(K=3, n_groups=2, seed=0):
 
 def test_method_weigher_is_the_registered_method_with_its_keywords():
     G, ids = grams(), [0, 2, 3]
-    w = MethodWeigher("gradvac", 2, 4, {"ema_rate": 0.5, "vaccinated": frozenset({2})}, seed=7)
+    w = MethodWeigher("gradvac", 2, 4, {"ema_rate": 0.5, "vaccinate_ids": frozenset({2})}, seed=7)
     got, stats = w.weights(Statistics(G, torch.ones(3, 2, dtype=F64)), ids, step=3)
     state = make_state("gradvac", 2, 4)
-    want, _ = reconcile("gradvac", G, ids, state, step_generator(7, 3), ema_rate=0.5, vaccinated=frozenset({2}))
+    want, _ = reconcile("gradvac", G, ids, state, step_generator(7, 3), ema_rate=0.5, vaccinate_ids=frozenset({2}))
     assert torch.equal(got, want) and torch.equal(w.state.phi_hat, state.phi_hat) and stats.cats is None
     assert set(w.state_dict()) == {"state"}
 

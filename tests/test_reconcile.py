@@ -48,7 +48,7 @@ def problems(draw):
         K=draw(st.integers(1, n_tasks)),
         sizes=draw(st.lists(st.integers(4, 12), min_size=1, max_size=3)),
         ema_rate=draw(st.sampled_from([0.01, 0.3, 1.0])),
-        vaccinated=draw(st.none() | st.frozensets(st.integers(0, n_tasks - 1))),
+        vaccinate_ids=draw(st.none() | st.frozensets(st.integers(0, n_tasks - 1))),
         steps=draw(st.integers(1, 3)),
         zero_prob=draw(st.sampled_from([0.0, 0.2])),
         seed=draw(st.integers(0, 2**31 - 1)),
@@ -60,7 +60,7 @@ def problems(draw):
 def test_gram_form_matches_full_vector_reference(p):
     data = gen(p["seed"])
     n_groups, K = len(p["sizes"]), p["K"]
-    options = dict(ema_rate=p["ema_rate"], vaccinated=p["vaccinated"])
+    options = dict(ema_rate=p["ema_rate"], vaccinate_ids=p["vaccinate_ids"])
     state = make_state(p["method"], n_groups, p["n_tasks"])
     if p["method"] == "gradvac":  # start from non-trivial targets
         state.load_state_dict({"phi_hat": torch.rand(n_groups, p["n_tasks"], p["n_tasks"],
@@ -95,7 +95,7 @@ def test_gradvac_correction_reaches_target(seed, target, ema_rate):
     state = make_state("gradvac", 1, 3)
     state.phi_hat[0, 2, 0] = target
     _, stats = reconcile("gradvac", grams_of([g]), [2, 0], state, gen(0),
-                         ema_rate=ema_rate, vaccinated={2})
+                         ema_rate=ema_rate, vaccinate_ids={2})
     assert bool(stats.fired[0, 0, 1]) == (phi < target)
     g0 = corrected([g], stats, 0)[0]
     assert math.isclose(cos(g0, g[1]), target if phi < target else phi, abs_tol=1e-9)

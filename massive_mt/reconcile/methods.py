@@ -79,11 +79,11 @@ class GradVacOptions(MethodOptions):
 
     def keywords(self, tasks: list[str], train_sizes: dict[str, int]) -> dict:
         return {"ema_rate": self.ema_rate,
-                "vaccinated": vaccinated_ids(self.vaccinate, tasks, train_sizes, self.low_resource_quantile)}
+                "vaccinate_ids": vaccinate_ids(self.vaccinate, tasks, train_sizes, self.low_resource_quantile)}
 
 
-def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
-                   quantile: float) -> Optional[frozenset]:
+def vaccinate_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
+                  quantile: float) -> Optional[frozenset]:
     """GradVac's vaccinated subset as global task ids: None (all), explicit tasks, or
     ["low_resource"]: the tasks whose training size is below the given quantile."""
     if spec is None:
@@ -282,7 +282,7 @@ def pcgrad(grams: Tensor, task_ids: list[int], state, generator: torch.Generator
 
 @register("gradvac", make_state=GradVacState.zeros, options=GradVacOptions)
 def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: torch.Generator,
-            ema_rate: float = EMA_RATE, vaccinated=None) -> Corrections:
+            ema_rate: float = EMA_RATE, vaccinate_ids=None) -> Corrections:
     """GradVac, Algorithm 1 of Wang et al. 2021 (docs/algorithms.md#gradvac). Per group k, for each
     vaccinated task i, for j != i in random order, with T = phi_hat[k, task_ids[i], task_ids[j]]:
         phi = cos(g'_i, g_j)                          (g'_i corrected so far, g_j ORIGINAL)
@@ -290,7 +290,7 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
         T <- (1 - ema_rate) T + ema_rate phi          (every visit, after the test)
     After a correction cos(g'_i, g_j) = T. A correction is left out when 1 - T^2 < GRADVAC_TOL
     (|T| within 5e-7 of 1: the coefficient would be rounding noise); the target still moves.
-    vaccinated: the global task ids to correct (None: all). state.phi_hat is replaced by the new
+    vaccinate_ids: the global task ids to correct (None: all). state.phi_hat is replaced by the new
     targets."""
     if not 0.0 <= ema_rate <= 1.0:
         raise ValueError(f"GradVac ema_rate must be in [0, 1], got {ema_rate}")
@@ -299,7 +299,7 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
         raise ValueError(f"GradVac state is for {n_groups} groups and {n_tasks} tasks; got grams "
                          f"{tuple(grams.shape)} and task_ids {task_ids}")
     ids = torch.tensor(task_ids, dtype=torch.long)
-    rows = [i for i, t in enumerate(task_ids) if vaccinated is None or t in vaccinated]
+    rows = [i for i, t in enumerate(task_ids) if vaccinate_ids is None or t in vaccinate_ids]
     phi_hat = state.phi_hat.clone()
 
     def solve(k, G, usable, orders, C, fired, unusable):
@@ -351,7 +351,7 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     computed in float64 on the CPU). task_ids: global task index of each step-local task.
     state: from `make_state(method, n_groups, n_tasks)`; GradVac's state object is updated.
     generator: seeded identically on every rank (`step_generator`); see the module docstring for
-    the draw order. options: the method's keyword arguments (GradVac: `ema_rate`, `vaccinated` as
+    the draw order. options: the method's keyword arguments (GradVac: `ema_rate`, `vaccinate_ids` as
     global task ids, from `GradVacOptions.keywords`); those other methods take are ignored.
     """
     m = get_method(method)

@@ -72,7 +72,7 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
         ccfg = trainer.reconciler.weigher.cfg
         cats_state = CATSState.uniform(len(trainer.tasks), ccfg.param)
     rc = {"ema_rate": cfg.reconcile.ema_rate,
-          "vaccinated": base_keywords(trainer.reconciler).get("vaccinated")}
+          "vaccinate_ids": base_keywords(trainer.reconciler).get("vaccinate_ids")}
     gas = s.tasks_per_step * s.micro_batches_per_task
     for step in range(steps):
         plans = [smp.plan(step) for smp in samplers]
