@@ -288,8 +288,8 @@ def test_lam_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_holds()
     assert state.lam == 0.0
 
 
-def test_zero_learning_rate_is_plain_training():
-    """lr_alpha = 0: alpha stays uniform, every weight is 1, the update is the plain sum."""
+def test_zero_learning_rate_is_the_sum_update():
+    """lr_alpha = 0: alpha stays uniform, every weight is 1, the update is `sum`'s, sum_i g_i."""
     cfg = CATSConfig(lr_alpha=0.0, lr_lam=1.0, eps=0.0)
     T, g = 5, gen(0)
     state = CATSState.uniform(T, "simplex")

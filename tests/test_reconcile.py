@@ -262,7 +262,7 @@ def test_non_finite_task_takes_no_part(method):
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_whole_gram_non_finite_gives_plain_update(method, bad):
+def test_whole_gram_non_finite_gives_the_sum_update(method, bad):
     grams = torch.full((1, 3, 3), bad, dtype=F64)
     state = make_state(method, 1, 3)
     weights, stats = reconcile(method, grams, [0, 1, 2], state, gen(0))

@@ -33,7 +33,7 @@ gradient, reset, dropping a step (``skip_step``), writing back, and the facts ``
 (read by checkpoint.py). Nothing else in massive_mt branches on an
 engine's optimizer wrapper or ZeRO stage:
 
-- ``"z0"``: ZeRO stage 0, fp32, plain torch optimizer. After a boundary backward DeepSpeed has
+- ``"z0"``: ZeRO stage 0, fp32, torch's own optimizer. After a boundary backward DeepSpeed has
   all-reduced and averaged every ``p.grad``; each rank holds the full gradient.
 - ``"z12"``: ``DeepSpeedZeroOptimizer`` (ZeRO-1/2). ``optimizer.averaged_gradients[i]`` holds
   the partition of ``param_groups[i]``, either as a list of pieces plus zero pads (``_zero_padding``)

@@ -1,5 +1,6 @@
-"""Scaling benchmark: the training step with and without sharded reconciliation, against plain
-ZeRO, a bare DeepSpeed loop and the naive full-gradient approach.
+"""Scaling benchmark: the training step with and without sharded reconciliation, against `plain`
+(DeepSpeed's own accumulation in the trainer), a bare DeepSpeed loop and the naive full-gradient
+approach.
 
 One process per rank (deepspeed / torchrun / srun), e.g. on CPU:
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m massive_mt.experiments.bench --data-bin data-bin \\

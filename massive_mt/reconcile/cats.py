@@ -6,9 +6,10 @@ the renormalised scales beta = alpha[task_ids] / sum(alpha[task_ids]) and the up
 
     update = K * sum_i beta_i g'_i,    g'_i = sum_j C[i, j] g_j,
 
-where C comes from the base method (identity for `sum`: plain CATS; GradVac's or PCGrad's
+where C comes from the base method (identity for `sum`: CATS alone; GradVac's or PCGrad's
 corrections otherwise), so the weights of the Gram form are w[k, j] = K * (beta^T C_k)[j].
-Uniform alpha gives beta = 1/K: the plain update. When K = T, beta = alpha.
+Uniform alpha gives beta = 1/K: the base's own update (with `sum`: sum_i g_i). When K = T,
+beta = alpha.
 
 Meta step (every `interval` steps once `warmup` steps are done), on the step tasks:
     L_i   = task i's mean loss;  G = the K x K Gram of the gradients of L_i
@@ -50,7 +51,7 @@ class CATSConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    # which gradients CATS scales: sum (plain CATS) | pcgrad | gradvac (the corrected gradients)
+    # which gradients CATS scales: sum (the task gradients unchanged) | pcgrad | gradvac (the corrected gradients)
     base: Literal[tuple(METHODS)] = "sum"
     # meta losses + Gram from: train (this step's micro-batches, free) | valid (a valid-split micro-batch)
     meta_data: Literal["train", "valid"] = "train"

@@ -13,12 +13,12 @@ Random visiting order. For each group k = 0..n_groups-1 (group-major), then for 
 corrected task i in ascending step-local order (PCGrad: every task; GradVac: the vaccinated
 tasks only), one `torch.randperm(K - 1, generator=generator)` is drawn and task i visits
 `others[perm]`, where `others = [j for j in range(K) if j != i]`. The draws never depend
-on the gradient values (a task taking no part, or a group that gets the plain update, still
+on the gradient values (a task taking no part, or a group that gets the `sum` update, still
 draws); nothing is drawn when K < 2 or for `sum`.
 
 Zero and non-finite values. In group k a task whose squared norm G[t, t] is not finite takes
 no part: it is not corrected (weight 1) and never serves as j. If entries among the
-remaining tasks are still not finite, the whole group gets the plain update (all-ones
+remaining tasks are still not finite, the whole group gets the `sum` update (all-ones
 weights). A visit (i, j) is unusable (it does not fire and moves no EMA target) when either
 task takes no part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats. The trainer
 never gets here with a non-finite task: ShardedReconciler drops such a task from the step first
@@ -202,7 +202,7 @@ def _prepare(G: Tensor) -> tuple[list, list, bool]:
     part = torch.isfinite(d)
     nonfinite = not bool(torch.isfinite(G).all())
     if not torch.isfinite(G[part][:, part]).all():
-        part = torch.zeros_like(part)  # no consistent sub-Gram: the plain update
+        part = torch.zeros_like(part)  # no consistent sub-Gram: the `sum` update
     Gz = torch.where(part[:, None] & part[None, :], G, torch.zeros((), dtype=F64))
     return Gz.tolist(), (part & (d > 0)).tolist(), nonfinite
 
@@ -251,7 +251,7 @@ def _add(G, c, r, a, j) -> None:
 
 @register("sum")
 def sum_method(grams: Tensor, task_ids: list[int], state, generator: torch.Generator) -> Corrections:
-    """Plain training: update = sum_i g_i (C = I, w = 1)."""
+    """The K task gradients added unchanged: update = sum_i g_i (C = I, w = 1)."""
     n_groups, K, _ = grams.shape
     z = torch.zeros(n_groups, K, K, dtype=torch.bool)
     return Corrections(torch.eye(K, dtype=F64).expand(n_groups, K, K).clone(), z, z.clone(), z.clone(),
@@ -367,7 +367,7 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     coef, nonfinite = out.coef, out.nonfinite.clone()
     weights = coef.sum(1)
     overflow = ~torch.isfinite(weights).all(1)
-    if overflow.any():  # corrections overflowed: the plain update for those groups
+    if overflow.any():  # corrections overflowed: the `sum` update for those groups
         weights[overflow] = 1.0
         coef[overflow] = torch.eye(coef.shape[1], dtype=F64)
         nonfinite |= overflow
