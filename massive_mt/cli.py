@@ -1,4 +1,4 @@
-"""`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-weights, bench,
+"""`massive-mt` command line: build-corpus, prepare, train, evaluate, similarity, task-scales, bench,
 bench-report, demo, compare, study, relatedness,
 export, translate. Every command reports bad input and refused file
 operations in one line with exit status 2 (`run_command`)."""
@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from massive_mt.launch import launch_command, launch_env, run_command
-from massive_mt.errors import MassiveMTError
+from massive_mt.errors import REFUSED_EXIT, MassiveMTError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+RENAMED_COMMANDS = {"task-weights": "task-scales"}   # an older command name is refused with the new one
 
 
 def cmd_build_corpus(a) -> int:
@@ -110,10 +111,10 @@ def cmd_similarity(a) -> int:
     return 0
 
 
-def cmd_task_weights(a) -> int:
-    from massive_mt.experiments.plots import plot_task_weights
+def cmd_task_scales(a) -> int:
+    from massive_mt.experiments.plots import plot_task_scales
 
-    print(plot_task_weights(Path(a.run), Path(a.out or Path(a.run) / "task_weights.png")))
+    print(plot_task_scales(Path(a.run), Path(a.out or Path(a.run) / "task_scales.png")))
     return 0
 
 
@@ -327,10 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="image path (default RUN/similarity_GROUP.png)")
     s.set_defaults(fn=cmd_similarity)
 
-    w = sub.add_parser("task-weights", help="CATS task weights and the multiplier lam over training, and against data size")
+    w = sub.add_parser("task-scales", help="CATS task scales and the multiplier lam over training, and against data size")
     w.add_argument("--run", required=True, help="training output_dir of a reconcile.method: cats run")
-    w.add_argument("--out", help="image path (default RUN/task_weights.png)")
-    w.set_defaults(fn=cmd_task_weights)
+    w.add_argument("--out", help="image path (default RUN/task_scales.png)")
+    w.set_defaults(fn=cmd_task_scales)
 
     sub.add_parser("bench", help="scaling benchmark (one process per rank; see `massive-mt bench --help`)")
     sub.add_parser("memory-plan", help="memory per GPU of fine-tuning an NLLB/M2M-100 shape under ZeRO "
@@ -414,6 +415,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["translate"]:        # likewise
         from massive_mt.evaluation import translate
         return translate.main(argv[1:])
+    if argv[:1] and argv[0] in RENAMED_COMMANDS:
+        print(f"massive-mt {argv[0]}: error: renamed to 'massive-mt {RENAMED_COMMANDS[argv[0]]}'", file=sys.stderr)
+        return REFUSED_EXIT
     args = build_parser().parse_args(argv)
     return run_command(args.command, getattr(args, "out", None), args.fn, args)
 

@@ -284,10 +284,11 @@ class Trainer:
     def log_start(self):
         if self.rank != 0:
             return
+        from massive_mt.engine.zero_adapter import layout_of
         info = {"event": "start", "world_size": self.world, "parameters": self.n_params,
                 "trainable_parameters": self.n_trainable, "frozen_parameters": self.n_frozen,
                 "zero_stage": self.engine.zero_optimization_stage(), "bf16": self.engine.bfloat16_enabled(),
-                "optimizer_wrapper": type(self.engine.optimizer).__name__,
+                "optimizer_wrapper": type(self.engine.optimizer).__name__, "layout": layout_of(self.engine).name,
                 "attn_implementation": self.engine.module.config._attn_implementation,
                 "activation_checkpointing": self.cfg.model.activation_checkpointing,
                 "tasks": self.tasks, "train_sentences": self.train_sizes,
@@ -296,7 +297,7 @@ class Trainer:
                 "resumed_from_step": self.step}
         self.writer.write(self.step, info)
         print(f"[massive_mt] world={self.world} params={self.n_params:,} tasks={len(self.tasks)} "
-              f"zero={info['zero_stage']} bf16={info['bf16']} wrapper={info['optimizer_wrapper']} "
+              f"zero={info['zero_stage']} bf16={info['bf16']} layout={info['layout']} "
               f"start_step={self.step}", file=sys.stderr, flush=True)
         print(f"[massive_mt] trainable={self.n_trainable:,} frozen={self.n_frozen:,} (model.freeze: "
               f"{self.cfg.model.freeze})", file=sys.stderr, flush=True)

@@ -31,7 +31,7 @@ def reconcile(method: str, grads: list[Tensor], task_ids: list[int], state, gene
 
 
 def correct(method: str, grads: list[Tensor], task_ids: list[int], state, generator: torch.Generator,
-            ema_rate: float = EMA_RATE, vaccinated=None) -> tuple[list[Tensor], object]:
+            ema_rate: float = EMA_RATE, vaccinate_ids=None) -> tuple[list[Tensor], object]:
     """Per group the [K, n_k] corrected task gradients g'_i, and the new state."""
     state = copy.deepcopy(state)
     K = len(task_ids)
@@ -42,7 +42,7 @@ def correct(method: str, grads: list[Tensor], task_ids: list[int], state, genera
             corrected.append(g)
             continue
         rows = [i for i in range(K)
-                if method == "pcgrad" or vaccinated is None or task_ids[i] in vaccinated]
+                if method == "pcgrad" or vaccinate_ids is None or task_ids[i] in vaccinate_ids]
         orders = {}
         if K >= 2:
             for i in rows:

@@ -36,6 +36,7 @@ def test_bench_runs_every_configuration_on_two_ranks(bench_run):
     assert [(r["K"], r["method"]) for r in records] == [(K, m) for K in KS for m in METHODS]
     for r in records:
         assert r["world_size"] == 2 and r["zero_stage"] == 2 and r["wrapper"] == "DeepSpeedZeroOptimizer"
+        assert r["runner"] == parse_method(r["method"])[0] and r["memory"]["measure"] == "peak_rss"
         assert len(r["step_s"]) == 3 and r["warmup"] == 1 and all(t > 0 for t in r["step_s"])
         assert r["target_tokens"] > 0 and r["target_tokens_per_s"] > 0
         assert len(r["memory"]["peak_bytes"]) == 2 and min(r["memory"]["peak_bytes"]) > 0
@@ -96,6 +97,14 @@ def test_bench_report_tables_and_figures(bench_run, tmp_path):
     assert "plain / bare" in text
     for fig in ("overhead_vs_k.png", "memory_vs_n.png", "step_time_vs_n.png"):
         assert (tmp_path / "rep" / fig).stat().st_size > 10_000
+
+
+def test_report_reads_records_from_before_the_runner_was_named():
+    """docs/benchmarks/cpu-2core/bench.jsonl was written when the runner and the memory measure were
+    both called 'kind'."""
+    rows = summarise(load([REPO / "docs" / "benchmarks" / "cpu-2core" / "bench.jsonl"]))
+    assert {r["runner"] for r in rows} == {"trainer", "bare", "naive"}
+    assert {r["memory_measure"] for r in rows} == {"peak_rss"}
 
 
 def test_parse_method():

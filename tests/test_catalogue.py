@@ -89,10 +89,10 @@ def grams(K=3, n_groups=2, seed=0):
 
 def test_method_weigher_is_the_registered_method_with_its_keywords():
     G, ids = grams(), [0, 2, 3]
-    w = MethodWeigher("gradvac", 2, 4, {"ema_rate": 0.5, "vaccinated": frozenset({2})}, seed=7)
+    w = MethodWeigher("gradvac", 2, 4, {"ema_rate": 0.5, "vaccinate_ids": frozenset({2})}, seed=7)
     got, stats = w.weights(Statistics(G, torch.ones(3, 2, dtype=F64)), ids, step=3)
     state = make_state("gradvac", 2, 4)
-    want, _ = reconcile("gradvac", G, ids, state, step_generator(7, 3), ema_rate=0.5, vaccinated=frozenset({2}))
+    want, _ = reconcile("gradvac", G, ids, state, step_generator(7, 3), ema_rate=0.5, vaccinate_ids=frozenset({2}))
     assert torch.equal(got, want) and torch.equal(w.state.phi_hat, state.phi_hat) and stats.cats is None
     assert set(w.state_dict()) == {"state"}
 
@@ -128,17 +128,18 @@ def test_cats_weigher_asks_for_the_valid_pass_at_its_meta_steps():
 
 def test_checkpoint_keys_are_kept_and_another_parameterisation_is_refused():
     """A reconciler state written before CATS became a weigher: {'state': base state, 'cats':
-    CATSState's fields with param and floor}; it loads, and one of another param is refused."""
+    CATSState's fields with param and floor, the meta steps left out under their older key
+    'skipped'}; it loads, and one of another param is refused."""
     cfg = CATSConfig(base="gradvac")
     w = CATSWeigher(MethodWeigher("gradvac", 2, 3, {}, seed=0), cfg, 3, 2, lambda: 0.1, 0.0)
     sd = w.state_dict()
     assert set(sd) == {"state", "cats"} and set(sd["state"]) == {"phi_hat"}
-    assert set(sd["cats"]) == {"values", "lam", "steps", "meta_steps", "skipped", "param", "floor"}
+    assert set(sd["cats"]) == {"values", "lam", "steps", "meta_steps", "meta_steps_left_out", "param", "floor"}
     old = {"state": {"phi_hat": torch.full((2, 3, 3), 0.25, dtype=F64)},
            "cats": {"values": torch.tensor([0.5, 0.3, 0.2], dtype=F64), "lam": 0.5, "steps": 4, "meta_steps": 4,
-                    "skipped": 0, "param": "simplex", "floor": 0.1}}
+                    "skipped": 2, "param": "simplex", "floor": 0.1}}
     w.load_state_dict(old)
-    assert w.state.steps == 4 and float(w.base.state.phi_hat[1, 2, 0]) == 0.25
+    assert (w.state.steps, w.state.meta_steps_left_out) == (4, 2) and float(w.base.state.phi_hat[1, 2, 0]) == 0.25
     with pytest.raises(ConfigError, match="field 'reconcile.cats.param'"):
         w.load_state_dict(dict(old, cats=dict(old["cats"], param="softmax")))
 

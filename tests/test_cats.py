@@ -11,8 +11,8 @@ from massive_mt.engine.config import load_config
 from massive_mt.errors import ConfigError
 from massive_mt.reconcile import make_state, reconcile
 from massive_mt.reconcile.cats import (CATSConfig, CATSState, LookAhead, cats, check_state, corrected_gram, curvature,
-                                       is_meta_step, lookahead_gradient, meta_step, project_simplex, step_weights,
-                                       task_weights)
+                                       is_meta_step, lookahead_gradient, meta_step, project_simplex, step_scales,
+                                       task_scales)
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -117,7 +117,7 @@ def _assert_gram_form_matches_reference(p):
     for got, want, _ in history:
         for a, b in zip(got, want):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-9)
-    assert torch.allclose(task_weights(ours, cfg), ref.values if cfg.param == "simplex" else
+    assert torch.allclose(task_scales(ours, cfg), ref.values if cfg.param == "simplex" else
                           cfg.floor / p["n_tasks"] + (1 - cfg.floor) * torch.softmax(ref.values, 0), atol=1e-10)
     assert ours.lam == pytest.approx(ref.lam, rel=1e-9, abs=1e-12)
     assert (ours.steps, ours.meta_steps) == (ref.steps, ref.meta_steps) == (
@@ -129,7 +129,7 @@ def test_reference_moves_on_the_tested_problems():
     p = dict(n_tasks=4, K=3, sizes=[5, 7], base="gradvac", proxy="combined", param="simplex", floor=0.1,
              lr_alpha=0.05, eps=0.0, interval=1, warmup=0, valid=False, steps=4, seed=3)
     cfg, ours, _, _ = _run_both(p)
-    assert ours.lam > 0 and float((task_weights(ours, cfg) - 0.25).abs().max()) > 1e-3
+    assert ours.lam > 0 and float((task_scales(ours, cfg) - 0.25).abs().max()) > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,13 +158,13 @@ def test_lookahead_gram_form_matches_autograd_reference(p):
 @pytest.mark.parametrize("clip_norm", [0.0, 0.5])
 @pytest.mark.parametrize("K", [3, 5])
 def test_lookahead_reference_moves_over_several_meta_steps(K, clip_norm):
-    """Not vacuous: with GradVac as base, K = T and K < T, clipping off and active, the weights move
+    """Not vacuous: with GradVac as base, K = T and K < T, clipping off and active, the scales move
     by far more than the tolerance over several meta steps, and the Gram form follows them."""
     p = dict(n_tasks=5, K=K, sizes=[5, 7], base="gradvac", proxy="combined", param="simplex", floor=0.1,
              lr_alpha=0.5, eps=1e6, lr=0.3, clip_norm=clip_norm, warmup=0, steps=5, seed=11, objective="lookahead")
     cfg, ours, ref, history = _run_both(p)
-    assert float((task_weights(ours, cfg) - 0.2).abs().max()) > 1e-2
-    assert torch.allclose(task_weights(ours, cfg), ref.values, atol=1e-10)
+    assert float((task_scales(ours, cfg) - 0.2).abs().max()) > 1e-2
+    assert torch.allclose(task_scales(ours, cfg), ref.values, atol=1e-10)
     if clip_norm:        # the clipping really applied: the update is longer than the threshold
         assert all(float(sum((w ** 2).sum() for w in want)) > clip_norm ** 2 for _, want, _ in history)
 
@@ -194,7 +194,7 @@ def test_lookahead_gradient_by_finite_differences():
 @FAST
 @given(st.integers(2, 6), st.integers(2, 6), st.sampled_from(["simplex", "softmax"]),
        st.sampled_from(["combined", "diagonal"]), st.sampled_from([0.0, 0.5]), st.integers(0, 10**6))
-def test_lookahead_weights_stay_uniform_when_all_tasks_have_the_same_gradient(T, K, param, proxy, clip_norm, seed):
+def test_lookahead_scales_stay_uniform_when_all_tasks_have_the_same_gradient(T, K, param, proxy, clip_norm, seed):
     K = min(K, T)
     cfg = CATSConfig(objective="lookahead", meta_data="valid", lr_alpha=2.0, lr_lam=0.5, eps=0.0, param=param,
                      proxy=proxy)
@@ -205,15 +205,15 @@ def test_lookahead_weights_stay_uniform_when_all_tasks_have_the_same_gradient(T,
         coef = torch.eye(K, dtype=F64)[None]
         look = LookAhead((v @ v.T)[None], (v @ v.T)[None], 0.1, clip_norm)
         cats(coef, ids, state, cfg, torch.rand(K, generator=g, dtype=F64), v @ v.T, look)
-        assert torch.allclose(task_weights(state, cfg), torch.full((T,), 1.0 / T, dtype=F64), rtol=0, atol=1e-12)
+        assert torch.allclose(task_scales(state, cfg), torch.full((T,), 1.0 / T, dtype=F64), rtol=0, atol=1e-12)
     assert state.meta_steps == 6 and state.lam > 0            # the meta steps ran, with the curvature term
 
 
 @pytest.mark.parametrize("param", ["simplex", "softmax"])
 @pytest.mark.parametrize("K", [4, 3])
-def test_lookahead_lowers_the_weight_of_a_task_that_opposes_the_valid_gradients(param, K):
+def test_lookahead_lowers_the_scale_of_a_task_that_opposes_the_valid_gradients(param, K):
     """Task 0's training gradient points against the valid gradients of the step's tasks, the others'
-    along them: its weight falls, meta step after meta step, whatever its loss. The `loss` objective
+    along them: its scale falls, meta step after meta step, whatever its loss. The `loss` objective
     on the same statistics (equal losses) leaves it where it is."""
     T, g = 4, gen(1)
     d = torch.randn(9, generator=g, dtype=F64)
@@ -227,9 +227,9 @@ def test_lookahead_lowers_the_weight_of_a_task_that_opposes_the_valid_gradients(
         cfg = CATSConfig(objective=objective, meta_data="valid", lr_alpha=0.002, lr_lam=0.0, param=param)
         state, before = CATSState.uniform(T, param), []
         for _ in range(4):
-            before.append(float(task_weights(state, cfg)[0]))
+            before.append(float(task_scales(state, cfg)[0]))
             cats(coef, ids, state, cfg, losses, valid @ valid.T, look)
-        after = task_weights(state, cfg)
+        after = task_scales(state, cfg)
         if falls:
             assert all(b > a for b, a in zip(before, before[1:] + [float(after[0])])), before
             assert float(after[0]) < 1 / T - 1e-3 and bool((after[1:K] > 1 / T).all())
@@ -263,7 +263,7 @@ def test_alpha_stays_on_the_simplex_above_the_floor(T, param, floor, seed):
         ids = torch.randperm(T, generator=g)[:K].tolist()
         V = torch.randn(K, 6, generator=g, dtype=F64) * 3
         meta_step(state, cfg, ids, torch.rand(K, generator=g, dtype=F64) * 10, V @ V.T)
-        alpha = task_weights(state, cfg)
+        alpha = task_scales(state, cfg)
         assert abs(float(alpha.sum()) - 1.0) < 1e-12
         assert float(alpha.min()) >= floor / T - 1e-12
         assert state.lam >= 0
@@ -288,8 +288,8 @@ def test_lam_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_holds()
     assert state.lam == 0.0
 
 
-def test_zero_learning_rate_is_plain_training():
-    """lr_alpha = 0: alpha stays uniform, every weight is 1, the update is the plain sum."""
+def test_zero_learning_rate_is_the_sum_update():
+    """lr_alpha = 0: alpha stays uniform, every weight is 1, the update is `sum`'s, sum_i g_i."""
     cfg = CATSConfig(lr_alpha=0.0, lr_lam=1.0, eps=0.0)
     T, g = 5, gen(0)
     state = CATSState.uniform(T, "simplex")
@@ -300,12 +300,12 @@ def test_zero_learning_rate_is_plain_training():
         coef = torch.eye(3, dtype=F64).expand(2, 3, 3)
         w, stats = cats(coef, ids, state, cfg, torch.rand(3, generator=g, dtype=F64), grams.sum(0))
         assert torch.allclose(w, torch.ones(2, 3, dtype=F64), rtol=0, atol=1e-15) and stats["meta"]
-    assert torch.allclose(task_weights(state, cfg), torch.full((T,), 0.2, dtype=F64), atol=1e-15)
+    assert torch.allclose(task_scales(state, cfg), torch.full((T,), 0.2, dtype=F64), atol=1e-15)
     assert state.lam > 0                                    # the multiplier still moved
 
 
-def test_descent_moves_weight_to_the_lower_loss_task_and_the_penalty_counteracts_it():
-    """dJ/dbeta = L + 2 lam G beta: with lam = 0 weight moves to the task of lower loss; with a large
+def test_descent_moves_scale_to_the_lower_loss_task_and_the_penalty_counteracts_it():
+    """dJ/dbeta = L + 2 lam G beta: with lam = 0 scale moves to the task of lower loss; with a large
     lam, towards the task whose gradient contributes less curvature."""
     cfg = CATSConfig(lr_alpha=0.1, lr_lam=0.0, eps=0.0, floor=0.01)
     G = torch.diag(torch.tensor([1.0, 100.0], dtype=F64))
@@ -338,10 +338,10 @@ def test_warmup_and_interval_schedule_the_meta_steps():
     assert (s.steps, s.meta_steps) == (9, 3)
 
 
-def test_non_finite_statistics_skip_the_meta_step():
+def test_non_finite_statistics_leave_the_meta_step_out():
     s = CATSState.uniform(2, "simplex")
     stats = meta_step(s, CATSConfig(), [0, 1], torch.tensor([float("nan"), 1.0], dtype=F64), torch.eye(2, dtype=F64))
-    assert not stats["meta"] and s.skipped == 1 and s.meta_steps == 0
+    assert not stats["meta"] and s.meta_steps_left_out == 1 and s.meta_steps == 0
     assert torch.equal(s.values, torch.full((2,), 0.5, dtype=F64)) and s.lam == 0.0
 
 
@@ -355,14 +355,14 @@ def test_composition_scales_the_corrected_gradients():
     assert torch.allclose(stats["beta"], beta)
     assert torch.allclose(w, 3 * torch.einsum("i,kij->kj", beta, C))
     assert float(curvature(beta, torch.eye(3, dtype=F64), "combined")) == pytest.approx(float(beta @ beta))
-    assert torch.allclose(step_weights(task_weights(s, CATSConfig()), [1, 2]), torch.tensor([0.4, 0.6], dtype=F64))
+    assert torch.allclose(step_scales(task_scales(s, CATSConfig()), [1, 2]), torch.tensor([0.4, 0.6], dtype=F64))
 
 
 def test_state_round_trip_and_validation():
-    s = CATSState(torch.tensor([0.7, 0.3], dtype=F64), lam=0.5, steps=7, meta_steps=4, skipped=1)
+    s = CATSState(torch.tensor([0.7, 0.3], dtype=F64), lam=0.5, steps=7, meta_steps=4, meta_steps_left_out=1)
     t = CATSState.uniform(2, "simplex")
     t.load_state_dict(s.state_dict())
-    assert torch.equal(t.values, s.values) and (t.lam, t.steps, t.meta_steps, t.skipped) == (0.5, 7, 4, 1)
+    assert torch.equal(t.values, s.values) and (t.lam, t.steps, t.meta_steps, t.meta_steps_left_out) == (0.5, 7, 4, 1)
     with pytest.raises(ValueError, match="expected"):
         CATSState.uniform(3, "simplex").load_state_dict(s.state_dict())
     with pytest.raises(ValueError, match="multiplier"):
@@ -374,8 +374,8 @@ def test_state_round_trip_and_validation():
     CATSConfig(floor=0.0, param="softmax")
 
 
-def test_weights_that_cannot_come_from_the_config_are_refused():
-    """A softmax checkpoint (logits, here all 0) read as simplex weights, or weights under the floor."""
+def test_scales_that_cannot_come_from_the_config_are_refused():
+    """A softmax checkpoint (logits, here all 0) read as simplex scales, or scales under the floor."""
     cfg = CATSConfig(floor=0.4)
     check_state(CATSState(torch.tensor([0.3, 0.3, 0.4], dtype=F64)), cfg)
     for values in ([0.0, 0.0, 0.0], [0.05, 0.45, 0.5]):

@@ -16,6 +16,11 @@ def copy_corpus(src, dst, langs=("de", "fr")):
     return dst
 
 
+def test_a_renamed_command_is_refused_naming_the_new_one(tmp_path, capsys):
+    assert cli.main(["task-weights", "--run", str(tmp_path)]) == 2
+    assert "renamed to 'massive-mt task-scales'" in capsys.readouterr().err
+
+
 def test_prepare_rejects_line_count_mismatch_and_writes_nothing(real_corpus, tmp_path, capsys):
     corpus = copy_corpus(real_corpus, tmp_path / "corpus")
     bad = corpus / "train.en-fr.fr"

@@ -11,7 +11,7 @@ from conftest import REPO, TEST_LANGS, dist_env
 from massive_mt.cli import DEMO_CONFIG, build_parser, demo_overrides
 from massive_mt.engine.config import load_config
 from massive_mt.data.tasks import resource_buckets
-from massive_mt.reconcile.methods import vaccinated_ids
+from massive_mt.reconcile.methods import vaccinate_ids
 
 
 def demo_config(*argv):
@@ -27,8 +27,8 @@ def test_demo_trains_sharded_gradvac_on_the_low_resource_third():
     assert len(langs) == 18
     sizes = {f"{lang}-en": 5000 - 250 * i for i, lang in enumerate(langs)}
     tasks = list(sizes)
-    vaccinated = {tasks[i] for i in vaccinated_ids(r.vaccinate, tasks, sizes, r.low_resource_quantile)}
-    assert vaccinated == {t for t, b in resource_buckets(sizes).items() if b == "low"}
+    vaccinate_tasks = {tasks[i] for i in vaccinate_ids(r.vaccinate, tasks, sizes, r.low_resource_quantile)}
+    assert vaccinate_tasks == {t for t, b in resource_buckets(sizes).items() if b == "low"}
 
 
 @pytest.mark.parametrize("method", ["plain", "pcgrad", "cats"])

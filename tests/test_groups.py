@@ -3,7 +3,7 @@ import torch
 
 from massive_mt.engine.model import build_model
 from massive_mt.reconcile.groups import ShardGroups, assign_groups
-from massive_mt.reconcile.methods import vaccinated_ids
+from massive_mt.reconcile.methods import vaccinate_ids
 from massive_mt.reconcile.shards import Segment
 
 
@@ -74,10 +74,10 @@ def test_local_grams_within_fp32_rounding_of_the_exact_gram():
 def test_vaccinated_ids():
     tasks = ["en-a", "en-b", "en-c", "en-d"]
     sizes = {"en-a": 1000, "en-b": 500, "en-c": 100, "en-d": 50}
-    assert vaccinated_ids(None, tasks, sizes, 0.5) is None
-    assert vaccinated_ids(["low_resource"], tasks, sizes, 0.5) == frozenset({2, 3})
-    assert vaccinated_ids(["en-b"], tasks, sizes, 0.5) == frozenset({1})
+    assert vaccinate_ids(None, tasks, sizes, 0.5) is None
+    assert vaccinate_ids(["low_resource"], tasks, sizes, 0.5) == frozenset({2, 3})
+    assert vaccinate_ids(["en-b"], tasks, sizes, 0.5) == frozenset({1})
     import pytest
     from massive_mt.errors import ConfigError
     with pytest.raises(ConfigError, match="reconcile.vaccinate"):
-        vaccinated_ids(["en-x"], tasks, sizes, 0.5)
+        vaccinate_ids(["en-x"], tasks, sizes, 0.5)

@@ -22,25 +22,25 @@ def conflicting_grams() -> torch.Tensor:
     return torch.stack([x @ x.T for x in grads])
 
 
-def step_stats(method: str, vaccinated=None) -> StepStats:
+def step_stats(method: str, vaccinate_ids=None) -> StepStats:
     grams = conflicting_grams()
-    options = {"vaccinated": vaccinated} if method == "gradvac" else {}
+    options = {"vaccinate_ids": vaccinate_ids} if method == "gradvac" else {}
     _, stats = reconcile(method, grams, list(range(K)), make_state(method, GROUPS, K), torch.Generator().manual_seed(0),
                          **options)
     stats.grams = grams
     return stats
 
 
-@pytest.mark.parametrize("method, vaccinated, rows", [("gradvac", frozenset({0}), [0]), ("gradvac", None, [0, 1, 2, 3]),
+@pytest.mark.parametrize("method, vaccinate_ids, rows", [("gradvac", frozenset({0}), [0]), ("gradvac", None, [0, 1, 2, 3]),
                                                      ("pcgrad", None, [0, 1, 2, 3]), ("sum", None, [])])
-def test_visits_are_the_rows_the_method_corrects(method, vaccinated, rows):
-    s = step_stats(method, vaccinated)
+def test_visits_are_the_rows_the_method_corrects(method, vaccinate_ids, rows):
+    s = step_stats(method, vaccinate_ids)
     want = torch.zeros(K, K, dtype=torch.bool)
     want[rows] = True
     want.fill_diagonal_(False)
     assert torch.equal(s.visited, want.expand(GROUPS, K, K))
     assert s.n_visits.tolist() == [len(rows) * (K - 1)] * GROUPS
-    assert not (s.fired & ~s.visited).any() and not (s.skipped & ~s.visited).any()
+    assert not (s.fired & ~s.visited).any() and not (s.unusable & ~s.visited).any()
     assert s.n_fired.tolist() == s.fired.flatten(1).sum(1).tolist()
 
 
@@ -49,19 +49,19 @@ def read_records(run) -> list[dict]:
 
 
 def test_fired_fraction_divides_by_the_visits_made(tmp_path):
-    """1 of 4 tasks vaccinated: 3 visits per group and step, not K (K - 1) = 12."""
+    """1 of 4 tasks vaccinate_ids: 3 visits per group and step, not K (K - 1) = 12."""
     tasks = [f"en-{x}" for x in "abcd"]
     runs = {"subset": frozenset({0}), "all": None}
-    for name, vaccinated in runs.items():
+    for name, vaccinate_ids in runs.items():
         tel = ReconcileTelemetry(tmp_path / name, True, tasks, ["g0", "g1"], interval=2)
         fired = torch.zeros(GROUPS, dtype=F64)
         for step in range(2):
-            s = step_stats("gradvac", vaccinated)
+            s = step_stats("gradvac", vaccinate_ids)
             fired += s.n_fired
             tel.add(step, s)
         tel.close()
         (rec,) = read_records(tmp_path / name)
-        visits = 2 * (1 if vaccinated else K) * (K - 1)
+        visits = 2 * (1 if vaccinate_ids else K) * (K - 1)
         assert fired.min() > 0 and rec["fired_fraction"] == [round(float(f) / visits, 5) for f in fired], (name, rec)
     subset = read_records(tmp_path / "subset")[0]["fired_fraction"]
     assert all(f > 3 / 12 for f in subset)         # the old denominator K (K - 1) could not exceed 3 / 12 here

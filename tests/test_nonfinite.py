@@ -135,7 +135,7 @@ def test_a_learning_rate_that_breaks_the_model_stops_the_run(data_bin, tmp_path)
 
 def test_gradvac_near_parallel_correction_is_left_out():
     """Cosine 1 - 2e-8, target 1 - 1e-8: the exact correction would add 0.41 g_j to each task (the
-    update 1.41x the plain sum) from cosines at the rounding level of fp32 gradients; within
+    update 1.41x the `sum` update) from cosines at the rounding level of fp32 gradients; within
     GRADVAC_TOL of |T| = 1 no correction fires, in the Gram form and in the full-vector reference
     alike. An ordinary correction (cos 0, target 0.5) still fires."""
     import reference                                        # tests/reference.py

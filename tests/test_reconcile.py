@@ -48,7 +48,7 @@ def problems(draw):
         K=draw(st.integers(1, n_tasks)),
         sizes=draw(st.lists(st.integers(4, 12), min_size=1, max_size=3)),
         ema_rate=draw(st.sampled_from([0.01, 0.3, 1.0])),
-        vaccinated=draw(st.none() | st.frozensets(st.integers(0, n_tasks - 1))),
+        vaccinate_ids=draw(st.none() | st.frozensets(st.integers(0, n_tasks - 1))),
         steps=draw(st.integers(1, 3)),
         zero_prob=draw(st.sampled_from([0.0, 0.2])),
         seed=draw(st.integers(0, 2**31 - 1)),
@@ -60,7 +60,7 @@ def problems(draw):
 def test_gram_form_matches_full_vector_reference(p):
     data = gen(p["seed"])
     n_groups, K = len(p["sizes"]), p["K"]
-    options = dict(ema_rate=p["ema_rate"], vaccinated=p["vaccinated"])
+    options = dict(ema_rate=p["ema_rate"], vaccinate_ids=p["vaccinate_ids"])
     state = make_state(p["method"], n_groups, p["n_tasks"])
     if p["method"] == "gradvac":  # start from non-trivial targets
         state.load_state_dict({"phi_hat": torch.rand(n_groups, p["n_tasks"], p["n_tasks"],
@@ -95,7 +95,7 @@ def test_gradvac_correction_reaches_target(seed, target, ema_rate):
     state = make_state("gradvac", 1, 3)
     state.phi_hat[0, 2, 0] = target
     _, stats = reconcile("gradvac", grams_of([g]), [2, 0], state, gen(0),
-                         ema_rate=ema_rate, vaccinated={2})
+                         ema_rate=ema_rate, vaccinate_ids={2})
     assert bool(stats.fired[0, 0, 1]) == (phi < target)
     g0 = corrected([g], stats, 0)[0]
     assert math.isclose(cos(g0, g[1]), target if phi < target else phi, abs_tol=1e-9)
@@ -220,7 +220,7 @@ def test_update_norm_sq_and_cosines():
 # zero and non-finite values
 
 @pytest.mark.parametrize("method", ["pcgrad", "gradvac"])
-def test_zero_norm_task_is_skipped(method):
+def test_zero_norm_task_makes_its_visits_unusable(method):
     grads = [torch.randn(3, 4, generator=gen(k), dtype=F64) for k in range(2)]
     grads[0][1] = 0.0
     state = make_state(method, 2, 3)
@@ -231,8 +231,8 @@ def test_zero_norm_task_is_skipped(method):
         assert torch.isfinite(weights).all()
         for u, r in zip(updates_of(grads, weights), ref):
             assert torch.allclose(u, r, rtol=1e-12, atol=1e-12)
-        assert stats.n_skipped.tolist() == [4, 0]
-        assert stats.skipped[0, 1].sum() == 2 and stats.skipped[0, :, 1].sum() == 2
+        assert stats.n_unusable.tolist() == [4, 0]
+        assert stats.unusable[0, 1].sum() == 2 and stats.unusable[0, :, 1].sum() == 2
         assert float(weights[0, 1]) == 1.0  # never added to another task
     if method == "gradvac":
         assert torch.equal(state.phi_hat[0, 1], torch.zeros(3, dtype=F64))
@@ -250,8 +250,8 @@ def test_non_finite_task_takes_no_part(method):
     assert stats.nonfinite.tolist() == [False, True]
     assert float(weights[1, 2]) == 1.0
     if method != "sum":
-        assert stats.n_skipped.tolist() == [0, 4]
-        assert stats.skipped[1, 2].sum() == 2 and stats.skipped[1, :, 2].sum() == 2
+        assert stats.n_unusable.tolist() == [0, 4]
+        assert stats.unusable[1, 2].sum() == 2 and stats.unusable[1, :, 2].sum() == 2
         assert torch.equal(stats.coef[1, :, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
         assert torch.equal(stats.coef[1, 2], torch.tensor([0.0, 0.0, 1.0], dtype=F64))
     if method == "gradvac":
@@ -262,13 +262,13 @@ def test_non_finite_task_takes_no_part(method):
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_whole_gram_non_finite_gives_plain_update(method, bad):
+def test_whole_gram_non_finite_gives_the_sum_update(method, bad):
     grams = torch.full((1, 3, 3), bad, dtype=F64)
     state = make_state(method, 1, 3)
     weights, stats = reconcile(method, grams, [0, 1, 2], state, gen(0))
     assert torch.equal(weights, torch.ones(1, 3, dtype=F64))
     assert bool(stats.nonfinite[0])
-    assert int(stats.n_skipped[0]) == (0 if method == "sum" else 6)
+    assert int(stats.n_unusable[0]) == (0 if method == "sum" else 6)
     assert torch.equal(stats.cos, torch.zeros(1, 3, 3, dtype=F64))
 
 

@@ -92,7 +92,7 @@ def test_sharded_equals_unsharded_fp32(by_config, world, stage):
         assert m["meta_steps"] == m["ref_meta_steps"] == 5 - warmup, (spec, m)
         assert m["ranks_agree"], (spec, m)            # alpha, lam and counters identical on all ranks
         assert m["lam"] > 0 and m["lam_rel_diff"] <= 1e-6, (spec, m)
-        assert max(abs(4 * a - 1) for a in m["alpha"]) > 0.05, (spec, m)  # the weights really moved
+        assert max(abs(4 * a - 1) for a in m["alpha"]) > 0.05, (spec, m)  # the scales really moved
         assert m["alpha_rel_diff"] <= 1e-6, (spec, m)
         assert m["vs_plain"] > 1e-4, (spec, m)        # and changed the training
 
@@ -212,7 +212,7 @@ def test_cats_state_survives_resume(data_bin, tmp_path):
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6] and all(len(r["cats"]["alpha"]) == 4 for r in recs)
     assert recs[-1]["cats"]["lam"] == pytest.approx(a["lam"])
     from massive_mt import cli
-    assert cli.main(["task-weights", "--run", str(full), "--out", str(tmp_path / "w.png")]) == 0
+    assert cli.main(["task-scales", "--run", str(full), "--out", str(tmp_path / "w.png")]) == 0
     assert (tmp_path / "w.png").stat().st_size > 10_000
     # a resume with another parameterisation is refused, naming the field
     p = run_ranks(2, train_args(data_bin, full, *args, "reconcile.cats.param=softmax", "train.max_steps=7"),

@@ -3,7 +3,7 @@
 Each case saves a checkpoint with one layout (tests/dist/reshard_check.py `save`: 2 steps of the
 `test` preset, one task's loss made NaN at step 0 so the non-finite counters are not zero) and
 resumes it with another (`load`): the consolidated fp32 master weights and Adam moments equal the
-saved ones bit for bit, the reconciler's state (GradVac targets, CATS weights), the sampler's
+saved ones bit for bit, the reconciler's state (GradVac targets, CATS scales), the sampler's
 position and the non-finite counters are unchanged, and 2 more steps train with finite losses."""
 from __future__ import annotations
 

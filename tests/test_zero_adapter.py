@@ -24,7 +24,7 @@ CASES = [
     (2, 2, "bf16", CLIP),           # DeepSpeedZeroOptimizer with an fp32 flat_partition: DeepSpeed's clipping
     (2, 3, "bf16", None),           # ZeRO-3 with bf16 parameters, fp32 gradient partitions
 ]
-EXPECTED_KIND = {(0, "fp32"): "z0", (1, "fp32"): "z12", (2, "fp32"): "z12", (3, "fp32"): "z3",
+EXPECTED_LAYOUT = {(0, "fp32"): "z0", (1, "fp32"): "z12", (2, "fp32"): "z12", (3, "fp32"): "z3",
                  (1, "bf16"): "bf16", (2, "bf16"): "z12", (3, "bf16"): "z3"}
 
 
@@ -46,7 +46,7 @@ def launch(world: int, cases: list[str]) -> dict:
 def test_grad_shards_match_reference(request, launches, world, stage, dtype, clip):
     r = one_launch(request, launches, world, case_of, launch)[case_of(request.node.callspec.params)]
     assert r["world_size"] == world
-    assert r["kind"] == EXPECTED_KIND[stage, dtype]
+    assert r["layout"] == EXPECTED_LAYOUT[stage, dtype]
     assert r["ok"] is True, r
     assert r["clipped"] == bool(clip), r
 
@@ -55,7 +55,7 @@ def test_grad_shards_match_reference(request, launches, world, stage, dtype, cli
 def test_check_detects_stale_zero3_partitions_without_begin_step():
     p = run_ranks(1, [SCRIPT, "--stage", "3", "--skip-begin-step"], timeout=300, check=False)
     r = dist_result(p)
-    assert p.returncode != 0 and r["kind"] == "z3" and r["ok"] is False
+    assert p.returncode != 0 and r["layout"] == "z3" and r["ok"] is False
     assert r["errors"]["grad"] > 1e-2, r
 
 
@@ -77,16 +77,16 @@ def test_unsupported_configs_raise_config_error():
         assert field in refusals[case]["message"], (case, refusals[case])
 
 
-def test_each_ds_config_layout_has_exactly_one_backend():
-    from massive_mt.engine.zero_adapter import BACKENDS, backend_for
+def test_each_ds_config_setting_has_exactly_one_layout():
+    from massive_mt.engine.zero_adapter import LAYOUTS, layout_for
 
     pairs = [(stage, bf16) for stage in (0, 1, 2, 3) for bf16 in (False, True)]
-    owners = {pair: [b.kind for b in BACKENDS if pair in b.layouts] for pair in pairs}
+    owners = {pair: [c.name for c in LAYOUTS if pair in c.ds_settings] for pair in pairs}
     assert owners == {(0, False): ["z0"], (0, True): [], (1, False): ["z12"], (1, True): ["bf16"],
                       (2, False): ["z12"], (2, True): ["z12"], (3, False): ["z3"], (3, True): ["z3"]}
-    assert len({b.wrapper for b in BACKENDS}) == len(BACKENDS)     # one backend per optimizer wrapper
-    assert [b.kind for b in BACKENDS if b.clip_from_gram] == ["bf16"]
-    assert backend_for(1, True).clip_from_gram and not backend_for(2, True).clip_from_gram
+    assert len({c.wrapper for c in LAYOUTS}) == len(LAYOUTS)     # one layout per optimizer wrapper
+    assert [c.name for c in LAYOUTS if c.clip_from_gram] == ["bf16"]
+    assert layout_for(1, True).clip_from_gram and not layout_for(2, True).clip_from_gram
 
 
 @pytest.mark.distributed
@@ -94,7 +94,7 @@ def test_layout_is_chosen_once_and_skip_and_local_grads_go_through_it():
     r = dist_result(run_ranks(1, ["tests/dist/layout_check.py"], timeout=300))
     assert r["world_size"] == 1
     layouts = r["layouts"]
-    assert {k: v["kind"] for k, v in layouts.items()} == {f"{s}-{d}": kind for (s, d), kind in EXPECTED_KIND.items()}
+    assert {k: v["layout"] for k, v in layouts.items()} == {f"{s}-{d}": name for (s, d), name in EXPECTED_LAYOUT.items()}
     for name, v in layouts.items():
         assert v["matches_config"] and v["cached"] and v["grad_shards_uses_it"], (name, v)
         assert v["local_grads"] > 0 and v["grad_nonzero"], (name, v)

@@ -438,8 +438,8 @@ def load_stage_change(engine, ckpt_dir: Path, tag: str) -> dict:
     sd = torch.load(Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     if engine.lr_scheduler is not None and sd.get("lr_scheduler") is not None:
         engine.lr_scheduler.load_state_dict(sd["lr_scheduler"])
-        for group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
-            group["lr"] = lr
+        for param_group, lr in zip(engine.optimizer.param_groups, engine.lr_scheduler.get_last_lr()):
+            param_group["lr"] = lr
     for key in ("global_steps", "global_samples", "skipped_steps"):
         if key in sd:
             setattr(engine, key, sd[key])

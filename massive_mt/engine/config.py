@@ -482,9 +482,9 @@ def resolve_ds_config(ds: dict, cfg: ExperimentConfig, world_size: int, where: s
                               f"accumulates gradients in fp32; set it to \"fp32\"")
         ds.setdefault("data_types", {})["grad_accum_dtype"] = "fp32"
     if cfg.reconcile.method != "plain":
-        from massive_mt.engine.zero_adapter import backend_for
+        from massive_mt.engine.zero_adapter import layout_for
 
-        if backend_for(stage, bool(bf16.get("enabled"))).clip_from_gram:   # the reconciler clips instead
+        if layout_for(stage, bool(bf16.get("enabled"))).clip_from_gram:   # the reconciler clips instead
             ds["gradient_clipping"] = 0.0
     ds.setdefault("steps_per_print", 10**9)   # massive_mt does its own logging
     ds.setdefault("wall_clock_breakdown", False)

@@ -203,9 +203,9 @@ class ReconcileTelemetry:
     parameter group, when n_groups * T * T is small enough to log), `fired_fraction` per group
     (corrections fired / visits made, reconcile/stats.py; null when the method made no visit: `sum`,
     or GradVac with no vaccinated task in the interval's steps) and the step range. With CATS also `cats`: the task
-    weights alpha (T values, in the order of `tasks`) and the multiplier lam at the end of the
+    scales alpha (T values, in the order of `tasks`) and the multiplier lam at the end of the
     interval, the mean curvature proxy over the interval's meta steps, their number, and the meta
-    steps left out so far for non-finite statistics (`skipped_total`).
+    steps left out so far for non-finite statistics (`meta_steps_left_out`).
     """
 
     MAX_GROUP_VALUES = 250_000
@@ -274,7 +274,7 @@ class ReconcileTelemetry:
         if self.cats is not None:
             rec["cats"] = {"alpha": [round(float(a), 7) for a in self.cats.alpha], "lam": self.cats.lam,
                            "proxy": self.proxy_sum / self.meta_steps if self.meta_steps else None,
-                           "meta_steps": self.meta_steps, "skipped_total": self.cats.meta_steps_left_out}
+                           "meta_steps": self.meta_steps, "meta_steps_left_out": self.cats.meta_steps_left_out}
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")

@@ -24,18 +24,19 @@ Usage, per optimizer step (every rank runs the same task at the same micro-step)
     engine.set_gradient_accumulation_boundary(True)
     engine.step()
 
-Where the rank's gradient lives: one backend class per layout (``kind`` is its label in logs and
-tests), chosen once per engine by ``layout_of(engine)`` from DeepSpeed's optimizer wrapper, which
-must be the one the ds_config's (ZeRO stage, bf16) gives (``backend_for``). Each backend answers
-for its layout: the local gradient, reset, dropping a step (``skip_step``), writing back, and the
-facts ``clip_from_gram`` (read by resolve_ds_config and the reconciler), ``weights_partitioned``
-and ``master_weights`` (read by checkpoint.py). Nothing else in massive_mt branches on an
+Where the rank's gradient lives: its layout, one class per layout (``name`` is its label in logs
+and tests), chosen once per engine by ``layout_of(engine)`` from DeepSpeed's optimizer wrapper
+(the class DeepSpeed wraps the torch optimizer in for a ZeRO stage), which must be the one the
+ds_config's (ZeRO stage, bf16) gives (``layout_for``). Each layout answers for itself: the local
+gradient, reset, dropping a step (``skip_step``), writing back, and the facts ``clip_from_gram``
+(read by resolve_ds_config and the reconciler), ``weights_partitioned`` and ``master_weights``
+(read by checkpoint.py). Nothing else in massive_mt branches on an
 engine's optimizer wrapper or ZeRO stage:
 
-- ``"z0"``: ZeRO stage 0, fp32, plain torch optimizer. After a boundary backward DeepSpeed has
+- ``"z0"``: ZeRO stage 0, fp32, torch's own optimizer. After a boundary backward DeepSpeed has
   all-reduced and averaged every ``p.grad``; each rank holds the full gradient.
 - ``"z12"``: ``DeepSpeedZeroOptimizer`` (ZeRO-1/2). ``optimizer.averaged_gradients[i]`` holds
-  param group i's partition, either as a list of pieces plus zero pads (``_zero_padding``)
+  the partition of ``param_groups[i]``, either as a list of pieces plus zero pads (``_zero_padding``)
   exactly ``partition_size[i]`` long, or (bf16 with fp32 accumulation) as a buffer object whose
   ``.flat_partition`` is the whole partition. Parameter offsets come from ``p._hp_mapping``.
 - ``"z3"``: ``DeepSpeedZeroOptimizer_Stage3``. One contiguous ``grad_partitions_flat_buffer`` in
@@ -45,15 +46,15 @@ engine's optimizer wrapper or ZeRO stage:
   averaged fp32 gradient; its partition is ``fp32_groups_gradient_flat_partition[i]``.
 
 Frozen parameters (``requires_grad`` False, ``model.freeze``) are in no layout: deepspeed 0.19.8
-leaves them out of its optimizer groups at every stage (``is_optimized_parameter``), so no
-backend holds a gradient for them (ZeRO-3 still partitions their weights); stage 0 skips them
+leaves them out of its ``param_groups`` at every stage (``is_optimized_parameter``), so no
+layout holds a gradient for them (ZeRO-3 still partitions their weights); stage 0 skips them
 here. ``GradShards`` checks that no segment belongs to one.
 
 Not supported (``ConfigError``): fp16 / loss scaling, optimizer or parameter offload,
 ``managed_gradient_accumulation: false`` (step() rebuilds the gradient and would overwrite a
 write-back), DeepSpeed clipping with ``BF16_Optimizer`` (its norm covers the full local buffer,
 which is wrong after a partition-only write-back: clip from the Gram instead, see
-``clip_from_gram``), expert-parallel parameter groups and any other optimizer wrapper.
+``clip_from_gram``), expert-parallel (MoE) ``param_groups`` and any other optimizer wrapper.
 """
 from __future__ import annotations
 
@@ -117,14 +118,14 @@ def _param_names(engine) -> dict:
     return {id(p): n for n, p in engine.module.named_parameters()}
 
 
-class _Backend:
+class _Layout:
     """One gradient layout: where a rank's reduced gradient lives and how to read, clear, replace or
     drop it. The class attributes are the layout's facts; the defaults hold for the partitioned ZeRO
     optimizers."""
 
-    kind: str
-    wrapper: Optional[type] = None   # DeepSpeed's optimizer wrapper of this layout (None: a torch optimizer)
-    layouts: frozenset = frozenset()  # the (ZeRO stage, bf16) pairs of a ds_config that give this layout
+    name: str
+    wrapper: Optional[type] = None   # DeepSpeed's optimizer wrapper class holding this layout (None: torch's own)
+    ds_settings: frozenset = frozenset()  # the (ZeRO stage, bf16) pairs of a ds_config that give this layout
     partitioned = True       # each rank holds only its partition of the gradient (stage 0: the full one)
     clip_from_gram = False   # DeepSpeed's clipping is wrong after a write-back: the caller clips from the Gram
     weights_partitioned = False   # each rank holds only its partition of the fp32 weights (ZeRO-3)
@@ -146,11 +147,11 @@ class _Backend:
         self.reset()
 
 
-class _ZeRO0(_Backend):
+class _ZeRO0(_Layout):
     """Stage 0: after a boundary backward every p.grad is all-reduced and averaged."""
 
-    kind = "z0"
-    layouts = frozenset({(0, False)})
+    name = "z0"
+    ds_settings = frozenset({(0, False)})
     partitioned = False
     master_weights = False
 
@@ -216,12 +217,12 @@ class _ZeRO0(_Backend):
         return out
 
 
-class _ZeRO12(_Backend):
+class _ZeRO12(_Layout):
     """DeepSpeedZeroOptimizer: partitions in averaged_gradients[i] (pieces + pads, or .flat_partition)."""
 
-    kind = "z12"
+    name = "z12"
     wrapper = DeepSpeedZeroOptimizer
-    layouts = frozenset({(1, False), (2, False), (2, True)})
+    ds_settings = frozenset({(1, False), (2, False), (2, True)})
 
     def __init__(self, engine):
         self.opt = opt = engine.optimizer
@@ -270,8 +271,8 @@ class _ZeRO12(_Backend):
             off += size
             ag = self.opt.averaged_gradients.get(i)
             if ag is None:
-                raise RuntimeError("GradShards.write_back: no gradient partition for param group "
-                                   f"{i}; call it after the last task's boundary backward, without reset()")
+                raise RuntimeError("GradShards.write_back: no gradient partition for "
+                                   f"param_groups[{i}]; call it after the last task's boundary backward, without reset()")
             dst = getattr(ag, "flat_partition", None)
             if dst is not None:
                 dst.view(-1).copy_(src)
@@ -282,13 +283,13 @@ class _ZeRO12(_Backend):
                 o += t.numel()
             assert o == size, (i, o, size)
 
-    def _groups(self):
+    def _param_groups(self):
         return self.opt.bit16_groups
 
     def segments(self):
         out, base = [], 0
-        for group, size in zip(self._groups(), self.sizes):
-            for p in group:
+        for params, size in zip(self._param_groups(), self.sizes):
+            for p in params:
                 mapping = getattr(p, "_hp_mapping", None)       # None: no values on this rank
                 if mapping is not None:
                     addr = mapping.get_hp_fragment_address()   # relative to this rank's partition
@@ -301,9 +302,9 @@ class _ZeRO12(_Backend):
 class _BF16(_ZeRO12):
     """BF16_Optimizer: full averaged fp32 buffer per rank; the partition is a view into it."""
 
-    kind = "bf16"
+    name = "bf16"
     wrapper = BF16_Optimizer
-    layouts = frozenset({(1, True)})     # deepspeed 0.19.8: ZeRO-1 + bf16 + fp32 gradient accumulation
+    ds_settings = frozenset({(1, True)})     # deepspeed 0.19.8: ZeRO-1 + bf16 + fp32 gradient accumulation
     clip_from_gram = True    # its clipping norm covers the full local buffer, not what was written back
 
     def __init__(self, engine):
@@ -326,7 +327,7 @@ class _BF16(_ZeRO12):
         self.opt.clear_hp_grads()
         self.opt.clear_lp_grads(set_to_none=True)
 
-    skip = _Backend.skip      # its reset is DeepSpeed's overflow path; no micro-step count to reset
+    skip = _Layout.skip      # its reset is DeepSpeed's overflow path; no micro-step count to reset
 
     def write_back(self, flat):
         # Values outside this rank's partition are zeroed and every parameter is flagged as
@@ -339,16 +340,16 @@ class _BF16(_ZeRO12):
             opt.fp32_groups_has_gradients[i] = [True] * len(opt.fp32_groups_has_gradients[i])
             off += n
 
-    def _groups(self):
+    def _param_groups(self):
         return self.opt.bf16_groups
 
 
-class _ZeRO3(_Backend):
+class _ZeRO3(_Layout):
     """DeepSpeedZeroOptimizer_Stage3: partitions of all params in grad_partitions_flat_buffer."""
 
-    kind = "z3"
+    name = "z3"
     wrapper = DeepSpeedZeroOptimizer_Stage3
-    layouts = frozenset({(3, False), (3, True)})
+    ds_settings = frozenset({(3, False), (3, True)})
     weights_partitioned = True
 
     def __init__(self, engine):
@@ -390,8 +391,8 @@ class _ZeRO3(_Backend):
     def segments(self):
         rank = dist.get_rank(group=self.dp_group)
         out, off = [], 0
-        for group in self.opt.fp16_groups:
-            for p in group:
+        for params in self.opt.fp16_groups:
+            for p in params:
                 n = p.partition_numel()
                 valid = min(n, max(0, p.ds_numel - rank * n))   # the rest is padding
                 if valid > 0:
@@ -400,14 +401,14 @@ class _ZeRO3(_Backend):
         return out
 
 
-BACKENDS = (_ZeRO0, _ZeRO12, _BF16, _ZeRO3)
+LAYOUTS = (_ZeRO0, _ZeRO12, _BF16, _ZeRO3)
 _CACHE = "_massive_mt_layout"
 
 
-def backend_for(stage: int, bf16: bool) -> type:
-    """The backend class of an engine built from a ds_config with ZeRO ``stage`` and ``bf16``
+def layout_for(stage: int, bf16: bool) -> type:
+    """The layout class of an engine built from a ds_config with ZeRO ``stage`` and ``bf16``
     (with fp32 gradient accumulation, as resolve_ds_config requires); ConfigError when none."""
-    found = [b for b in BACKENDS if (stage, bool(bf16)) in b.layouts]
+    found = [c for c in LAYOUTS if (stage, bool(bf16)) in c.ds_settings]
     if len(found) != 1:
         raise ConfigError(f"ds_config 'zero_optimization.stage' = {stage} with bf16 = {bool(bf16)} has no gradient "
                           "layout in the per-task gradient adapter: use stage 0 with fp32 parameters, or stages 1-3 "
@@ -415,14 +416,14 @@ def backend_for(stage: int, bf16: bool) -> type:
     return found[0]
 
 
-def layout_of(engine) -> _Backend:
-    """The engine's gradient layout (a backend object), chosen once from its optimizer wrapper and
+def layout_of(engine) -> _Layout:
+    """The engine's gradient layout (a `_Layout` object), chosen once from its optimizer wrapper and
     cached on the engine; ConfigError when the wrapper is not the one its ds_config should give."""
     layout = engine.__dict__.get(_CACHE)
     if layout is None:
         opt, stage, bf16 = engine.optimizer, engine.zero_optimization_stage(), engine.bfloat16_enabled()
-        found = [b for b in BACKENDS if b.wraps(opt)]
-        if len(found) != 1 or (stage, bf16) not in found[0].layouts:
+        found = [c for c in LAYOUTS if c.wraps(opt)]
+        if len(found) != 1 or (stage, bf16) not in found[0].ds_settings:
             raise ConfigError(f"optimizer wrapper {type(opt).__name__} (ds_config 'zero_optimization.stage' = "
                               f"{stage}, bf16 = {bf16}) is not supported by the per-task gradient adapter: use "
                               "stage 0 with fp32 parameters, or stages 1-3 (with bf16: "
@@ -435,7 +436,7 @@ def layout_of(engine) -> _Backend:
 class GradShards:
     """This rank's share of the data-parallel-averaged gradient of one task, as a flat fp32 vector.
 
-    Attributes: ``kind`` ("z0", "z12", "z3", "bf16"; a label), ``numel`` (length of ``snapshot()``),
+    Attributes: ``layout`` (the layout's name: "z0", "z12", "z3", "bf16"), ``numel`` (length of ``snapshot()``),
     ``dp_group`` (group for the Gram all_reduce; None means the world), ``partitioned`` (False
     where every rank holds the full gradient: stage 0), ``clip_from_gram`` (True where DeepSpeed's
     clipping must stay off and the caller scales the update by ``min(1, clip / ||u||)`` with
@@ -457,13 +458,13 @@ class GradShards:
                               f"{type(engine.optimizer).__name__} DeepSpeed's clipping norm is wrong after a "
                               "partition write-back; set it to 0 and clip from the Gram (GradShards.clip_from_gram)")
         opt = engine.optimizer
-        real_groups = getattr(opt, "real_dp_process_group", None)
-        if real_groups is not None and any(g is not impl.dp_group for g in real_groups):
-            raise ConfigError("expert-parallel (MoE) parameter groups are not supported by the per-task "
+        dp_groups = getattr(opt, "real_dp_process_group", None)     # one process group per param_groups entry
+        if dp_groups is not None and any(g is not impl.dp_group for g in dp_groups):
+            raise ConfigError("expert-parallel (MoE) param_groups are not supported by the per-task "
                               "gradient adapter: the Gram needs one data-parallel group")
         self._impl = impl
         self.device = engine.device
-        self.kind: str = impl.kind
+        self.layout: str = impl.name
         self.dp_group = impl.dp_group
         self.partitioned: bool = impl.partitioned
         self.clip_from_gram: bool = impl.clip_from_gram
@@ -471,7 +472,7 @@ class GradShards:
         frozen = {n for n, p in engine.module.named_parameters() if not p.requires_grad}
         held = sorted(frozen & {s.name for s in segments})
         if held:
-            raise RuntimeError(f"GradShards: frozen parameters in the {impl.kind} gradient partition ({held[:3]}): "
+            raise RuntimeError(f"GradShards: frozen parameters in the {impl.name} gradient partition ({held[:3]}): "
                                f"this DeepSpeed ({deepspeed.__version__}) partitions what 0.19.8 left out")
         self._segments = segments
         self._gram_segments = impl.gram_segments()

@@ -1,5 +1,6 @@
-"""Scaling benchmark: the training step with and without sharded reconciliation, against plain
-ZeRO, a bare DeepSpeed loop and the naive full-gradient approach.
+"""Scaling benchmark: the training step with and without sharded reconciliation, against `plain`
+(DeepSpeed's own accumulation in the trainer), a bare DeepSpeed loop and the naive full-gradient
+approach.
 
 One process per rank (deepspeed / torchrun / srun), e.g. on CPU:
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m massive_mt.experiments.bench --data-bin data-bin \\
@@ -23,7 +24,7 @@ each operation, so that step is not timed). Rank 0 appends one JSON line per con
 peak memory per rank during the timed steps (CUDA: max allocated; CPU: peak resident set size,
 reset through /proc/self/clear_refs) and its increase over the memory in use before the
 configuration's trainer was built (freed memory returned to the system first), snapshot bytes against K*P/N*4, bytes per collective per
-step, the last step's task weights, and the machine, versions and configuration; the model
+step, the last step's update weights w, and the machine, versions and configuration; the model
 FLOPs of the timed steps (massive_mt.engine.model.train_flops over the sentence pairs every rank
 trained on) and the accelerator's dense bf16 peak (`--peak-tflops`, or from PEAK_BF16_TFLOPS by
 GPU name), from which bench-report derives the model FLOPs utilisation.
@@ -74,7 +75,8 @@ def peak_tflops(gpu_name: Optional[str]) -> Optional[float]:
 
 
 def parse_method(spec: str) -> tuple[str, list[str]]:
-    """'gradvac:whole_model' -> ('trainer', overrides); kinds: 'trainer', 'bare', 'naive'."""
+    """'gradvac:whole_model' -> ('trainer', overrides): the runner ('trainer', 'bare' or 'naive') and the
+    method's experiment overrides."""
     from massive_mt.reconcile.catalogue import kind
 
     name, _, gran = spec.partition(":")
@@ -96,7 +98,7 @@ class PeakMemory:
 
     def __init__(self, device_name: str):
         self.cuda = device_name == "cuda"
-        self.kind = "cuda_max_allocated" if self.cuda else "peak_rss"
+        self.measure = "cuda_max_allocated" if self.cuda else "peak_rss"
 
     @staticmethod
     def _status(field: str) -> int:
@@ -179,7 +181,7 @@ def comm_per_step(run_step) -> dict:
     return out
 
 
-def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: int, memory: PeakMemory) -> dict:
+def run_config(cfg, ds, rank: int, world: int, runner: str, steps: int, warmup: int, memory: PeakMemory) -> dict:
     import deepspeed.comm as dist
 
     from massive_mt.engine.preemption import StopSignals
@@ -187,14 +189,14 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
 
     start = memory.current()     # before this configuration's trainer exists
     cls = None
-    if kind == "naive":
+    if runner == "naive":
         from massive_mt.reconcile.naive import NaiveReconciler
         cls = NaiveReconciler
     trainer = Trainer(cfg, ds, rank, world, reconciler_cls=cls)
     agree = StopSignals([])      # fit() agrees on stop signals after every step: timed with the step
 
     def run_step():
-        if kind == "bare":
+        if runner == "bare":
             tokens = bare_step(trainer, trainer.step)
             trainer.step += 1
             return tokens
@@ -224,7 +226,7 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
     per_rank = [torch.zeros_like(local) for _ in range(world)]
     dist.all_gather(per_rank, local)
     per_rank = torch.stack(per_rank).cpu()
-    if kind == "bare":
+    if runner == "bare":
         target_tokens = int(per_rank[:, 0].sum())
     else:
         target_tokens = trainer.meter.reduce(lambda t: (dist.all_reduce(t), t)[1])["target_tokens"]
@@ -234,7 +236,7 @@ def run_config(cfg, ds, rank: int, world: int, kind: str, steps: int, warmup: in
            "target_tokens": target_tokens, "target_tokens_per_s": target_tokens / sum(times),
            "parameters": trainer.n_params, "wrapper": type(trainer.engine.optimizer).__name__,
            "zero_stage": trainer.engine.zero_optimization_stage(),
-           "memory": {"kind": memory.kind, "start_bytes": [int(x) for x in per_rank[:, 1]],
+           "memory": {"measure": memory.measure, "start_bytes": [int(x) for x in per_rank[:, 1]],
                       "peak_bytes": [int(x) for x in per_rank[:, 2]],
                       "peak_above_start": [int(x) for x in per_rank[:, 2] - per_rank[:, 1]]},
            "comm_per_step": comm,
@@ -325,16 +327,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "python": platform.python_version()}}
         for rep in range(a.repeats):
             for K in a.tasks_per_step:
-                for spec, kind, method_over in methods:
+                for spec, runner, method_over in methods:
                     over = [f"data.data_bin={a.data_bin}", f"model.preset={a.preset}", f"sampling.tasks_per_step={K}",
                             f"sampling.max_tokens={a.max_tokens}", "train.tensorboard=false", "model.dropout=0.0",
                             f"train.output_dir={Path(tempfile.gettempdir()) / 'massive_mt_bench'}", *method_over,
                             *a.overrides]
                     cfg = load_config(None, shared_overrides(over))     # options: where the method reads them
                     ds = resolve_ds_config(ds_raw, cfg, world, where=a.ds_config)
-                    res = run_config(cfg, ds, rank, world, kind, a.steps, a.warmup, memory)
+                    res = run_config(cfg, ds, rank, world, runner, a.steps, a.warmup, memory)
                     if rank == 0:
-                        rec = {"method": spec, "kind": kind, "K": K, "repeat": rep, **meta, **res,
+                        rec = {"method": spec, "runner": runner, "K": K, "repeat": rep, **meta, **res,
                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                         with open(a.out, "a", encoding="utf-8") as f:
                             f.write(json.dumps(rec) + "\n")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from massive_mt.errors import DataError
 
-REQUIRED = ("run_id", "method", "kind", "K", "world_size", "preset", "zero_stage", "step_s", "target_tokens",
+REQUIRED = ("run_id", "method", "runner", "K", "world_size", "preset", "zero_stage", "step_s", "target_tokens",
             "parameters", "memory", "comm_bytes_per_step", "machine", "versions")
 
 
@@ -29,7 +29,7 @@ def load(paths) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = _older_names(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
             missing = [k for k in REQUIRED if k not in rec]
@@ -39,6 +39,15 @@ def load(paths) -> list[dict]:
     if not out:
         raise DataError(f"{', '.join(map(str, paths))}: no benchmark records")
     return out
+
+
+def _older_names(rec: dict) -> dict:
+    """A record written before the runner and the memory measure had their names ('kind' both)."""
+    if isinstance(rec, dict) and "runner" not in rec and "kind" in rec:
+        rec["runner"] = rec.pop("kind")
+        if isinstance(rec.get("memory"), dict) and "kind" in rec["memory"]:
+            rec["memory"]["measure"] = rec["memory"].pop("kind")
+    return rec
 
 
 def _quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -51,18 +60,18 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 def summarise(records: list[dict]) -> list[dict]:
     """One row per (run, preset, N, ZeRO stage, K, method), repetitions pooled, with ratios to the
     run's `plain` row of the same K."""
-    groups = defaultdict(list)
+    cells = defaultdict(list)
     for r in records:
-        groups[(r["run_id"], r["preset"], r["world_size"], r["zero_stage"], r["K"], r["method"])].append(r)
+        cells[(r["run_id"], r["preset"], r["world_size"], r["zero_stage"], r["K"], r["method"])].append(r)
     rows = []
-    for key, recs in groups.items():
+    for key, recs in cells.items():
         r0 = recs[-1]
         times = [t for r in recs for t in r["step_s"]]
         q1, med, q3 = _quartiles(times)
         row = {"run_id": key[0], "preset": key[1], "N": key[2], "zero": key[3], "K": key[4], "method": key[5],
-               "kind": r0["kind"], "P": r0["parameters"], "step_s": med, "q1": q1, "q3": q3, "n_steps": len(times),
+               "runner": r0["runner"], "P": r0["parameters"], "step_s": med, "q1": q1, "q3": q3, "n_steps": len(times),
                "tokens_per_s": sum(r["target_tokens"] for r in recs) / sum(sum(r["step_s"]) for r in recs),
-               "peak_bytes": max(max(r["memory"]["peak_bytes"]) for r in recs), "memory_kind": r0["memory"]["kind"],
+               "peak_bytes": max(max(r["memory"]["peak_bytes"]) for r in recs), "memory_measure": r0["memory"]["measure"],
                "peak_above": max(max(r["memory"]["peak_above_start"]) for r in recs),
                "comm_bytes": r0["comm_bytes_per_step"], "comm": r0.get("comm_per_step", {})}
         for k in ("snapshot_bytes", "kpn_bytes", "local_numel", "n_groups", "allreduce_bytes", "gather_bytes"):
@@ -140,7 +149,7 @@ def tables(rows: list[dict]) -> str:
                    f"{_f(r['vs_plain'])} | " + " | ".join(split) + " |")
     out += ["", "## Memory per rank", "",
             "Snapshot: the per-task gradient buffers of one rank (ours: K x P/N fp32; naive: K x P). Peak: the "
-            "largest per-rank peak during the timed steps (" + rows[0]["memory_kind"] + "); above start: that "
+            "largest per-rank peak during the timed steps (" + rows[0]["memory_measure"] + "); above start: that "
             "peak minus the memory in use before the configuration's trainer was built (model, optimizer "
             "state, gradients, activations and snapshots of this configuration).", "",
             "| preset | N | ZeRO | K | method | snapshot (MiB) | K·P/N·4 (MiB) | snapshot / K·P/N·4 | naive / ours snapshot "
@@ -152,7 +161,7 @@ def tables(rows: list[dict]) -> str:
         if "snapshot_bytes" not in r:
             continue
         ratio = peak_ratio = None
-        if r["kind"] == "naive":
+        if r["runner"] == "naive":
             gran = r["method"].split(":")[1] if ":" in r["method"] else "all_layer"
             o = ours.get((r["run_id"], r["preset"], r["N"], r["zero"], r["K"], gran))
             if o is not None:
@@ -169,9 +178,9 @@ def tables(rows: list[dict]) -> str:
             "(n_groups·K²+2K)·8 | naive all-gather |",
             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        expect = (r["n_groups"] * r["K"] ** 2 + 2 * r["K"]) * 8 if "n_groups" in r and r["kind"] != "naive" else None
+        expect = (r["n_groups"] * r["K"] ** 2 + 2 * r["K"]) * 8 if "n_groups" in r and r["runner"] != "naive" else None
         out.append(f"| {r['preset']} | {r['N']} | {r['zero']} | {r['K']} | {r['method']} | {r['comm_bytes']:,} | "
-                   f"{_f(r['extra_comm_bytes'], '{:,}')} | {_f(r.get('allreduce_bytes') if r['kind'] != 'naive' else None, '{:,}')} | "
+                   f"{_f(r['extra_comm_bytes'], '{:,}')} | {_f(r.get('allreduce_bytes') if r['runner'] != 'naive' else None, '{:,}')} | "
                    f"{_f(expect, '{:,}')} | {_f(r.get('gather_bytes') or None, '{:,}')} |")
     bare = {(r["run_id"], r["preset"], r["N"], r["zero"], r["K"]): r for r in rows if r["method"] == "bare"}
     pairs = [(r, bare[k]) for r in rows if r["method"] == "plain"
@@ -278,21 +287,21 @@ def plot_memory(rows: list[dict], out: Path) -> Path:
     fig, axes = _panels(keys)
     for ax, key in zip(axes, keys):
         rs = [r for r in sel if (r["preset"], r["K"]) == key]
-        for label, pick, style in (("ours: snapshot", lambda r: r["kind"] != "naive", "-o"),
-                                   ("naive: snapshot", lambda r: r["kind"] == "naive", "-s")):
+        for label, pick, style in (("ours: snapshot", lambda r: r["runner"] != "naive", "-o"),
+                                   ("naive: snapshot", lambda r: r["runner"] == "naive", "-s")):
             pts = sorted({r["N"]: r["snapshot_bytes"] for r in rs if pick(r)}.items())
             if pts:
                 ax.plot([n for n, _ in pts], [b / 2**20 for _, b in pts], style, label=label)
         kpn = sorted({r["N"]: r["kpn_bytes"] for r in rs}.items())
         ax.plot([n for n, _ in kpn], [b / 2**20 for _, b in kpn], "k:", label="K·P/N·4")
         for label, pick, style in (("gradvac: peak above start", lambda r: r["method"].startswith("gradvac"), "--o"),
-                                   ("naive: peak above start", lambda r: r["kind"] == "naive", "--s")):
+                                   ("naive: peak above start", lambda r: r["runner"] == "naive", "--s")):
             pts = sorted({r["N"]: r["peak_above"] for r in rs if pick(r)}.items())
             if pts:
                 ax.plot([n for n, _ in pts], [b / 2**20 for _, b in pts], style, alpha=0.6, label=label)
         ax.set_yscale("log")
         _n_axis(ax, rs, f"{key[0]}, K={key[1]}", "MiB per rank")
-    fig.suptitle("memory per rank vs N (snapshot buffers; peak: " + (sel[0]["memory_kind"] if sel else "") + ")",
+    fig.suptitle("memory per rank vs N (snapshot buffers; peak: " + (sel[0]["memory_measure"] if sel else "") + ")",
                  fontsize=11)
     return _save(fig, out)
 

@@ -234,7 +234,7 @@ def check_comparable(runs: list[Run]) -> None:
                                    f"{b['source_sha256'][:12]})")
 
 
-def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+def runs_by_config(runs: list[Run]) -> dict[str, list[Run]]:
     """{label: runs sorted by seed}; labels are the study's configuration names (the runs' cell.json)
     when those tell the configurations apart, else the config fields that differ between them."""
     by_key: dict[str, list[Run]] = {}
@@ -248,27 +248,27 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
         cfgs = {k: json.loads(k) for k in by_key}
         varying = sorted({f for c in cfgs.values() for f in c if len({json.dumps(d.get(f)) for d in cfgs.values()}) > 1})
         labels = {k: ", ".join(f"{f}={cfgs[k].get(f)}" for f in varying) or "config" for k in by_key}
-    groups = {}
+    by_config = {}
     for k, rs in by_key.items():
         rs = sorted(rs, key=lambda r: (r.config.get("train.seed"), r.config.get("sampling.seed")))
         for a, b in zip(rs, rs[1:]):
             if a.seed == b.seed:                        # equal seeds are neighbours in this order
                 raise CompareError(f"{b.path}: same configuration and seed {b.seed} as {a.path}")
-        groups[labels[k]] = rs
-    counts = {label: len(rs) for label, rs in groups.items()}
+        by_config[labels[k]] = rs
+    counts = {label: len(rs) for label, rs in by_config.items()}
     most = max(counts.values())
-    for label, rs in groups.items():
+    for label, rs in by_config.items():
         if len(rs) < 2 or len(rs) < most:
             raise CompareError(f"configuration {label!r} has {len(rs)} seed(s) ({', '.join(str(r.path) for r in rs)}); "
                                f"every configuration needs the same number of seeds, at least 2 (the most: {most})")
-    return groups
+    return by_config
 
 
 def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 10000) -> dict:
     """The comparison as a JSON-able dict (see docs/comparing.md for every field)."""
     check_comparable(runs)
-    groups = group_runs(runs)
-    base_label = _baseline_label(groups, baseline)
+    by_config = runs_by_config(runs)
+    base_label = _baseline_label(by_config, baseline)
     first = runs[0]
     tasks = sorted(first.tasks, key=lambda t: (-(first.train_sentences.get(t) or 0), t))
     nll_left_out = _nll_left_out(runs, tasks)
@@ -278,7 +278,7 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
         raise CompareError(f"nothing to compare: {not_decoded[0]} was evaluated with --metrics nll and test NLL is "
                            f"left out ({nll_left_out})")
     per_seed = {label: {t: {m: [r.scores[t][m] for r in rs] for m in metrics} for t in tasks}
-                for label, rs in groups.items()}
+                for label, rs in by_config.items()}
     out = {"level": LEVEL, "alpha": ALPHA, "baseline": base_label, "ar_samples": samples, **_methods(metrics),
            "metrics": list(metrics), **({"nll_left_out": nll_left_out} if nll_left_out else {}),
            **({"decoded_left_out": f"{len(not_decoded)} run(s) evaluated with --metrics nll, e.g. {not_decoded[0]}"}
@@ -289,18 +289,18 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
            "configs": {label: {"runs": [str(r.path) for r in rs], "seeds": [r.seed for r in rs],
                                "checkpoints": [r.checkpoint for r in rs],
                                "config": {k: v for k, v in rs[0].config.items() if k not in IGNORED}}
-                       for label, rs in groups.items()},
+                       for label, rs in by_config.items()},
            "tasks": {}, "buckets": {}}
     base = per_seed[base_label]
     for t in tasks:
         row = {"bucket": first.buckets.get(t, "-"), "train_sentences": first.train_sentences.get(t),
                "n_sentences": len(first.refs[t]), "test_set": first.test_sets[t], "configs": {}}
-        for label, rs in groups.items():
+        for label, rs in by_config.items():
             c = {m: {**as_interval(t_interval(per_seed[label][t][m])), "per_seed": per_seed[label][t][m]} for m in metrics}
             if label != base_label:
-                test = paired_test(groups[base_label], rs, t, samples) if not not_decoded else {}
+                test = paired_test(by_config[base_label], rs, t, samples) if not not_decoded else {}
                 if NLL in metrics:
-                    test[NLL] = paired_nll_test(groups[base_label], rs, t, samples)
+                    test[NLL] = paired_nll_test(by_config[base_label], rs, t, samples)
                 for m in metrics:
                     c[m]["diff"] = as_interval(welch_interval(per_seed[label][t][m], base[t][m]))
                     c[m]["p"] = test[m]["p"]
@@ -310,30 +310,30 @@ def compare(runs: list[Run], baseline: Optional[str] = None, samples: int = 1000
                     out.setdefault("test_signatures", test["test_signatures"])
             row["configs"][label] = c
         out["tasks"][t] = row
-    off = off_target_rates(groups, tasks, first.buckets)
+    off = off_target_rates(by_config, tasks, first.buckets)
     if off:
         out["off_target"] = off
     return seed_statistics(out)
 
 
-def off_target_rates(groups: dict[str, list[Run]], tasks: list[str], buckets: dict[str, str]) -> Optional[dict]:
+def off_target_rates(by_config: dict[str, list[Run]], tasks: list[str], buckets: dict[str, str]) -> Optional[dict]:
     """The off-target rate (share of hypotheses not in the target language, `evaluate`) per task and
     configuration, the mean over the seeds that measured it, and per bucket the mean over its
     measured tasks: descriptive (no test). None when no run measured it."""
-    rates = {label: {t: [r.report_task(t).get("off_target") for r in rs] for t in tasks} for label, rs in groups.items()}
+    rates = {label: {t: [r.report_task(t).get("off_target") for r in rs] for t in tasks} for label, rs in by_config.items()}
     if all(x is None for per in rates.values() for xs in per.values() for x in xs):
         return None
 
     def mean(xs):
         xs = [x for x in xs if x is not None]
         return {"mean": float(np.mean(xs)) if xs else None, "seeds": len(xs)}
-    per_task = {t: {label: mean(rates[label][t]) for label in groups} for t in tasks}
+    per_task = {t: {label: mean(rates[label][t]) for label in by_config} for t in tasks}
     per_bucket = {}
     for b in ("high", "medium", "low", "all"):
         ts = [t for t in tasks if b == "all" or buckets.get(t) == b]
         if ts:
-            per_bucket[b] = {label: mean([per_task[t][label]["mean"] for t in ts]) for label in groups}
-    lids = sorted({r.report.get("off_target_lid") for rs in groups.values() for r in rs} - {None})
+            per_bucket[b] = {label: mean([per_task[t][label]["mean"] for t in ts]) for label in by_config}
+    lids = sorted({r.report.get("off_target_lid") for rs in by_config.values() for r in rs} - {None})
     return {"identifier": lids, "tasks": per_task, "buckets": per_bucket}
 
 
@@ -408,16 +408,16 @@ def _signatures(run: Run) -> list[str]:
     return [s for r in run.report["tasks"] for s in (r["bleu_signature"], r["chrf_signature"]) if s]
 
 
-def _baseline_label(groups: dict, baseline: Optional[str]) -> str:
+def _baseline_label(by_config: dict, baseline: Optional[str]) -> str:
     if baseline is None:
-        return next(iter(groups))
-    if baseline in groups:
+        return next(iter(by_config))
+    if baseline in by_config:
         return baseline
     path = Path(baseline).resolve()
-    for label, rs in groups.items():
+    for label, rs in by_config.items():
         if any(r.path.resolve() == path for r in rs):
             return label
-    raise CompareError(f"--baseline {baseline!r}: neither a configuration ({', '.join(groups)}) nor one of the runs")
+    raise CompareError(f"--baseline {baseline!r}: neither a configuration ({', '.join(by_config)}) nor one of the runs")
 
 
 def run_compare(run_dirs: list, out_dir, baseline: Optional[str] = None, samples: int = 10000,

@@ -1,5 +1,5 @@
 """Figures from a run's telemetry: the language-by-language gradient-similarity heatmap
-(the GradVac paper's central analysis) and its change over training; CATS task weights
+(the GradVac paper's central analysis) and its change over training; CATS task scales
 against training-data size."""
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def task_weight_history(run_dir: Path):
+def task_scale_history(run_dir: Path):
     """(tasks, steps, alpha [n_records, T], lam [n_records], train sentences per task) of a CATS run."""
     run_dir = Path(run_dir)
     records = [r for r in read_jsonl(run_dir / "reconcile.jsonl") if "cats" in r]
@@ -144,21 +144,21 @@ def task_weight_history(run_dir: Path):
     return tasks, np.array([r["step"] for r in records]), alpha, lam, sizes
 
 
-def plot_task_weights(run_dir: Path, out: Path) -> Path:
-    """CATS at a glance: each language's weight over training (coloured by its training-set size),
-    the multiplier lam, and the final weights against training-set size (T * alpha: 1 = uniform)."""
+def plot_task_scales(run_dir: Path, out: Path) -> Path:
+    """CATS at a glance: each language's scale over training (coloured by its training-set size),
+    the multiplier lam, and the final scales against training-set size (T * alpha: 1 = uniform)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks, steps, alpha, lam, sizes = task_weight_history(run_dir)
+    tasks, steps, alpha, lam, sizes = task_scale_history(run_dir)
     T = len(tasks)
     colours = plt.cm.viridis(np.interp(np.log10(sizes), (np.log10(sizes).min(), np.log10(sizes).max() + 1e-9), (0, 1)))
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
     for t in range(T):
         a1.plot(steps, T * alpha[:, t], color=colours[t], lw=1)
     a1.axhline(1.0, color="k", lw=0.5, ls="--")
-    a1.set(xlabel="step", ylabel="T x alpha (1 = uniform)", title="task weights over training")
+    a1.set(xlabel="step", ylabel="T x alpha (1 = uniform)", title="task scales over training")
     sm = plt.cm.ScalarMappable(cmap="viridis", norm=matplotlib.colors.LogNorm(sizes.min(), max(sizes.max(), sizes.min() + 1)))
     fig.colorbar(sm, ax=a1, label="training sentences")
     a2.plot(steps, lam, color="tab:red")
@@ -169,6 +169,6 @@ def plot_task_weights(run_dir: Path, out: Path) -> Path:
                     xytext=(2, 2), textcoords="offset points")
     a3.axhline(1.0, color="k", lw=0.5, ls="--")
     a3.set_xscale("log")
-    a3.set(xlabel="training sentences", ylabel="T x alpha", title=f"weights at step {steps[-1]} vs data size")
-    fig.suptitle("CATS task weights", fontsize=11)
+    a3.set(xlabel="training sentences", ylabel="T x alpha", title=f"scales at step {steps[-1]} vs data size")
+    fig.suptitle("CATS task scales", fontsize=11)
     return _save(fig, Path(out))

@@ -103,7 +103,7 @@ def unread_option_error(cfg) -> Optional[tuple[str, str]]:
 
 
 def unread_option_defaults(method: str, base: str = "sum") -> dict[str, Any]:
-    """The defaults of the options `method` (with base `base`) does not read, as plain values: overrides
+    """The defaults of the options `method` (with base `base`) does not read, as Python values: overrides
     that let settings shared by several methods (a demo config, a benchmark's) serve any of them.
     Nothing for a name not in the catalogue: the config refuses it, naming the field."""
     cat = catalogue()

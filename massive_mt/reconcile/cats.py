@@ -1,14 +1,15 @@
 """CATS, Curvature Aware Task Scaling (docs/algorithms.md#cats), from the step's losses and Gram matrix.
 
-Task weights alpha live on the simplex over the run's T tasks with a floor,
+Task scales alpha live on the simplex over the run's T tasks with a floor,
 alpha_n >= floor / T. A step that draws K of them (step-local i, global id task_ids[i]) uses
-the renormalised weights beta = alpha[task_ids] / sum(alpha[task_ids]) and the update
+the renormalised scales beta = alpha[task_ids] / sum(alpha[task_ids]) and the update
 
     update = K * sum_i beta_i g'_i,    g'_i = sum_j C[i, j] g_j,
 
-where C comes from the base method (identity for `sum`: plain CATS; GradVac's or PCGrad's
+where C comes from the base method (identity for `sum`: CATS alone; GradVac's or PCGrad's
 corrections otherwise), so the weights of the Gram form are w[k, j] = K * (beta^T C_k)[j].
-Uniform alpha gives beta = 1/K: the plain update. When K = T, beta = alpha.
+Uniform alpha gives beta = 1/K: the base's own update (with `sum`: sum_i g_i). When K = T,
+beta = alpha.
 
 Meta step (every `interval` steps once `warmup` steps are done), on the step tasks:
     L_i   = task i's mean loss;  G = the K x K Gram of the gradients of L_i
@@ -16,7 +17,7 @@ Meta step (every `interval` steps once `warmup` steps are done), on the step tas
     J     = sum_i beta_i L_i + lam * (c - eps)
     simplex: beta <- projection onto {beta_i >= floor / (T m), sum beta = 1} of
              beta - lr_alpha * dJ/dbeta, with m = sum(alpha[task_ids]); alpha[task_ids] = m * beta
-             (the step tasks keep their total mass; the other tasks' weights do not move)
+             (the step tasks keep their total mass; the other tasks' scales do not move)
     softmax: alpha = floor / T + (1 - floor) * softmax(theta); theta <- theta - lr_alpha * dJ/dtheta
     lam   <- max(0, lam + lr_lam * (c(new beta) - eps))             (ascent on the multiplier)
 
@@ -27,7 +28,7 @@ v_n the valid gradients, clip = min(1, clip_norm / (||u|| + 1e-6)) the clipping 
 update (its dependence on beta included), lr the learning rate of the step; Adam's
 preconditioner is ignored (an SGD-style look-ahead).
 
-The meta step runs after the step's weights are taken: it shapes the next steps. Everything
+The meta step runs after the step's scales are taken: it shapes the next steps. Everything
 is float64 on the CPU and identical on every rank (same all-reduced inputs, same state).
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ class CATSConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    # which gradients CATS scales: sum (plain CATS) | pcgrad | gradvac (the corrected gradients)
+    # which gradients CATS scales: sum (the task gradients unchanged) | pcgrad | gradvac (the corrected gradients)
     base: Literal[tuple(METHODS)] = "sum"
     # meta losses + Gram from: train (this step's micro-batches, free) | valid (a valid-split micro-batch)
     meta_data: Literal["train", "valid"] = "train"
@@ -58,7 +59,7 @@ class CATSConfig(BaseModel):
     objective: Literal["loss", "lookahead"] = "loss"
     proxy: Literal["combined", "diagonal"] = "combined"   # combined (beta^T G beta) | diagonal (sum beta_i^2 G_ii)
     param: Literal["simplex", "softmax"] = "simplex"      # simplex (projected descent on alpha) | softmax (on logits)
-    lr_alpha: float = Field(0.01, ge=0)     # meta learning rate of the task weights
+    lr_alpha: float = Field(0.01, ge=0)     # meta learning rate of the task scales
     lr_lam: float = Field(0.01, ge=0)       # ascent rate of the multiplier lam
     eps: float = Field(1.0, ge=0)           # curvature budget, in units of the squared update norm
     interval: int = Field(1, ge=1)          # steps between meta steps
@@ -77,7 +78,7 @@ class CATSConfig(BaseModel):
     @classmethod
     def _floor(cls, floor: float, info: ValidationInfo) -> float:
         if floor == 0.0 and info.data.get("param") != "softmax":
-            raise ValueError("must be in (0, 1] (0 only with param softmax): a task at weight 0 in the "
+            raise ValueError("must be in (0, 1] (0 only with param softmax): a task at scale 0 in the "
                              "simplex could never come back")
         return floor
 
@@ -90,7 +91,7 @@ class CATSState:
     lam: float = 0.0
     steps: int = 0          # steps reconciled so far
     meta_steps: int = 0     # meta steps taken
-    skipped: int = 0        # meta steps left out (non-finite losses or Gram)
+    meta_steps_left_out: int = 0   # meta steps left out (non-finite losses or Gram)
 
     @classmethod
     def uniform(cls, n_tasks: int, param: str) -> "CATSState":
@@ -100,41 +101,42 @@ class CATSState:
 
     def state_dict(self) -> dict:
         return {"values": self.values.clone(), "lam": self.lam, "steps": self.steps,
-                "meta_steps": self.meta_steps, "skipped": self.skipped}
+                "meta_steps": self.meta_steps, "meta_steps_left_out": self.meta_steps_left_out}
 
     def load_state_dict(self, sd: dict) -> None:
         values = torch.as_tensor(sd["values"]).detach().to("cpu", F64).clone()
         if values.shape != self.values.shape or not torch.isfinite(values).all():
-            raise ValueError(f"CATS state has {tuple(values.shape)} finite weights, expected {tuple(self.values.shape)}")
+            raise ValueError(f"CATS state has {tuple(values.shape)} finite scales, expected {tuple(self.values.shape)}")
         if not (math.isfinite(sd["lam"]) and sd["lam"] >= 0):
             raise ValueError(f"CATS multiplier must be finite and >= 0, got {sd['lam']}")
         self.values, self.lam = values, float(sd["lam"])
-        self.steps, self.meta_steps, self.skipped = int(sd["steps"]), int(sd["meta_steps"]), int(sd["skipped"])
+        left_out = sd["meta_steps_left_out"] if "meta_steps_left_out" in sd else sd["skipped"]  # older checkpoints
+        self.steps, self.meta_steps, self.meta_steps_left_out = int(sd["steps"]), int(sd["meta_steps"]), int(left_out)
 
 
 def check_state(state: CATSState, cfg: CATSConfig) -> None:
-    """Refuse weights that cannot come from `cfg` (e.g. a checkpoint of another parameterisation)."""
+    """Refuse scales that cannot come from `cfg` (e.g. a checkpoint of another parameterisation)."""
     if cfg.param == "simplex":
         v, T = state.values, state.values.numel()
         if abs(float(v.sum()) - 1.0) > 1e-9 or float(v.min()) < cfg.floor / T - 1e-12:
-            raise ValueError(f"CATS weights must lie on the simplex with every entry >= floor / T = "
+            raise ValueError(f"CATS scales must lie on the simplex with every entry >= floor / T = "
                              f"{cfg.floor / T:.3g}; got sum {float(v.sum()):.6g}, min {float(v.min()):.3g}")
 
 
-def softmax_weights(theta: Tensor, floor: float) -> Tensor:
+def softmax_scales(theta: Tensor, floor: float) -> Tensor:
     """alpha = floor / T + (1 - floor) * softmax(theta): on the simplex, every entry >= floor / T."""
     return floor / theta.numel() + (1.0 - floor) * torch.softmax(theta, 0)
 
 
-def task_weights(state: CATSState, cfg: CATSConfig) -> Tensor:
+def task_scales(state: CATSState, cfg: CATSConfig) -> Tensor:
     """alpha [T] on the simplex, every entry >= floor / T."""
     if cfg.param == "simplex":
         return state.values.clone()
-    return softmax_weights(state.values, cfg.floor)
+    return softmax_scales(state.values, cfg.floor)
 
 
-def step_weights(alpha: Tensor, task_ids: list[int]) -> Tensor:
-    """beta [K]: the step tasks' weights renormalised to sum to 1."""
+def step_scales(alpha: Tensor, task_ids: list[int]) -> Tensor:
+    """beta [K]: the step tasks' scales renormalised to sum to 1."""
     a = alpha[task_ids]
     return a / a.sum()
 
@@ -217,10 +219,10 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
     losses, G = losses.to(F64), G.to(F64)
     first = losses if first is None else first.to(F64)
     if not (torch.isfinite(losses).all() and torch.isfinite(G).all() and torch.isfinite(first).all()):
-        state.skipped += 1
+        state.meta_steps_left_out += 1
         return {"meta": False}
     T = state.values.numel()
-    alpha = task_weights(state, cfg)
+    alpha = task_scales(state, cfg)
     if cfg.param == "simplex":
         mass = float(alpha[task_ids].sum())
         beta = alpha[task_ids] / mass
@@ -230,11 +232,11 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
     else:
         theta = state.values.clone().requires_grad_(True)
         with torch.enable_grad():
-            b = step_weights(softmax_weights(theta, cfg.floor), task_ids)
+            b = step_scales(softmax_scales(theta, cfg.floor), task_ids)
             J = b @ first + state.lam * curvature(b, G, cfg.proxy)     # first: dJ/dbeta of the first term
             (grad_theta,) = torch.autograd.grad(J, theta)
         state.values = state.values - cfg.lr_alpha * grad_theta
-        beta = step_weights(task_weights(state, cfg), task_ids)
+        beta = step_scales(task_scales(state, cfg), task_ids)
     c = float(curvature(beta, G, cfg.proxy))
     state.lam = max(0.0, state.lam + cfg.lr_lam * (c - cfg.eps))
     state.meta_steps += 1
@@ -248,10 +250,10 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     coef: [n_groups, K, K] the base method's C. meta_losses [K] and meta_gram [K, K] (in units of
     the gradients of the mean losses) come from this step's micro-batches or from valid batches;
     lookahead: the step's update, needed on meta steps of objective `lookahead`.
-    stats: beta (this step's weights), alpha and lam after the step, meta (whether one was taken),
-    proxy (its value after the alpha step, on a meta step), skipped (meta steps left out so far)."""
+    stats: beta (this step's scales), alpha and lam after the step, meta (whether one was taken),
+    proxy (its value after the alpha step, on a meta step), meta_steps_left_out (so far)."""
     K = coef.shape[1]
-    beta = step_weights(task_weights(state, cfg), task_ids)
+    beta = step_scales(task_scales(state, cfg), task_ids)
     weights = K * torch.einsum("i,kij->kj", beta, coef.to(F64))
     stats = {"meta": False}
     if is_meta_step(state, cfg):
@@ -262,7 +264,8 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
             first = lookahead_gradient(beta, coef, lookahead)
         stats = meta_step(state, cfg, task_ids, meta_losses, meta_gram, first)
     state.steps += 1
-    stats.update(beta=beta, alpha=task_weights(state, cfg), lam=state.lam, skipped=state.skipped)
+    stats.update(beta=beta, alpha=task_scales(state, cfg), lam=state.lam,
+                 meta_steps_left_out=state.meta_steps_left_out)
     return weights, stats
 
 

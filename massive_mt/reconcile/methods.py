@@ -13,14 +13,14 @@ Random visiting order. For each group k = 0..n_groups-1 (group-major), then for 
 corrected task i in ascending step-local order (PCGrad: every task; GradVac: the vaccinated
 tasks only), one `torch.randperm(K - 1, generator=generator)` is drawn and task i visits
 `others[perm]`, where `others = [j for j in range(K) if j != i]`. The draws never depend
-on the gradient values (a skipped task or group still draws); nothing is drawn when K < 2
-or for `sum`.
+on the gradient values (a task taking no part, or a group that gets the `sum` update, still
+draws); nothing is drawn when K < 2 or for `sum`.
 
 Zero and non-finite values. In group k a task whose squared norm G[t, t] is not finite takes
 no part: it is not corrected (weight 1) and never serves as j. If entries among the
-remaining tasks are still not finite, the whole group gets the plain update (all-ones
-weights). A visit (i, j) is skipped (no correction, no EMA update) when either task takes no
-part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats. The trainer
+remaining tasks are still not finite, the whole group gets the `sum` update (all-ones
+weights). A visit (i, j) is unusable (it does not fire and moves no EMA target) when either
+task takes no part, ||g_j|| = 0 or ||g'_i|| = 0. Such groups are flagged `nonfinite` in the stats. The trainer
 never gets here with a non-finite task: ShardedReconciler drops such a task from the step first
 (docs/failures.md#non-finite-values).
 
@@ -79,11 +79,11 @@ class GradVacOptions(MethodOptions):
 
     def keywords(self, tasks: list[str], train_sizes: dict[str, int]) -> dict:
         return {"ema_rate": self.ema_rate,
-                "vaccinated": vaccinated_ids(self.vaccinate, tasks, train_sizes, self.low_resource_quantile)}
+                "vaccinate_ids": vaccinate_ids(self.vaccinate, tasks, train_sizes, self.low_resource_quantile)}
 
 
-def vaccinated_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
-                   quantile: float) -> Optional[frozenset]:
+def vaccinate_ids(spec: Optional[list], tasks: list[str], train_sizes: dict[str, int],
+                  quantile: float) -> Optional[frozenset]:
     """GradVac's vaccinated subset as global task ids: None (all), explicit tasks, or
     ["low_resource"]: the tasks whose training size is below the given quantile."""
     if spec is None:
@@ -178,7 +178,7 @@ class Corrections(NamedTuple):
     coef: Tensor       # [n_groups, K, K] C: g'_i = sum_j C[i, j] g_j
     visited: Tensor    # [n_groups, K, K] bool: visit (i, j) made (reconcile/stats.py)
     fired: Tensor      # [n_groups, K, K] bool: g'_i was corrected against g_j
-    skipped: Tensor    # [n_groups, K, K] bool: visit (i, j) skipped (zero or non-finite norm)
+    unusable: Tensor   # [n_groups, K, K] bool: visit (i, j) met a zero or non-finite norm (did not fire)
     nonfinite: Tensor  # [n_groups] bool: a non-finite value was met in the group
 
 
@@ -202,7 +202,7 @@ def _prepare(G: Tensor) -> tuple[list, list, bool]:
     part = torch.isfinite(d)
     nonfinite = not bool(torch.isfinite(G).all())
     if not torch.isfinite(G[part][:, part]).all():
-        part = torch.zeros_like(part)  # no consistent sub-Gram: the plain update
+        part = torch.zeros_like(part)  # no consistent sub-Gram: the `sum` update
     Gz = torch.where(part[:, None] & part[None, :], G, torch.zeros((), dtype=F64))
     return Gz.tolist(), (part & (d > 0)).tolist(), nonfinite
 
@@ -212,10 +212,10 @@ def _dot(x: list, y: list) -> float:
 
 
 def _run(grams: Tensor, generator: torch.Generator, rows, solve: Callable) -> Corrections:
-    """Per group: draw the visiting orders, then `solve(k, G, usable, orders, C, fired, skipped)`
+    """Per group: draw the visiting orders, then `solve(k, G, usable, orders, C, fired, unusable)`
     fills the identity-initialised C and the flags."""
     n_groups, K, _ = grams.shape
-    coef, fired, skipped, nonfinite = [], [], [], []
+    coef, fired, unusable, nonfinite = [], [], [], []
     for k in range(n_groups):
         orders = _visit_orders(generator, K, rows)
         G, usable, bad = _prepare(grams[k])
@@ -225,12 +225,12 @@ def _run(grams: Tensor, generator: torch.Generator, rows, solve: Callable) -> Co
         solve(k, G, usable, orders, C, f, s)
         coef.append(C)
         fired.append(f)
-        skipped.append(s)
+        unusable.append(s)
         nonfinite.append(bad)
     shape = (n_groups, K, K)
     return Corrections(torch.tensor(coef, dtype=F64).reshape(shape), visits(K, rows, n_groups),
                        torch.tensor(fired, dtype=torch.bool).reshape(shape),
-                       torch.tensor(skipped, dtype=torch.bool).reshape(shape),
+                       torch.tensor(unusable, dtype=torch.bool).reshape(shape),
                        torch.tensor(nonfinite, dtype=torch.bool).reshape(n_groups))
 
 
@@ -251,7 +251,7 @@ def _add(G, c, r, a, j) -> None:
 
 @register("sum")
 def sum_method(grams: Tensor, task_ids: list[int], state, generator: torch.Generator) -> Corrections:
-    """Plain training: update = sum_i g_i (C = I, w = 1)."""
+    """The K task gradients added unchanged: update = sum_i g_i (C = I, w = 1)."""
     n_groups, K, _ = grams.shape
     z = torch.zeros(n_groups, K, K, dtype=torch.bool)
     return Corrections(torch.eye(K, dtype=F64).expand(n_groups, K, K).clone(), z, z.clone(), z.clone(),
@@ -265,12 +265,12 @@ def pcgrad(grams: Tensor, task_ids: list[int], state, generator: torch.Generator
     i.e. C[i, j] -= (C G)[i, j] / G[j, j]."""
     K = grams.shape[1]
 
-    def solve(k, G, usable, orders, C, fired, skipped):
+    def solve(k, G, usable, orders, C, fired, unusable):
         for i, order in orders.items():
             c, r = C[i], list(G[i])
             for j in order:
                 if _visit(usable, i, j, c, r) is None:
-                    skipped[i][j] = True
+                    unusable[i][j] = True
                 elif r[j] < 0:
                     a = -r[j] / G[j][j]
                     if math.isfinite(a):
@@ -282,7 +282,7 @@ def pcgrad(grams: Tensor, task_ids: list[int], state, generator: torch.Generator
 
 @register("gradvac", make_state=GradVacState.zeros, options=GradVacOptions)
 def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: torch.Generator,
-            ema_rate: float = EMA_RATE, vaccinated=None) -> Corrections:
+            ema_rate: float = EMA_RATE, vaccinate_ids=None) -> Corrections:
     """GradVac, Algorithm 1 of Wang et al. 2021 (docs/algorithms.md#gradvac). Per group k, for each
     vaccinated task i, for j != i in random order, with T = phi_hat[k, task_ids[i], task_ids[j]]:
         phi = cos(g'_i, g_j)                          (g'_i corrected so far, g_j ORIGINAL)
@@ -290,7 +290,7 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
         T <- (1 - ema_rate) T + ema_rate phi          (every visit, after the test)
     After a correction cos(g'_i, g_j) = T. A correction is left out when 1 - T^2 < GRADVAC_TOL
     (|T| within 5e-7 of 1: the coefficient would be rounding noise); the target still moves.
-    vaccinated: the global task ids to correct (None: all). state.phi_hat is replaced by the new
+    vaccinate_ids: the global task ids to correct (None: all). state.phi_hat is replaced by the new
     targets."""
     if not 0.0 <= ema_rate <= 1.0:
         raise ValueError(f"GradVac ema_rate must be in [0, 1], got {ema_rate}")
@@ -299,17 +299,17 @@ def gradvac(grams: Tensor, task_ids: list[int], state: GradVacState, generator: 
         raise ValueError(f"GradVac state is for {n_groups} groups and {n_tasks} tasks; got grams "
                          f"{tuple(grams.shape)} and task_ids {task_ids}")
     ids = torch.tensor(task_ids, dtype=torch.long)
-    rows = [i for i, t in enumerate(task_ids) if vaccinated is None or t in vaccinated]
+    rows = [i for i, t in enumerate(task_ids) if vaccinate_ids is None or t in vaccinate_ids]
     phi_hat = state.phi_hat.clone()
 
-    def solve(k, G, usable, orders, C, fired, skipped):
+    def solve(k, G, usable, orders, C, fired, unusable):
         target = phi_hat[k][ids][:, ids].tolist()
         for i, order in orders.items():
             c, r = C[i], list(G[i])
             for j in order:
                 ni = _visit(usable, i, j, c, r)
                 if ni is None:
-                    skipped[i][j] = True
+                    unusable[i][j] = True
                     continue
                 nj = math.sqrt(G[j][j])
                 phi = min(1.0, max(-1.0, r[j] / ni / nj))
@@ -351,7 +351,7 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     computed in float64 on the CPU). task_ids: global task index of each step-local task.
     state: from `make_state(method, n_groups, n_tasks)`; GradVac's state object is updated.
     generator: seeded identically on every rank (`step_generator`); see the module docstring for
-    the draw order. options: the method's keyword arguments (GradVac: `ema_rate`, `vaccinated` as
+    the draw order. options: the method's keyword arguments (GradVac: `ema_rate`, `vaccinate_ids` as
     global task ids, from `GradVacOptions.keywords`); those other methods take are ignored.
     """
     m = get_method(method)
@@ -367,12 +367,12 @@ def reconcile(method: str, grams: Tensor, task_ids: list[int], state, generator:
     coef, nonfinite = out.coef, out.nonfinite.clone()
     weights = coef.sum(1)
     overflow = ~torch.isfinite(weights).all(1)
-    if overflow.any():  # corrections overflowed: the plain update for those groups
+    if overflow.any():  # corrections overflowed: the `sum` update for those groups
         weights[overflow] = 1.0
         coef[overflow] = torch.eye(coef.shape[1], dtype=F64)
         nonfinite |= overflow
     stats = StepStats(task_ids=task_ids, cos=cosines(grams), coef=coef, visited=out.visited, fired=out.fired,
-                      skipped=out.skipped, nonfinite=nonfinite, weights=weights)
+                      unusable=out.unusable, nonfinite=nonfinite, weights=weights)
     return weights, stats
 
 

@@ -8,9 +8,9 @@ weights; the trainer's telemetry (engine/metrics.py ReconcileTelemetry) averages
 
 A visit (i, j) is one step of a method's inner loop: corrected task i against original task j.
 PCGrad visits every ordered pair (K (K - 1) per group); GradVac only the rows of its vaccinated
-tasks ((K - 1) per vaccinated task of the step); `sum` none. A visit is skipped (no correction)
-when a norm is zero or not finite, and fires when the correction is applied; the correction rate
-of a group is fired / visits.
+tasks ((K - 1) per vaccinated task of the step); `sum` none. A visit fires when the correction
+is applied; a visit that meets a zero or non-finite norm is unusable and does not fire. The
+correction rate of a group is fired / visits.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torch import Tensor
 
 @dataclass
 class CATSStepStats:
-    """CATS at one step: this step's weights beta [K], alpha [T] and lam after the step, whether a
+    """CATS at one step: this step's scales beta [K], the task scales alpha [T] and lam after the step, whether a
     meta step was taken and its proxy, and the meta steps left out so far (non-finite statistics)."""
 
     beta: Tensor
@@ -37,7 +37,7 @@ class CATSStepStats:
     def of(cls, d: dict) -> "CATSStepStats":
         """From the statistics `reconcile.cats.cats()` returns."""
         return cls(beta=d["beta"], alpha=d["alpha"], lam=d["lam"], meta=d["meta"], proxy=d.get("proxy"),
-                   meta_steps_left_out=d["skipped"])
+                   meta_steps_left_out=d["meta_steps_left_out"])
 
 
 @dataclass
@@ -45,16 +45,16 @@ class StepStats:
     """One reconciled step over its K kept tasks (step-local order) and n_groups parameter groups;
     tensors on the CPU, [n_groups, K, K] unless said otherwise.
 
-    From the method (`methods.reconcile`): task_ids, cos, coef, visited, fired, skipped, nonfinite
+    From the method (`methods.reconcile`): task_ids, cos, coef, visited, fired, unusable, nonfinite
     and weights (w = C.sum(1)). CATS's weigher adds cats; the reconciler adds grams and replaces
     weights by those of the update it writes back (after CATS and clipping from the Gram)."""
 
     task_ids: list[int]               # global task index of each kept task
     cos: Tensor                       # cosines of the original task gradients (0 for a zero/non-finite norm)
     coef: Tensor                      # C: g'_i = sum_j C[i, j] g_j (w = C.sum(1) before CATS and clipping)
-    visited: Tensor                   # bool: visit (i, j) made (skipped ones included)
+    visited: Tensor                   # bool: visit (i, j) made (unusable ones included)
     fired: Tensor                     # bool: g'_i corrected against g_j
-    skipped: Tensor                   # bool: visit (i, j) skipped (zero or non-finite norm)
+    unusable: Tensor                  # bool: visit (i, j) met a zero or non-finite norm (did not fire)
     nonfinite: Tensor                 # [n_groups] bool: a non-finite value was met in the group
     grams: Optional[Tensor] = None    # the all-reduced Gram matrices, float64
     weights: Optional[Tensor] = None  # [n_groups, K]: update_g = sum_j w[g, j] g_jg
@@ -66,9 +66,9 @@ class StepStats:
         return self.fired.flatten(1).sum(1)
 
     @property
-    def n_skipped(self) -> Tensor:
-        """[n_groups] int64: visits skipped."""
-        return self.skipped.flatten(1).sum(1)
+    def n_unusable(self) -> Tensor:
+        """[n_groups] int64: unusable visits (zero or non-finite norm)."""
+        return self.unusable.flatten(1).sum(1)
 
     @property
     def n_visits(self) -> Tensor:

@@ -7,7 +7,7 @@ update and holds the state that goes into checkpoints. Two kinds:
 - `MethodWeigher`: a registered Gram method (reconcile/methods.py: sum, pcgrad, gradvac), with
   its state and the keyword arguments its options give for the run;
 - `CATSWeigher`: CATS around a base `MethodWeigher`: it scales the base's corrected gradients
-  with its task weights (reconcile/cats.py) and takes its meta step, and says when it needs the
+  with its task scales (reconcile/cats.py) and takes its meta step, and says when it needs the
   valid split's statistics (`meta_data: valid`) and the training-valid cross Grams (`lookahead`).
 
 Everything here is float64 on the CPU and identical on every rank: no collectives, no DeepSpeed.

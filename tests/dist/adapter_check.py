@@ -122,7 +122,7 @@ def run(args):
     ds_clip = args.clip if not (bf16 and args.stage == 1) else 0.0     # BF16_Optimizer: clip from the Gram
     engine = make_engine(model, ds_config(args.stage, args.dtype, ds_clip))
     shards = GradShards(engine)
-    assert shards.clip_from_gram == (shards.kind == "bf16") and shards.partitioned == (shards.kind != "z0")
+    assert shards.clip_from_gram == (shards.layout == "bf16") and shards.partitioned == (shards.layout != "z0")
 
     ref_named = list(ref.named_parameters())
     names = [n for n, _ in ref_named]
@@ -244,7 +244,7 @@ def run(args):
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     ok = worst[0].item() == 0.0
     errors = {k: worst[i + 1].item() for i, k in enumerate(sorted(errors))}
-    return ok, {"world_size": world, "kind": shards.kind, "stage": args.stage, "dtype": args.dtype, "ok": ok,
+    return ok, {"world_size": world, "layout": shards.layout, "stage": args.stage, "dtype": args.dtype, "ok": ok,
                 "max_rel_err": max(errors.values()), "errors": errors, "tolerances": tol, "clipped": clipped}
 
 

@@ -1,12 +1,12 @@
 """layout_of (massive_mt.engine.zero_adapter) on a real DeepSpeed engine of every supported
-(ZeRO stage, dtype): the backend it picks, that it picks it once, and that the non-finite check,
-skip_step and GradShards all go through that one backend object.
+(ZeRO stage, dtype): the layout it picks, that it picks it once, and that the non-finite check,
+skip_step and GradShards all go through that one layout object.
 
     torchrun --nproc_per_node 1 tests/dist/layout_check.py
 
 Per layout: one step's backward (every micro-batch, the last one a boundary), then
-local_grads_nonfinite on the backend's local gradients (finite, then with one value set to NaN),
-skip_step (must call the backend's skip once, clear the gradient, leave the weights alone), and a
+local_grads_nonfinite on the layout's local gradients (finite, then with one value set to NaN),
+skip_step (must call the layout's skip once, clear the gradient, leave the weights alone), and a
 normal step afterwards (must change the weights: the optimizer is still usable after a skip).
 """
 import torch
@@ -14,7 +14,7 @@ import torch
 import deepspeed
 import deepspeed.comm as dist
 
-from massive_mt.engine.zero_adapter import (GradShards, backend_for, layout_of, local_grads_nonfinite,
+from massive_mt.engine.zero_adapter import (GradShards, layout_for, layout_of, local_grads_nonfinite,
                                             skip_step)
 
 from adapter_check import K, M, batch, ds_config, loss_fn, make_engine, model_params, Net
@@ -35,8 +35,8 @@ def check(stage, dtype):
     torch.manual_seed(0)
     engine = make_engine(Net(), ds_config(stage, dtype, 0.0))
     layout = layout_of(engine)
-    out = {"backend": type(layout).__name__, "kind": layout.kind,
-           "matches_config": type(layout) is backend_for(stage, dtype == "bf16"),
+    out = {"class": type(layout).__name__, "layout": layout.name,
+           "matches_config": type(layout) is layout_for(stage, dtype == "bf16"),
            "cached": layout_of(engine) is layout, "grad_shards_uses_it": GradShards(engine)._impl is layout}
 
     one_step_backward(engine, 0)
@@ -68,7 +68,7 @@ def main():
     deepspeed.init_distributed(dist_backend="gloo")
     results = {f"{stage}-{dtype}": check(stage, dtype) for stage, dtype in LAYOUTS}
     try:
-        backend_for(0, True)
+        layout_for(0, True)
         refused = None
     except Exception as e:          # noqa: BLE001 (reported: the test names the class)
         refused = f"{type(e).__name__}: {e}"

@@ -31,7 +31,7 @@ from massive_mt.engine.distributed import init_distributed
 from massive_mt.engine.model import build_model, freeze_parameters
 from massive_mt.engine.optim import build_optimizer, label_smoothed_loss
 from massive_mt.reconcile import make_state, step_generator
-from massive_mt.reconcile.cats import CATSState, is_meta_step, task_weights
+from massive_mt.reconcile.cats import CATSState, is_meta_step, task_scales
 from massive_mt.reconcile.groups import assign_groups
 from massive_mt.train import Trainer
 
@@ -72,7 +72,7 @@ def reference_run(cfg, trainer: Trainer, world: int, steps: int):
         ccfg = trainer.reconciler.weigher.cfg
         cats_state = CATSState.uniform(len(trainer.tasks), ccfg.param)
     rc = {"ema_rate": cfg.reconcile.ema_rate,
-          "vaccinated": base_keywords(trainer.reconciler).get("vaccinated")}
+          "vaccinate_ids": base_keywords(trainer.reconciler).get("vaccinate_ids")}
     gas = s.tasks_per_step * s.micro_batches_per_task
     for step in range(steps):
         plans = [smp.plan(step) for smp in samplers]
@@ -146,7 +146,7 @@ def frozen_report(trainer: Trainer, start, got) -> dict:
     frozen = {id(p) for _, p in named if not p.requires_grad}
     mask = torch.cat([torch.full((getattr(p, "ds_numel", p.numel()),), not p.requires_grad) for _, p in named])
     opt = engine.optimizer
-    wrapper_groups = next((getattr(opt, a) for a in ("bit16_groups", "fp16_groups", "bf16_groups") if hasattr(opt, a)),
+    param_groups = next((getattr(opt, a) for a in ("bit16_groups", "fp16_groups", "bf16_groups") if hasattr(opt, a)),
                           [g["params"] for g in opt.param_groups])
     inner = getattr(opt, "optimizer", opt)
     state = torch.tensor(float(sum(st["exp_avg"].numel() for st in inner.state.values())), device=trainer.device)
@@ -155,7 +155,7 @@ def frozen_report(trainer: Trainer, start, got) -> dict:
     shards = trainer.reconciler.shards if trainer.reconciler is not None else None
     return {"frozen_numel": int(mask.sum()), "trainable_numel": int((~mask).sum()),
             "frozen_moved": float((got - start)[mask].abs().max()) if mask.any() else 0.0,
-            "wrapper_holds_frozen": any(id(p) in frozen for g in wrapper_groups for p in g),
+            "wrapper_holds_frozen": any(id(p) in frozen for g in param_groups for p in g),
             "adam_state_numel": int(state),
             "segments_of_frozen": sorted({s.name for s in shards.segments() + shards.gram_segments()}
                                          & {n for n, p in named if not p.requires_grad}) if shards else None}
@@ -202,7 +202,7 @@ def run_method(ds_path: str, steps: int, spec: str, overrides: list[str], rank: 
         res["fired"] = trainer.reconciler.fired_total
     if method == "cats":
         cs, ccfg = trainer.reconciler.weigher.state, trainer.reconciler.weigher.cfg
-        res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_weights(cs, ccfg).tolist())
+        res.update(meta_steps=cs.meta_steps, lam=cs.lam, alpha=task_scales(cs, ccfg).tolist())
         mine = torch.cat([cs.values.to(trainer.device),                      # NCCL gathers device tensors
                           torch.tensor([cs.lam, cs.steps, cs.meta_steps], dtype=torch.float64,
                                        device=trainer.device)])
@@ -213,7 +213,7 @@ def run_method(ds_path: str, steps: int, spec: str, overrides: list[str], rank: 
         ref, ref_cats = reference_run(cfg, trainer, world, steps)
         res["rel_diff"] = float((got - ref).abs().max() / ref.abs().max())
         if ref_cats is not None:
-            a_ref = task_weights(ref_cats, ccfg)
+            a_ref = task_scales(ref_cats, ccfg)
             res["alpha_rel_diff"] = float((torch.tensor(res["alpha"], dtype=torch.float64) - a_ref).abs().max()
                                           / a_ref.abs().max())
             res["lam_rel_diff"] = abs(res["lam"] - ref_cats.lam) / max(abs(ref_cats.lam), 1e-300)
