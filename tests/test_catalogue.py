@@ -28,7 +28,7 @@ def test_config_cli_and_bench_take_their_names_from_the_catalogue():
     assert catalogue.names() == ("plain", "sum", "pcgrad", "gradvac", "cats")
     assert RECONCILE_METHODS == catalogue.names()
     assert method_names() == ["plain", "bare", "sum", "pcgrad", "gradvac", "cats", "naive"]
-    assert [catalogue.kind(n) for n in catalogue.names()] == ["plain", "gram", "gram", "gram", "wrapper"]
+    assert [catalogue.kind(n) for n in catalogue.names()] == ["plain", "gram", "gram", "gram", "scales"]
     assert [parse_method(m)[0] for m in DEFAULT_METHODS] == ["trainer", "bare", *["trainer"] * 5, "naive"]
     with pytest.raises(ValueError, match="known: plain, bare, sum, pcgrad, gradvac, cats, naive"):
         parse_method("cagrad")

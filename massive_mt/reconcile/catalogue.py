@@ -5,7 +5,7 @@ Kinds:
 - `plain`: DeepSpeed's own gradient accumulation, no per-task capture (engine/step.py PlainStep);
 - `gram`: a method registered in reconcile/methods.py (sum, pcgrad, gradvac, ...), a pure
   function of the step's Gram matrices, weighed by `MethodWeigher`;
-- `wrapper`: CATS, which scales the corrected gradients of a Gram method, its base
+- `scales`: CATS, which learns per-task scales of the corrected gradients of a Gram method, its base
   (`reconcile.cats.base`), weighed by `CATSWeigher` around the base's `MethodWeigher`.
 
 Options. Each method's options are a pydantic model (`MethodOptions`: GradVac's `GradVacOptions`,
@@ -24,7 +24,7 @@ from massive_mt.reconcile.cats import CATSOptions
 from massive_mt.reconcile.methods import METHODS, MethodOptions
 from massive_mt.reconcile.weighers import CATSWeigher, MethodWeigher
 
-Kind = Literal["plain", "gram", "wrapper"]
+Kind = Literal["plain", "gram", "scales"]     # scales: learns task scales over a base method (cats)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def catalogue() -> dict[str, Entry]:
     """Every method by name, in report order: plain, the registered Gram methods, cats."""
     return {"plain": Entry("plain", "plain", MethodOptions),
             **{name: Entry(name, "gram", m.options) for name, m in METHODS.items()},
-            "cats": Entry("cats", "wrapper", CATSOptions)}
+            "cats": Entry("cats", "scales", CATSOptions)}
 
 
 def names() -> tuple[str, ...]:
@@ -61,10 +61,10 @@ def option_fields() -> dict[str, Any]:
 
 
 def read_options(method: str, base: str) -> set[str]:
-    """The option fields `method` reads (a wrapper: its own and those of its base `base`)."""
+    """The option fields `method` reads (a `scales` method: its own and those of its base `base`)."""
     cat = catalogue()
     fields = set(cat[method].options.model_fields)
-    if cat[method].kind == "wrapper":
+    if cat[method].kind == "scales":
         fields |= set(cat[base].options.model_fields)
     return fields
 
@@ -72,12 +72,12 @@ def read_options(method: str, base: str) -> set[str]:
 def _readers(option: str) -> str:
     """'method gradvac (or cats with base gradvac)': the methods that read `option`."""
     cat = catalogue()
-    grams = [n for n, e in cat.items() if e.kind != "wrapper" and option in e.options.model_fields]
-    own = [n for n, e in cat.items() if e.kind == "wrapper" and option in e.options.model_fields]
+    grams = [n for n, e in cat.items() if e.kind != "scales" and option in e.options.model_fields]
+    own = [n for n, e in cat.items() if e.kind == "scales" and option in e.options.model_fields]
     said = [f"method {' or '.join(grams + own)}"] if grams or own else []
-    wrappers = [n for n, e in cat.items() if e.kind == "wrapper" and n not in own]
-    if grams and wrappers:
-        said.append(f"(or {' or '.join(wrappers)} with base {' or '.join(grams)})")
+    scaled = [n for n, e in cat.items() if e.kind == "scales" and n not in own]
+    if grams and scaled:
+        said.append(f"(or {' or '.join(scaled)} with base {' or '.join(grams)})")
     return " ".join(said)
 
 
@@ -96,7 +96,7 @@ def unread_option_error(cfg) -> Optional[tuple[str, str]]:
     for option, default in option_fields().items():
         field = None if option in read else _changed(getattr(cfg, option), default, option)
         if field is not None:
-            method = (f"{cfg.method!r} with base {cfg.cats.base!r}" if kind(cfg.method) == "wrapper"
+            method = (f"{cfg.method!r} with base {cfg.cats.base!r}" if kind(cfg.method) == "scales"
                       else repr(cfg.method))
             return f"reconcile.{field}", f"only applies to {_readers(option)}; method is {method}"
     return None
@@ -107,7 +107,7 @@ def unread_option_defaults(method: str, base: str = "sum") -> dict[str, Any]:
     that let settings shared by several methods (a demo config, a benchmark's) serve any of them.
     Nothing for a name not in the catalogue: the config refuses it, naming the field."""
     cat = catalogue()
-    if method not in cat or (cat[method].kind == "wrapper" and base not in cat):
+    if method not in cat or (cat[method].kind == "scales" and base not in cat):
         return {}
     read = read_options(method, base)
     return {name: d.model_dump() if isinstance(d, BaseModel) else d
@@ -123,11 +123,11 @@ def options_of(method: str, cfg) -> MethodOptions:
 def weigher(cfg, n_groups: int, tasks: list[str], train_sizes: dict[str, int], seed: int, n_gas: int,
             lr: Callable[[], float], clip_norm: float):
     """The weigher of the reconcile section `cfg` for a run over `tasks` (reconcile/weighers.py);
-    `n_gas`, `lr` and `clip_norm` are a wrapper's (world size x accumulation steps, the step's
+    `n_gas`, `lr` and `clip_norm` are CATS's (world size x accumulation steps, the step's
     learning rate, the update's clipping threshold)."""
     k = kind(cfg.method)
     if k == "plain":
         raise ValueError("reconcile.method plain captures no task gradients: it has no weigher")
-    name = cfg.cats.base if k == "wrapper" else cfg.method
+    name = cfg.cats.base if k == "scales" else cfg.method
     base = MethodWeigher(name, n_groups, len(tasks), options_of(name, cfg).keywords(tasks, train_sizes), seed)
     return base if k == "gram" else CATSWeigher(base, cfg.cats, len(tasks), n_gas, lr, clip_norm)
