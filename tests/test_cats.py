@@ -1,5 +1,6 @@
 """CATS in Gram form (massive_mt/reconcile/cats.py) against the full-vector reference, and its behaviour."""
 import copy
+import math
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ from massive_mt.engine.config import load_config
 from massive_mt.errors import ConfigError
 from massive_mt.reconcile import make_state, reconcile
 from massive_mt.reconcile.cats import (CATSConfig, CATSState, LookAhead, cats, check_state, corrected_gram, curvature,
-                                       is_meta_step, lookahead_gradient, meta_step, project_simplex, step_scales,
-                                       task_scales)
+                                       is_meta_step, lookahead_gradient, meta_step, project_simplex, softmax_scales,
+                                       softmax_step_scales, step_scales, task_scales)
 
 F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None, derandomize=True)
@@ -267,6 +268,22 @@ def test_alpha_stays_on_the_simplex_above_the_floor(T, param, floor, seed):
         assert abs(float(alpha.sum()) - 1.0) < 1e-12
         assert float(alpha.min()) >= floor / T - 1e-12
         assert state.lam >= 0
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.3, 1.0])
+def test_softmax_step_scales_equal_the_ratio_and_stay_finite_where_alpha_underflows(floor):
+    theta = torch.tensor([0.3, -1.2, 2.0, 0.0], dtype=F64)
+    for ids in ([0, 2], [3], [1, 0, 3]):
+        assert torch.allclose(softmax_step_scales(theta, floor, ids),
+                              step_scales(softmax_scales(theta, floor), ids), rtol=1e-14, atol=0)
+    # floor 0: softmax of these logits is exactly [0, 1]; a step that draws only task 0 got 0 / 0
+    theta = torch.tensor([-800.0, 800.0], dtype=F64)
+    state, cfg = CATSState(values=theta.clone()), CATSConfig(param="softmax", floor=floor)
+    beta = softmax_step_scales(theta, floor, [0])
+    assert torch.equal(beta, torch.ones(1, dtype=F64))
+    weights, stats = cats(torch.eye(1, dtype=F64)[None], [0], state, cfg, torch.ones(1, dtype=F64),
+                          torch.eye(1, dtype=F64))
+    assert torch.isfinite(weights).all() and torch.isfinite(stats["beta"]).all() and math.isfinite(stats["proxy"])
 
 
 def test_lam_rises_while_the_proxy_exceeds_eps_and_falls_to_zero_once_it_holds():

@@ -141,6 +141,23 @@ def step_scales(alpha: Tensor, task_ids: list[int]) -> Tensor:
     return a / a.sum()
 
 
+def softmax_step_scales(theta: Tensor, floor: float, task_ids: list[int]) -> Tensor:
+    """`step_scales(softmax_scales(theta, floor), task_ids)` computed in log space: at floor 0 the
+    softmax can underflow to exact zeros for every task of a step, where the plain ratio is 0 / 0;
+    here beta is the softmax of log alpha over the step's tasks, finite for any theta."""
+    log_alpha = torch.log_softmax(theta, 0) + torch.log1p(torch.tensor(-floor, dtype=theta.dtype))   # -inf at 1
+    if floor > 0.0:
+        log_alpha = torch.logaddexp(log_alpha, torch.full_like(theta, math.log(floor) - math.log(theta.numel())))
+    return torch.softmax(log_alpha[task_ids], 0)
+
+
+def beta_of(state: CATSState, cfg: CATSConfig, task_ids: list[int]) -> Tensor:
+    """beta [K]: this step's scales, the task scales alpha renormalised over the step's tasks."""
+    if cfg.param == "simplex":             # alpha >= floor / T > 0: the ratio is safe
+        return step_scales(state.values, task_ids)
+    return softmax_step_scales(state.values, cfg.floor, task_ids)
+
+
 def is_meta_step(state: CATSState, cfg: CATSConfig) -> bool:
     """Whether this step (state.steps reconciled before it) takes a meta step: every `interval`
     steps once `warmup` steps are done."""
@@ -232,11 +249,11 @@ def meta_step(state: CATSState, cfg: CATSConfig, task_ids: list[int], losses: Te
     else:
         theta = state.values.clone().requires_grad_(True)
         with torch.enable_grad():
-            b = step_scales(softmax_scales(theta, cfg.floor), task_ids)
+            b = softmax_step_scales(theta, cfg.floor, task_ids)
             J = b @ first + state.lam * curvature(b, G, cfg.proxy)     # first: dJ/dbeta of the first term
             (grad_theta,) = torch.autograd.grad(J, theta)
         state.values = state.values - cfg.lr_alpha * grad_theta
-        beta = step_scales(task_scales(state, cfg), task_ids)
+        beta = beta_of(state, cfg, task_ids)
     c = float(curvature(beta, G, cfg.proxy))
     state.lam = max(0.0, state.lam + cfg.lr_lam * (c - cfg.eps))
     state.meta_steps += 1
@@ -253,7 +270,7 @@ def cats(coef: Tensor, task_ids: list[int], state: CATSState, cfg: CATSConfig,
     stats: beta (this step's scales), alpha and lam after the step, meta (whether one was taken),
     proxy (its value after the alpha step, on a meta step), meta_steps_left_out (so far)."""
     K = coef.shape[1]
-    beta = step_scales(task_scales(state, cfg), task_ids)
+    beta = beta_of(state, cfg, task_ids)
     weights = K * torch.einsum("i,kij->kj", beta, coef.to(F64))
     stats = {"meta": False}
     if is_meta_step(state, cfg):
