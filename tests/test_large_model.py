@@ -14,7 +14,7 @@ from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
 from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.errors import ConfigError
 from massive_mt.engine.model import build_model, count_parameters, preset_config, train_flops
-from test_reconcile_distributed import CATS, by_config, equivalence, launches  # noqa: F401  (fixtures)
+from test_reconcile_distributed import CATS, by_config, equivalence  # noqa: F401  (by_config: a fixture)
 
 METHODS = ["plain", "gradvac:all_layer", CATS[0]]
 GPU_CONFIGS = ["zero1_bf16_gpu.json", "zero2_bf16_gpu.json", "zero3_bf16_gpu.json"]
