@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, TEST_LANGS, read_metrics, run_ranks, train_args
+from conftest import REPO, TEST_LANGS, one_launch, read_metrics, run_ranks, train_args
 from massive_mt.engine.config import load_config, load_ds_config, resolve_ds_config
 from massive_mt.errors import ConfigError
 from massive_mt.engine.model import build_model, count_parameters, preset_config, train_flops
@@ -147,10 +147,17 @@ def _overlap_config(tmp_path, stage: int) -> str:
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_sharded_equals_unsharded_with_overlap_comm_and_small_buckets(data_bin, tmp_path, stage):
+def test_sharded_equals_unsharded_with_overlap_comm_and_small_buckets(request, launches, data_bin, tmp_path, stage):
     """Reductions overlapped with the backward pass in buckets smaller than one task's gradient:
-    every task's captured partition is still exactly its gradient."""
-    r = equivalence(2, _overlap_config(tmp_path, stage), 3, METHODS, data_bin, tmp_path / "run")
+    every task's captured partition is still exactly its gradient. The stages this session selected
+    run in one 2-rank launch (`one_launch`, tests/conftest.py)."""
+    def launch(world, stages):
+        paths = [_overlap_config(tmp_path, s) for s in stages]
+        r = equivalence(world, ",".join(paths), 3, METHODS, data_bin, tmp_path / "run")
+        runs = r["configs"] if len(paths) > 1 else {paths[0]: r}
+        return {s: {"world_size": r["world_size"], **runs[p]} for s, p in zip(stages, paths)}
+
+    r = one_launch(request, launches, 2, lambda params: params["stage"], launch)[stage]
     assert r["world_size"] == 2
     for spec, m in r["methods"].items():
         assert m["stage"] == stage, (spec, m)
