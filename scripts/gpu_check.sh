@@ -121,11 +121,12 @@ try:
         importlib.import_module(name)
     import massive_mt
     for m in pkgutil.walk_packages(massive_mt.__path__, "massive_mt."):
-        needed.append(m.name)
-        importlib.import_module(m.name)
+        name = m.name
+        needed.append(name)
+        importlib.import_module(name)
 except ImportError as e:
     traceback.print_exc()
-    print(json.dumps({"missing": e.name or str(e), "importing": needed[-1], "error": str(e)}))
+    print(json.dumps({"missing": e.name or str(e), "importing": name, "message": f"{e.name or e} (importing {name}: {e})"}))
     sys.exit(3)
 import deepspeed, torch, transformers
 info = {"dry_run": sys.argv[1] == "1", "node": platform.node(), "python": platform.python_version(),
@@ -140,10 +141,26 @@ print(json.dumps(info))
 sys.exit(0 if info["dry_run"] or (info["accelerator"] == "cuda" and torch.cuda.is_available()) else 1)
 EOF
 }
-missing() { "$PYTHON" -c 'import json, sys; e = json.load(sys.stdin); print(f"{e[\"missing\"]} (importing {e[\"importing\"]}: {e[\"error\"]})")' \
-              <"$WORK/results/environment.json"; }
+missing() { "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["message"])' <"$WORK/results/environment.json"; }
 archive() {   # the logs and records into the third file
   tar -czf "$OUT/gpu_check_logs.tar.gz" -C "$WORK" logs results 2>/dev/null
+}
+stop() {      # stop REASON: the three files say why the check stopped before its end; exit 1
+  say "$1"
+  "$PYTHON" - "$WORK/results" "$OUT" "$DRY" "$BUDGET" "$(elapsed)" "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+res, out, dry, budget, elapsed, reason = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", *sys.argv[4:]
+read = lambda f: [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.exists() else []
+env = read(res / "environment.json")
+summary = {"passed": False, "dry_run": dry, "budget_s": int(budget), "elapsed_s": int(elapsed), "stopped": reason,
+           "environment": env[0] if env else None, "checks": read(res / "checks.jsonl"), "benchmark": None}
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=1) + "\n")
+(out / "gpu_check.md").write_text(f"# Device check{' (dry run on CPU)' if dry else ''}: NOT passed\n\n"
+                                  f"Stopped after {elapsed} s: {reason}. The logs are in gpu_check_logs.tar.gz.\n")
+EOF
+  archive
+  exit 1
 }
 probe; rc=$?
 if [ "$rc" = 3 ]; then
@@ -153,9 +170,9 @@ if [ "$rc" = 3 ]; then
   probe; rc=$?
 fi
 if [ "$rc" = 3 ]; then
-  say "a module the check uses does not import: $(missing)"; archive; exit 1
+  stop "a module the check uses does not import: $(missing)"
 fi
-[ "$rc" = 0 ] || { say "no usable CUDA accelerator: $(tr -d '\n' <"$WORK/results/environment.json")"; archive; exit 1; }
+[ "$rc" = 0 ] || stop "no usable CUDA accelerator: $(tr -d '\n' <"$WORK/results/environment.json")"
 say "environment: $(cat "$WORK/results/environment.json")"
 
 # ---- 2. the data-bin: the given one, or the default corpus's wheels built and prepared here
@@ -192,9 +209,8 @@ EOF
 }
 DATA_T0=$(elapsed)
 if [ -z "$DATA_BIN" ]; then
-  data_bin || { rc=$?; say "building the data-bin failed (exit $rc): see logs/build-corpus.log, logs/prepare.log"
-                record data 0 "${DATA_CAP:-0}" $(( $(elapsed) - DATA_T0 )) "$rc" "build-corpus + prepare failed"
-                archive; exit 1; }
+  data_bin || { rc=$?; record data 0 "${DATA_CAP:-0}" $(( $(elapsed) - DATA_T0 )) "$rc" "build-corpus + prepare failed"
+                stop "building the data-bin failed (exit $rc): see logs/build-corpus.log, logs/prepare.log"; }
   record data 1 "$DATA_CAP" $(( $(elapsed) - DATA_T0 )) 0 "built: $LANGS, vocabulary $VOCAB"
 else
   record data 1 0 0 0 "given: $DATA_BIN"
@@ -310,11 +326,11 @@ need({"step2", "step4"} <= set(r["checkpoints"]) and (ck / "latest").is_file() a
 r["export"] = sorted(p.name for p in export.iterdir()) if export.is_dir() else []
 need("config.json" in r["export"] and any(n.endswith(".safetensors") for n in r["export"]), "export: config.json + weights")
 res = json.loads((evaluation / "results.json").read_text()) if (evaluation / "results.json").exists() else {}
-r["evaluation"] = {t["task"]: {k: t.get(k) for k in ("bleu", "chrf", "nll", "sentences")} for t in res.get("tasks", [])}
+r["evaluation"] = {t["task"]: {k: t.get(k) for k in ("bleu", "chrf", "nll", "n_sentences")} for t in res.get("tasks", [])}
 r["eval_dtype"] = res.get("dtype")
 need(len(r["evaluation"]) >= 2, "evaluation scored every trained task")
-need(all(isinstance(v["bleu"], (int, float)) and math.isfinite(v["bleu"]) and math.isfinite(v["nll"])
-         for v in r["evaluation"].values()), "finite BLEU and NLL per task")
+need(all(v["n_sentences"] > 0 and isinstance(v["bleu"], (int, float)) and math.isfinite(v["bleu"])
+         and math.isfinite(v["nll"]) for v in r["evaluation"].values()), "sentences translated, finite BLEU and NLL per task")
 r["failed"] = failed
 out.write_text(json.dumps(r))
 print(json.dumps(r))
