@@ -124,9 +124,11 @@ try:
         name = m.name
         needed.append(name)
         importlib.import_module(name)
-except ImportError as e:
+except Exception as e:         # a missing dependency (ImportError), or a module that fails as it is imported
     traceback.print_exc()
-    print(json.dumps({"missing": e.name or str(e), "importing": name, "message": f"{e.name or e} (importing {name}: {e})"}))
+    missing = getattr(e, "name", None) or name
+    print(json.dumps({"missing": missing, "importing": name,
+                      "message": f"{missing} (importing {name}: {type(e).__name__}: {e})"}))
     sys.exit(3)
 import deepspeed, torch, transformers
 info = {"dry_run": sys.argv[1] == "1", "node": platform.node(), "python": platform.python_version(),

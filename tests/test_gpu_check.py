@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import warnings
 
 import pytest
 import torch
@@ -110,7 +111,7 @@ def test_wheelhouse_installs_what_is_missing_with_the_index_off(wheelhouse, tmp_
     out = tmp_path / "check"
     p = run("--wheelhouse", str(wheelhouse), "--out", str(out), "--dry-run", env=env, timeout=300)
     assert p.returncode == 1, p.stderr[-3000:]
-    assert "missing: sacrebleu (importing sacrebleu" in p.stderr
+    assert "missing: sacrebleu (importing sacrebleu: ModuleNotFoundError" in p.stderr
     assert "a module the check uses does not import: sacrebleu" in p.stderr
     [call] = log.read_text().splitlines()
     args = call.split()
@@ -167,3 +168,38 @@ def test_dry_run_with_a_given_data_bin(data_bin, real_corpus, tmp_path):
                                               "note": f"given: {data_bin}", "result": None}
     assert s["data"] == {"data_bin": str(data_bin), "corpus": str(real_corpus)}
     assert "logs/build-corpus.log" not in archive(out)
+
+
+def test_host_syncs_are_counted_over_the_timed_steps_only(monkeypatch):
+    """tests/dist/bench_syncs.py: the sync-debug warnings between the peak-memory reset and the peak
+    read (the timed steps) are counted, others not, and each record gets their number per step; off
+    CUDA the field is null. CUDA's sync-debug mode is stood in for by recording the mode set."""
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "dist"))
+    import bench_syncs
+    from massive_mt.experiments import bench
+
+    modes, sync = [], "called a synchronizing CUDA operation"
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    monkeypatch.setattr(bench.PeakMemory, "reset", lambda self: None)
+    monkeypatch.setattr(bench.PeakMemory, "peak", lambda self: 0)
+
+    def run_config(cfg, ds, rank, world, kind, steps, warmup, memory):
+        warnings.warn(sync)                     # warm-up: before the reset
+        memory.reset()
+        for _ in range(steps):
+            warnings.warn(sync)
+            warnings.warn(sync)
+            warnings.warn("an unrelated warning")
+        memory.peak()
+        warnings.warn(sync)                     # the comms-logger step: after the peak
+        return {"step_s_median": 1.0}
+    monkeypatch.setattr(bench, "run_config", run_config)
+    memory = bench.PeakMemory.__new__(bench.PeakMemory)
+    for cuda, want in ((True, 2.0), (False, None)):
+        bench_syncs.install(bench_syncs.SyncCounter(cuda))
+        out = bench.run_config(None, None, 0, 1, "plain", 3, 1, memory)
+        assert out == {"step_s_median": 1.0, "host_syncs_per_step": want}
+        monkeypatch.setattr(bench, "run_config", run_config)
+        monkeypatch.setattr(bench.PeakMemory, "reset", lambda self: None)
+        monkeypatch.setattr(bench.PeakMemory, "peak", lambda self: 0)
+    assert modes == ["warn", "default"]
