@@ -79,11 +79,11 @@ def test_dry_run_builds_its_data_bin_checks_benchmarks_and_writes_three_files(wh
     assert b["configuration"]["preset"] == "test" and b["configuration"]["K"] == 2
     for m in b["methods"].values():
         assert m["step_s_median"] > 0 and m["peak_memory_bytes"] > 0 and m["model_tflops_per_rank"] > 0
-        assert m["mfu"] is None and m["host_syncs_per_step"] is None     # no peak and no CUDA to count on a CPU
+        assert m["mfu"] is None and m["host_syncs_per_step"] is None and m["device_synchronize_per_step"] is None
     report = (out / "gpu_check.md").read_text()
     assert report.startswith("# Device check (dry run on CPU): passed")
     for part in ("| equivalence | yes |", "| zero3_bf16_gpu.json | cats", "| model.attn_implementation=eager |",
-                 "| naive |", "## Throughput per rank and model FLOPs utilisation"):
+                 "| naive |", "| explicit synchronize per step |", "## Throughput per rank and model FLOPs utilisation"):
         assert part in report, part
     files = archive(out)
     for name in ("logs/equivalence.log", "logs/variants.log", "logs/pipeline.log", "logs/bench.log",
@@ -91,7 +91,8 @@ def test_dry_run_builds_its_data_bin_checks_benchmarks_and_writes_three_files(wh
         assert name in files, sorted(files)
     records = [json.loads(l) for l in files["results/bench.jsonl"].splitlines()]
     assert sorted(r["method"] for r in records) == sorted(METHODS)
-    assert all(r["world_size"] == 1 and r["host_syncs_per_step"] is None for r in records)
+    assert all(r["world_size"] == 1 and r["host_syncs_per_step"] is r["device_synchronize_per_step"] is None
+               for r in records)                                         # no CUDA to count on a CPU
 
 
 @pytest.mark.slow
@@ -172,16 +173,19 @@ def test_dry_run_with_a_given_data_bin(data_bin, real_corpus, tmp_path):
 
 def test_host_syncs_are_counted_over_the_timed_steps_only(monkeypatch):
     """tests/dist/bench_syncs.py: the sync-debug warnings between the peak-memory reset and the peak
-    read (the timed steps) are counted, others not, and each record gets their number per step; off
-    CUDA the field is null. CUDA's sync-debug mode is stood in for by recording the mode set."""
+    read (the timed steps) are counted, others not, explicit torch.cuda.synchronize() calls apart
+    (with the debug mode off around them), and each record gets both per step; off CUDA both are
+    null. CUDA's sync-debug mode and synchronize are stood in for by recording what is called."""
     monkeypatch.syspath_prepend(str(REPO / "tests" / "dist"))
     import bench_syncs
     from massive_mt.experiments import bench
 
     modes, sync = [], "called a synchronizing CUDA operation"
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
-    monkeypatch.setattr(bench.PeakMemory, "reset", lambda self: None)
-    monkeypatch.setattr(bench.PeakMemory, "peak", lambda self: 0)
+    def synchronize(device=None):              # as if it warned like a synchronous copy, when the mode is on
+        if modes[-1:] == ["warn"]:
+            warnings.warn(sync)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
 
     def run_config(cfg, ds, rank, world, kind, steps, warmup, memory):
         warnings.warn(sync)                     # warm-up: before the reset
@@ -190,18 +194,21 @@ def test_host_syncs_are_counted_over_the_timed_steps_only(monkeypatch):
             warnings.warn(sync)
             warnings.warn(sync)
             warnings.warn("an unrelated warning")
+            torch.cuda.synchronize()
         memory.peak()
         warnings.warn(sync)                     # the comms-logger step: after the peak
         return {"step_s_median": 1.0}
-    monkeypatch.setattr(bench, "run_config", run_config)
+
+    def fake_bench():
+        monkeypatch.setattr(bench, "run_config", run_config)
+        monkeypatch.setattr(bench.PeakMemory, "reset", lambda self: None)
+        monkeypatch.setattr(bench.PeakMemory, "peak", lambda self: 0)
     memory = bench.PeakMemory.__new__(bench.PeakMemory)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")             # those outside the counted steps
-        for cuda, want in ((True, 2.0), (False, None)):
+        for cuda, host, explicit in ((True, 2.0, 1.0), (False, None, None)):
+            fake_bench()
             bench_syncs.install(bench_syncs.SyncCounter(cuda))
             out = bench.run_config(None, None, 0, 1, "plain", 3, 1, memory)
-            assert out == {"step_s_median": 1.0, "host_syncs_per_step": want}
-            monkeypatch.setattr(bench, "run_config", run_config)
-            monkeypatch.setattr(bench.PeakMemory, "reset", lambda self: None)
-            monkeypatch.setattr(bench.PeakMemory, "peak", lambda self: 0)
-    assert modes == ["warn", "default"]
+            assert out == {"step_s_median": 1.0, "host_syncs_per_step": host, "device_synchronize_per_step": explicit}
+    assert modes == ["warn"] + ["default", "warn"] * 3 + ["default"]
