@@ -223,7 +223,7 @@ echo "{\"data_bin\": \"$DATA_BIN\", \"corpus\": \"$CORPUS\"}" >"$WORK/results/da
 # ---- 3. the checks, each under its own cap; what is left after a cap always covers the benchmark's share
 COMMON=("data.data_bin=$DATA_BIN" "data.max_len=48" "model.preset=test" "model.dropout=0.0" "sampling.tasks_per_step=2"
         "sampling.max_tokens=256" "optim.eps=1e-3" "train.tensorboard=false")
-verdict() {   # verdict CHECK LOG: the check's pass criteria over its RESULT line; prints the result file's path
+verdict() {   # verdict CHECK LOG: the pass criteria over the RESULT line of the log, into results/CHECK.json; exit 1 when one fails
   "$PYTHON" - "$@" "$WORK/results/$1.json" <<'EOF'
 import json, sys
 check, log, out = sys.argv[1:4]
