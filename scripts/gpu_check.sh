@@ -138,8 +138,11 @@ info = {"dry_run": sys.argv[1] == "1", "node": platform.node(), "python": platfo
         "modules_imported": len(needed)}
 if torch.cuda.is_available():
     info["gpu"] = torch.cuda.get_device_name()
-    info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
-                                         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    try:
+        info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,clocks.max.sm",
+                                             "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    except OSError as e:           # no nvidia-smi on PATH: the rest still holds
+        info["nvidia_smi"] = f"not run: {e}"
 print(json.dumps(info))
 sys.exit(0 if info["dry_run"] or (info["accelerator"] == "cuda" and torch.cuda.is_available()) else 1)
 EOF
