@@ -157,20 +157,6 @@ def test_without_a_gpu_the_device_check_refuses(data_bin, real_corpus, tmp_path)
     assert sorted(os.listdir(out)) == sorted(FILES)
 
 
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_dry_run_with_a_given_data_bin(data_bin, real_corpus, tmp_path):
-    """--data-bin and --corpus: nothing is built; the checks and the benchmark run on them."""
-    out = tmp_path / "check"
-    p = run("--data-bin", str(data_bin), "--corpus", str(real_corpus), "--out", str(out), "--dry-run")
-    assert p.returncode == 0, p.stderr[-4000:]
-    s = json.loads((out / "gpu_check.json").read_text())
-    assert s["passed"] and s["checks"][0] == {"check": "data", "ok": True, "cap_s": 0, "seconds": 0, "exit_status": 0,
-                                              "note": f"given: {data_bin}", "result": None}
-    assert s["data"] == {"data_bin": str(data_bin), "corpus": str(real_corpus)}
-    assert "logs/build-corpus.log" not in archive(out)
-
-
 def test_host_syncs_are_counted_over_the_timed_steps_only(monkeypatch):
     """tests/dist/bench_syncs.py: the sync-debug warnings between the peak-memory reset and the peak
     read (the timed steps) are counted, others not, explicit torch.cuda.synchronize() calls apart
