@@ -99,7 +99,13 @@ within() {          # a command stopped at DEADLINE (exit 124)
   [ "$r" -gt 0 ] || { echo "gpu_check: the cap was reached before: $*" >&2; return 124; }
   timeout -k 10 "$r" "$@"
 }
-torchrun_1() { within "$PYTHON" -m torch.distributed.run --nproc_per_node 1 --master_port "$(( 29500 + RANDOM % 2000 ))" "$@"; }
+# one rank: under torchrun on the GPU; in the dry run without a launcher (massive_mt's `single`
+# discovery joins a one-rank group itself), which spares five launcher starts on a slow CPU
+if [ "$DRY" = 1 ]; then
+  one_rank() { within "$PYTHON" "$@"; }
+else
+  one_rank() { within "$PYTHON" -m torch.distributed.run --nproc_per_node 1 --master_port "$(( 29500 + RANDOM % 2000 ))" "$@"; }
+fi
 say() { echo "[gpu_check +$(elapsed)s] $*" | tee -a "$WORK/logs/gpu_check.log" >&2; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # one JSON line per check: check NAME OK CAP SECONDS EXIT_STATUS NOTE [RESULT_FILE]
@@ -287,13 +293,13 @@ run_check() {  # run_check CHECK COMMAND...: the command (its programs started t
 }
 
 # bf16 equivalence: every ZeRO stage, plain, GradVac and CATS (valid statistics), against the fp64 replay
-run_check equivalence torchrun_1 tests/dist/reconcile_equivalence.py \
+run_check equivalence one_rank tests/dist/reconcile_equivalence.py \
   ds_configs/zero1_bf16_gpu.json,ds_configs/zero2_bf16_gpu.json,ds_configs/zero3_bf16_gpu.json "$EQ_STEPS" \
   plain gradvac:all_layer "cats+meta_data=valid+lr_alpha=0.1+lr_lam=10+eps=0" \
   -- "${COMMON[@]}" "optim.lr=1e-2" "optim.warmup_steps=1" "reconcile.ema_rate=1.0" "train.output_dir=$WORK/equivalence-run"
 
 # activation checkpointing and eager attention against the same bf16 training (ZeRO-3, GradVac)
-run_check variants torchrun_1 tests/dist/variant_check.py ds_configs/zero3_bf16_gpu.json "$EQ_STEPS" \
+run_check variants one_rank tests/dist/variant_check.py ds_configs/zero3_bf16_gpu.json "$EQ_STEPS" \
   base model.activation_checkpointing=true model.attn_implementation=eager \
   -- "${COMMON[@]}" "optim.lr=1e-2" "optim.warmup_steps=1" "reconcile.method=gradvac" \
   "reconcile.granularity=all_layer" "train.output_dir=$WORK/variants-run"
@@ -304,8 +310,8 @@ pipeline() {
   local train=(-m massive_mt.train --ds-config ds_configs/zero2_bf16_gpu.json "${COMMON[@]}" "optim.lr=3e-3"
                "optim.warmup_steps=2" "reconcile.method=gradvac" "reconcile.granularity=all_layer"
                "train.save_interval=2" "train.log_interval=1" "train.output_dir=$RUN")
-  echo "== train to step 2" && torchrun_1 "${train[@]}" train.max_steps=2 &&
-  echo "== resume to step 4" && torchrun_1 "${train[@]}" train.max_steps=4 &&
+  echo "== train to step 2" && one_rank "${train[@]}" train.max_steps=2 &&
+  echo "== resume to step 4" && one_rank "${train[@]}" train.max_steps=4 &&
   echo "== export" && within "$PYTHON" -m massive_mt.cli export "$RUN" --out "$WORK/pipeline-export" &&
   echo "== evaluate" && within "$PYTHON" -m massive_mt.cli evaluate --model "$WORK/pipeline-export" --corpus "$CORPUS" \
     --max-sentences "$EVAL_SENTENCES" --beam 2 --max-new-tokens 32 --out "$WORK/pipeline-eval" --no-progress
@@ -349,7 +355,7 @@ run_check pipeline pipeline
 BENCH_T=$(( $(left) - RESERVE )) T0=$(elapsed)
 DEADLINE=$(( T0 + BENCH_T ))
 say "bench ${PRESET} bf16 ZeRO-2, K=${K}, ${REPEATS} interleaved round(s) (up to ${BENCH_T}s)"
-torchrun_1 tests/dist/bench_syncs.py --data-bin "$DATA_BIN" --ds-config ds_configs/zero2_bf16_gpu.json --preset "$PRESET" \
+one_rank tests/dist/bench_syncs.py --data-bin "$DATA_BIN" --ds-config ds_configs/zero2_bf16_gpu.json --preset "$PRESET" \
   --tasks-per-step "$K" --methods plain gradvac:all_layer cats naive bare --max-tokens "$MAX_TOKENS" \
   --steps "$BENCH_STEPS" --warmup "$BENCH_WARMUP" --repeats "$REPEATS" --out "$WORK/results/bench.jsonl" \
   "${PEAK[@]}" "data.max_len=$MAX_LEN" >"$WORK/logs/bench.log" 2>&1
@@ -383,7 +389,7 @@ for m in methods:
     rows[m] = {"rounds": len(rs), "step_s_median": med, "target_tokens_per_s": sum(r["target_tokens"] for r in rs)
                / sum(sum(r["step_s"]) for r in rs), "model_tflops_per_rank": flops / 1e12,
                "mfu": flops / (peak * 1e12) if peak else None,
-               "peak_memory_bytes": max(max(r["memory"]["peak_bytes"]) for r in rs), "memory_kind": rs[0]["memory"]["kind"],
+               "peak_memory_bytes": max(max(r["memory"]["peak_bytes"]) for r in rs), "memory_measure": rs[0]["memory"]["measure"],
                "host_syncs_per_step": None if None in syncs else sum(syncs) / len(syncs),
                "device_synchronize_per_step": None if None in explicit else sum(explicit) / len(explicit)}
 bare = rows.get("bare", {}).get("host_syncs_per_step")
@@ -434,7 +440,7 @@ lines += ["", "## Benchmark", "",
 for m, r in rows.items():
     lines.append(f"| {m} | {r['step_s_median']:.3f} | {fmt(r['step_time_vs_plain'], '.3f')} | {r['target_tokens_per_s']:,.0f} | "
                  f"{r['model_tflops_per_rank']:.3f} | {fmt(r['mfu'], '.1%')} | {r['peak_memory_bytes'] / 2**30:.2f} "
-                 f"({r['memory_kind']}) | {fmt(r['host_syncs_per_step'], '.1f')} | {fmt(r['host_syncs_minus_bare'], '.1f')} "
+                 f"({r['memory_measure']}) | {fmt(r['host_syncs_per_step'], '.1f')} | {fmt(r['host_syncs_minus_bare'], '.1f')} "
                  f"| {fmt(r['device_synchronize_per_step'], '.1f')} |")
 if summary["benchmark"]["missing"]:
     lines.append(f"\nNot measured in every round (budget spent or the run failed, see logs/bench.log): "

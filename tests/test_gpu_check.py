@@ -173,7 +173,7 @@ def test_host_syncs_are_counted_over_the_timed_steps_only(monkeypatch):
             warnings.warn(sync)
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
 
-    def run_config(cfg, ds, rank, world, kind, steps, warmup, memory):
+    def run_config(cfg, ds, rank, world, runner, steps, warmup, memory):
         warnings.warn(sync)                     # warm-up: before the reset
         memory.reset()
         for _ in range(steps):

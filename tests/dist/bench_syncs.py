@@ -74,8 +74,8 @@ def install(counter: SyncCounter) -> None:
         counter.stop()
         return peak(self)
 
-    def counted_run_config(cfg, ds, rank, world, kind, steps, warmup, memory):
-        out = run_config(cfg, ds, rank, world, kind, steps, warmup, memory)
+    def counted_run_config(cfg, ds, rank, world, runner, steps, warmup, memory):
+        out = run_config(cfg, ds, rank, world, runner, steps, warmup, memory)
         per_step = lambda n: None if n is None else n / steps
         out.update(host_syncs_per_step=per_step(counter.count), device_synchronize_per_step=per_step(counter.device_syncs))
         return out
