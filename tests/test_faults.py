@@ -173,16 +173,14 @@ def test_rank_killed_during_save_resumes_from_previous(data_bin, tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("damage", ["truncated", "0xff"])
-def test_damaged_file_is_named_and_previous_checkpoint_resumed(data_bin, base, tmp_path, damage):
+def test_damaged_file_is_named_and_previous_checkpoint_resumed(data_bin, base, tmp_path):
+    """64 bytes of 0xff in the middle of rank 1's optimizer shard of step4 (its size unchanged: only the
+    sha256 tells; `test_verify_names_the_damaged_file` covers truncated and missing files)."""
     run = copy_run(base, tmp_path / "run")
     f = run / "checkpoints" / "step4" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     data = f.read_bytes()
-    if damage == "truncated":
-        f.write_bytes(data[: len(data) // 2])
-    else:
-        mid = len(data) // 2
-        f.write_bytes(data[:mid] + b"\xff" * 64 + data[mid + 64:])
+    mid = len(data) // 2
+    f.write_bytes(data[:mid] + b"\xff" * 64 + data[mid + 64:])
     p = resume(data_bin, run, "train.max_steps=2")
     assert p.returncode == 0, p.stderr[-6000:]
     assert starts(run)[-1] == 2
@@ -261,22 +259,60 @@ def test_verify_names_the_damaged_file(tmp_path):
 
 # ----------------------------------------------------------------------------- resume rules
 
+SAVED = {"world_size": 2, "zero_stage": 2, "precision": "fp32",
+         "config": {"optim": {"lr": 3e-3}, "reconcile": {"method": "gradvac"}, "sampling": {"tasks_per_step": 2},
+                    "train": {"max_steps": 4, "log_interval": 1}}}
+
+
+def with_changes(**changes) -> dict:
+    """SAVED with some layout keys or flattened config fields (section__field=value) changed."""
+    cur = json.loads(json.dumps(SAVED))
+    for key, value in changes.items():
+        if "__" in key:
+            section, field = key.split("__")
+            cur["config"][section][field] = value
+        else:
+            cur[key] = value
+    return cur
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"optim__lr": 1e-3}, "optim.lr"),
+    ({"reconcile__method": "cats"}, "reconcile.method"),
+    ({"sampling__tasks_per_step": 3}, "sampling.tasks_per_step"),
+    ({"zero_stage": 3}, "zero_optimization.stage"),
+    ({"world_size": 1}, "world size"),
+    ({"precision": "bf16"}, "bf16.enabled"),
+])
+def test_check_resume_names_the_refused_field(changes, field):
+    """A field a resume may not change, or (train.reshard=never) the layout: refused, naming the field
+    and the checkpoint."""
+    with pytest.raises(checkpoint.CheckpointError, match=f"'{field}'.*checkpoint /ck/step4"):
+        checkpoint.check_resume(SAVED, with_changes(**changes), Path("/ck/step4"), reshard="never")
+
+
+def test_check_resume_allows_what_a_resume_may_change_and_plans_the_conversion():
+    assert checkpoint.check_resume(SAVED, with_changes(train__max_steps=8, train__log_interval=5),
+                                   Path("/ck/step4")) is None
+    assert checkpoint.check_resume(SAVED, with_changes(world_size=1), Path("/ck/step4"), reshard="auto") == "universal"
+    assert checkpoint.check_resume(SAVED, with_changes(zero_stage=3), Path("/ck/step4"), reshard="auto") == "stage"
+    with pytest.raises(checkpoint.CheckpointError, match="ZeRO-0"):
+        checkpoint.check_resume(SAVED, with_changes(zero_stage=0), Path("/ck/step4"), reshard="auto")
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("change,field", [
     (("optim.lr=1e-3",), "optim.lr"),
-    (("reconcile.method=gradvac",), "reconcile.method"),
-    (("sampling.tasks_per_step=3",), "sampling.tasks_per_step"),
-    (("--ds-config-name", "zero3.json"), "zero_optimization.stage"),
     (("--nproc", "1"), "world size"),
-])
+], ids=["config-field", "layout"])
 def test_refused_resume_change_names_the_field(data_bin, base, tmp_path, change, field):
+    """End to end, one config field and one layout change (the rule itself: `check_resume` above): the
+    ranks exit with status 2 before training, naming the field; nothing is started or deleted."""
     run = copy_run(base, tmp_path / "run")
-    ds, nproc, overrides = "zero2.json", 2, list(change)
-    if change[0] == "--ds-config-name":      # a layout change is refused only with train.reshard=never
-        ds, overrides = change[1], ["train.reshard=never"]   # (tests/test_reshard.py: converted by default)
-    elif change[0] == "--nproc":
-        nproc, overrides = int(change[1]), ["train.reshard=never"]
-    p = resume(data_bin, run, "train.max_steps=6", *overrides, ds_config=ds, nproc=nproc)
+    nproc, overrides = 2, list(change)
+    if change[0] == "--nproc":               # a layout change is refused only with train.reshard=never
+        nproc, overrides = int(change[1]), ["train.reshard=never"]   # (tests/test_reshard.py: converted by default)
+    p = resume(data_bin, run, "train.max_steps=6", *overrides, nproc=nproc)
     lines = refused(p)
     assert lines and f"'{field}'" in lines[0] and "step4" in lines[0], p.stderr[-3000:]
     assert starts(run) == [0] and tags(run) == ["step2", "step4"]

@@ -107,13 +107,37 @@ def test_srun_per_rank_with_slurm_discovery(reference_run):
     assert "discovery slurm" in text and '"final"' in text
 
 
-@pytest.mark.parametrize("template, options, knobs, discovery", [
-    ("train_multi_node_srun.sbatch", ["--ntasks-per-node=2"], {"DISCOVERY": "mpi", "MPI_PLUGIN": "pmi2"}, "mpi"),
-    ("train_deepspeed_slurm.sbatch", ["--ntasks-per-node=2"], {"GPUS_PER_NODE": "2"}, "slurm"),
-], ids=["srun-mpi-pmi2", "deepspeed-launcher-slurm"])
-def test_template_completes(cluster, data_bin, tmp_path, template, options, knobs, discovery):
+def test_deepspeed_launcher_template_completes(cluster, data_bin, tmp_path):
     out = tmp_path / "run"
-    check_completed(cluster, submit(cluster, template, out, data_bin, options, **knobs), out, discovery)
+    job = submit(cluster, "train_deepspeed_slurm.sbatch", out, data_bin, ["--ntasks-per-node=2"], GPUS_PER_NODE="2")
+    check_completed(cluster, job, out, "slurm")
+
+
+MPI_INIT_FAILED = re.compile(r"Fatal error in internal_Init_thread.*|UCX +ERROR .*")
+
+
+def test_srun_with_mpi_discovery_completes(cluster, data_bin, tmp_path):
+    """Template 2 with DISCOVERY=mpi under `srun --mpi=pmi2` (MPICH from the mpich wheel).
+
+    MPICH 5.0.2's MPI_Init under Slurm 22.05's pmi2 fails intermittently on this one-node cluster,
+    inside MPICH before any massive_mt code runs (docs/slurm.md#mpi-on-one-node). Such a start is
+    submitted once more; a second such start skips, quoting MPICH's error. Any failure after MPI_Init
+    (a rank that joined) fails the test."""
+    errors = []
+    for attempt in range(2):
+        out = tmp_path / f"run{attempt}"
+        job = submit(cluster, "train_multi_node_srun.sbatch", out, data_bin, ["--ntasks-per-node=2", "--time=4"],
+                     DISCOVERY="mpi", MPI_PLUGIN="pmi2")
+        info = cluster.wait(job)
+        text = (out / "job.out").read_text(errors="replace") if (out / "job.out").exists() else ""
+        mpich = MPI_INIT_FAILED.search(text)
+        if info["JobState"] != "COMPLETED" and mpich and not JOINED.search(text):
+            errors.append(f"job {job}: {mpich.group(0)}")
+            continue
+        check_completed(cluster, job, out, "mpi")
+        return
+    pytest.skip("MPICH's MPI_Init failed under srun --mpi=pmi2 in both starts, before any rank joined: "
+                + "; ".join(errors))
 
 
 def test_srun_without_mpi_support_fails_with_the_fix_named(cluster, data_bin, tmp_path):
