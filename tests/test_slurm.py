@@ -126,7 +126,7 @@ def test_srun_with_mpi_discovery_completes(cluster, data_bin, tmp_path):
     errors = []
     for attempt in range(2):
         out = tmp_path / f"run{attempt}"
-        job = submit(cluster, "train_multi_node_srun.sbatch", out, data_bin, ["--ntasks-per-node=2", "--time=4"],
+        job = submit(cluster, "train_multi_node_srun.sbatch", out, data_bin, ["--ntasks-per-node=2"],
                      DISCOVERY="mpi", MPI_PLUGIN="pmi2")
         info = cluster.wait(job)
         text = (out / "job.out").read_text(errors="replace") if (out / "job.out").exists() else ""
