@@ -42,6 +42,8 @@ def test_every_option_is_accepted_where_read_and_refused_naming_the_field_elsewh
     if base and option != "cats.base":
         over.append(f"reconcile.cats.base={base}")
     if option in READS[setting]:
+        if option == "low_resource_quantile":       # read with vaccinate: [low_resource] only
+            over.append("reconcile.vaccinate=[low_resource]")
         cfg = load_config(None, over)
         assert cfg.reconcile.method == method
         return

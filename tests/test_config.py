@@ -148,6 +148,18 @@ def test_cats_options_are_checked(overrides, field):
     assert f"field '{field}'" in str(e.value)
 
 
+@pytest.mark.parametrize("vaccinate", [None, "[en-fr]"])
+def test_low_resource_quantile_without_the_low_resource_subset_is_refused(vaccinate):
+    over = ["reconcile.method=gradvac", "reconcile.low_resource_quantile=0.3"]
+    over += [f"reconcile.vaccinate={vaccinate}"] if vaccinate else []
+    with pytest.raises(ConfigError, match=r"field 'reconcile.low_resource_quantile': only applies with "
+                                          r"reconcile.vaccinate: \[low_resource\]"):
+        load_config(None, over)
+    cfg = load_config(None, ["reconcile.method=gradvac", "reconcile.vaccinate=[low_resource]",
+                             "reconcile.low_resource_quantile=0.3"])
+    assert cfg.reconcile.low_resource_quantile == 0.3
+
+
 def test_cats_options_load():
     cfg = load_config(None, ["reconcile.method=cats", "reconcile.cats.base=gradvac", "reconcile.vaccinate=[en-fr]",
                              "reconcile.cats.param=softmax", "reconcile.cats.floor=0", "reconcile.cats.eps=3e-1"])

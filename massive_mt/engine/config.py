@@ -305,6 +305,9 @@ def check(cfg: ExperimentConfig) -> None:
              "early stopping needs validation: set train.valid_interval")
     unread = catalogue.unread_option_error(r)
     _require(unread is None, *(unread or ("", "")))
+    _require(r.low_resource_quantile == ReconcileConfig.model_fields["low_resource_quantile"].default
+             or r.vaccinate == ["low_resource"], "reconcile.low_resource_quantile",
+             f"only applies with reconcile.vaccinate: [low_resource]; vaccinate is {r.vaccinate}")
     if r.method != "cats":
         return
     _require(cfg.sampling.tasks_per_step >= 2, "sampling.tasks_per_step",
