@@ -305,7 +305,7 @@ def check(cfg: ExperimentConfig) -> None:
              "early stopping needs validation: set train.valid_interval")
     unread = catalogue.unread_option_error(r)
     _require(unread is None, *(unread or ("", "")))
-    _require(r.low_resource_quantile == ReconcileConfig.model_fields["low_resource_quantile"].default
+    _require(r.low_resource_quantile == catalogue.option_fields()["low_resource_quantile"]
              or r.vaccinate == ["low_resource"], "reconcile.low_resource_quantile",
              f"only applies with reconcile.vaccinate: [low_resource]; vaccinate is {r.vaccinate}")
     if r.method != "cats":
